@@ -1,0 +1,132 @@
+"""Runs the benches/ suites and prints ratio tables (``python -m llmedge bench``).
+
+Conventions every suite in benches/ follows, so that this report can read it:
+
+* ``benchmark.group`` is ``"<component>: <case>"``;
+* ``benchmark.extra_info["impl"]`` names the implementation (``"llmedge"``, a
+  baseline such as ``"python"``, or a peer such as ``"tiktoken"``);
+* ``benchmark.extra_info["correct"]`` is True when the implementation's result
+  agreed with the reference for that case.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+
+def find_benches(explicit: str | None) -> Path | None:
+    candidates = []
+    if explicit:
+        candidates.append(Path(explicit))
+    candidates.append(Path.cwd() / "benches")
+    # editable installs: python/llmedge/_bench.py -> repository root
+    candidates.append(Path(__file__).resolve().parents[2] / "benches")
+    for c in candidates:
+        if (c / "conftest.py").is_file():
+            return c
+    return None
+
+
+def format_report(data: dict[str, Any]) -> str:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for b in data.get("benchmarks", []):
+        groups[b.get("group") or b["name"]].append(b)
+    lines: list[str] = []
+    by_component: dict[str, list[str]] = defaultdict(list)
+    for group in groups:
+        by_component[group.split(":", 1)[0].strip()].append(group)
+    for component in sorted(by_component):
+        lines.append("")
+        lines.append(f"== {component} ==")
+        lines.append(
+            f"{'case':<44} {'implementation':<18} {'median':>12} {'relative':>10}  agree"
+        )
+        for group in by_component[component]:
+            rows = groups[group]
+            base = next(
+                (r for r in rows if r.get("extra_info", {}).get("impl") == "llmedge"), None
+            )
+            base_median = base["stats"]["median"] if base else None
+            rows = sorted(rows, key=lambda r: r["stats"]["median"])
+            case = group.split(":", 1)[-1].strip()
+            for r in rows:
+                info = r.get("extra_info", {})
+                impl = info.get("impl", r["name"])
+                median = r["stats"]["median"]
+                rel = f"{median / base_median:9.2f}x" if base_median else "        -"
+                correct = info.get("correct")
+                agree = "yes" if correct is True else ("NO" if correct is False else "-")
+                lines.append(
+                    f"{case[:44]:<44} {impl[:18]:<18} {_fmt_time(median):>12} {rel:>10}  {agree}"
+                )
+                case = ""
+    lines.append("")
+    lines.append("relative: the implementation's median time divided by llmedge's (higher = "
+                 "llmedge faster); agree: its result matched the reference.")
+    return "\n".join(lines)
+
+
+def _fmt_time(seconds: float) -> str:
+    if seconds < 1e-6:
+        return f"{seconds * 1e9:.0f} ns"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.2f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def run(
+    *,
+    components: list[str],
+    full: bool,
+    benches_dir: str | None,
+    json_path: str | None,
+    data_dir: str | None,
+) -> int:
+    benches = find_benches(benches_dir)
+    if benches is None:
+        print(
+            "llmedge bench: no benches/ directory found; run from a source checkout or "
+            "pass --benches DIR",
+            file=sys.stderr,
+        )
+        return 2
+    targets = []
+    for c in components:
+        f = benches / f"bench_{c}.py"
+        if not f.is_file():
+            known = sorted(p.stem.removeprefix("bench_") for p in benches.glob("bench_*.py"))
+            print(f"llmedge bench: unknown component {c!r}; known: {', '.join(known)}",
+                  file=sys.stderr)
+            return 2
+        targets.append(str(f))
+    if not targets:
+        targets = [str(p) for p in sorted(benches.glob("bench_*.py"))]
+    env = dict(os.environ)
+    env["LLMEDGE_BENCH_QUICK"] = "0" if full else "1"
+    if data_dir:
+        env["LLMEDGE_DATA"] = data_dir
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(json_path) if json_path else Path(tmp) / "bench.json"
+        cmd = [
+            sys.executable, "-m", "pytest", *targets,
+            "-p", "no:cacheprovider", "-q",
+            "--benchmark-enable", "--benchmark-only",
+            f"--benchmark-json={out}",
+            "-o", "addopts=", "-W", "default", "--timeout=0",
+            "--rootdir", str(benches.parent),
+        ]
+        proc = subprocess.run(cmd, env=env, cwd=str(benches.parent))
+        if not out.is_file():
+            return proc.returncode or 1
+        data = json.loads(out.read_text())
+    print(format_report(data))
+    return proc.returncode

@@ -1,0 +1,52 @@
+"""The llmedge exception hierarchy.
+
+Every error llmedge raises on purpose derives from :class:`LlmEdgeError` and
+from the standard exception whose meaning fits, so existing ``except KeyError``
+or ``except ValueError`` clauses keep working. The classes live in Python
+because several need two bases, which extension types cannot declare; the Rust
+extension raises these very classes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LlmEdgeError",
+    "UnknownModelError",
+    "UnknownEncodingError",
+    "ContextOverflowError",
+]
+
+
+class LlmEdgeError(Exception):
+    """Base class of every error raised by llmedge."""
+
+
+class UnknownModelError(LlmEdgeError, KeyError):
+    """A model name that is neither in the model table nor registered.
+
+    ``suggestions`` holds the closest known names.
+    """
+
+    def __init__(self, message: str, model: str = "", suggestions: list[str] | None = None):
+        super().__init__(message)
+        self.model = model
+        self.suggestions = list(suggestions or [])
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownEncodingError(LlmEdgeError, ValueError):
+    """An encoding name that llmedge does not ship."""
+
+
+class ContextOverflowError(LlmEdgeError, ValueError):
+    """The messages that must be kept do not fit the token budget.
+
+    ``required`` is the token count of what must be kept, ``available`` the budget.
+    """
+
+    def __init__(self, message: str, required: int = 0, available: int = 0):
+        super().__init__(message)
+        self.required = required
+        self.available = available

@@ -1,0 +1,4 @@
+//! Thin PyO3 bindings: one file per Python class or function group.
+
+pub mod errors;
+pub mod tokenizer;
