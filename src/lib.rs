@@ -3,6 +3,7 @@
 //! Pure-Rust cores (`tokens`, `models`, ...) carry no PyO3; `py` holds the
 //! bindings. This file only assembles the `llmedge._core` module.
 
+pub mod cache;
 pub mod models;
 pub mod py;
 pub mod tokens;

@@ -1,0 +1,5 @@
+//! The semantic response cache: partitions, exact and vector tiers, the guard
+//! against false hits, bounds and persistence.
+
+pub mod guard;
+pub mod hashing;
