@@ -14,5 +14,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::tokenizer::register(m)?;
+    py::guard::register(m)?;
+    py::hashing_embedder::register(m)?;
     Ok(())
 }
