@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from llmedge import _core
 from llmedge._core import (
+    HashingEmbedder,
     Tokenizer,
     count_tokens,
+    guard_check,
 )
 from llmedge.errors import (
     ContextOverflowError,
@@ -30,4 +32,7 @@ __all__ = [
     # tokens
     "Tokenizer",
     "count_tokens",
+    # cache: guard and built-in embedder
+    "HashingEmbedder",
+    "guard_check",
 ]

@@ -1,6 +1,8 @@
 # Hand-written stubs for the Rust extension `llmedge._core`.
 # tests/test_stubs.py and `python -m mypy.stubtest llmedge._core` keep them honest.
 
+from collections.abc import Sequence
+
 __version__: str
 
 # ---- tokens ---------------------------------------------------------------
@@ -14,3 +16,26 @@ class Tokenizer:
     def count(self, text: str) -> int: ...
 
 def count_tokens(text: str, model: str = "gpt-4o") -> int: ...
+
+# ---- cache: guard and built-in embedder -------------------------------------
+
+class HashingEmbedder:
+    def __new__(
+        cls,
+        dim: int | None = None,
+        *,
+        word_ngrams: tuple[int, int] | None = (1, 2),
+        char_ngrams: tuple[int, int] | None = (3, 5),
+    ) -> HashingEmbedder: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def identity(self) -> str: ...
+    @property
+    def word_ngrams(self) -> tuple[int, int] | None: ...
+    @property
+    def char_ngrams(self) -> tuple[int, int] | None: ...
+    def embed(self, text: str) -> list[float]: ...
+    def __call__(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+def guard_check(query: str, candidate: str) -> str | None: ...
