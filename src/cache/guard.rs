@@ -27,6 +27,8 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use ahash::{AHashMap, AHashSet};
+
 /// Why the guard rejected a semantic candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum GuardReason {
@@ -85,6 +87,22 @@ pub fn check(query: &str, candidate: &str) -> Option<GuardReason> {
     let a = Analysis::new(query);
     let b = Analysis::new(candidate);
     compare(&a, &b)
+}
+
+/// A prompt analysed once for the guard, for callers that check one query
+/// against several candidates (or keep candidates' analyses).
+#[derive(Debug)]
+pub struct Prepared(Analysis);
+
+impl Prepared {
+    pub fn new(text: &str) -> Prepared {
+        Prepared(Analysis::new(text))
+    }
+}
+
+/// `check` on prepared prompts: the same result, without re-tokenising.
+pub fn check_prepared(query: &Prepared, candidate: &Prepared) -> Option<GuardReason> {
+    compare(&query.0, &candidate.0)
 }
 
 /// The lexical similarity the guard gates on: the share of word tokens (not
@@ -271,37 +289,38 @@ impl Analysis {
                 } => {
                     pending_currency = None;
                     let after_number = prev_number.take();
+                    let lex = t.lexicon.get(text.as_str()).copied().unwrap_or_default();
                     if let Some(n) = &after_number {
                         if matches!(text.as_str(), "st" | "nd" | "rd" | "th") {
                             continue; // 28th
                         }
-                        if let Some(u) = t.units.get(text.as_str()) {
-                            a.units.push((n.clone(), *u));
+                        if let Some(u) = lex.unit {
+                            a.units.push((n.clone(), u));
                         }
                     }
-                    if let Some(nw) = t.number_words.get(text.as_str()) {
-                        if acc.push(*nw, &text) {
+                    if let Some(nw) = lex.number {
+                        if acc.push(nw, &text) {
                             continue;
                         }
                         a.flush_words(&mut acc);
-                        acc.push(*nw, &text);
+                        acc.push(nw, &text);
                         continue;
                     }
                     a.flush_words(&mut acc);
-                    if let Some(v) = t.calendar.get(text.as_str()) {
+                    if let Some(v) = lex.calendar {
                         a.numbers.push(Number {
-                            value: (*v).to_string(),
+                            value: v.to_string(),
                             soft: false,
                         });
                         continue;
                     }
-                    if t.negations.contains(text.as_str()) {
+                    if lex.negation {
                         a.negations += 1;
                         continue;
                     }
-                    if let Some(base) = t.contractions.get(text.as_str()) {
+                    if let Some(base) = lex.contraction {
                         a.negations += 1;
-                        a.words.push((*base).to_string());
+                        a.words.push(base.to_string());
                         continue;
                     }
                     if capitalised && !sentence_start && text != "i" {
@@ -528,6 +547,9 @@ fn numbers_differ(a: &Analysis, b: &Analysis, ov: f32) -> bool {
 }
 
 fn units_differ(a: &Analysis, b: &Analysis) -> bool {
+    if a.units.is_empty() || b.units.is_empty() {
+        return false;
+    }
     let mut ua: HashMap<&str, Vec<&str>> = HashMap::new();
     for (n, u) in &a.units {
         ua.entry(n.as_str()).or_default().push(u);
@@ -703,14 +725,21 @@ fn is_typo(x: &str, y: &str) -> bool {
 
 // ---- tables ---------------------------------------------------------------------
 
+/// What the guard knows about one word (one hash lookup per word).
+#[derive(Clone, Copy, Default)]
+struct Lexeme {
+    number: Option<NumberWord>,
+    calendar: Option<&'static str>,
+    negation: bool,
+    /// "dont" -> "do": a negation plus the verb it negates.
+    contraction: Option<&'static str>,
+    unit: Option<&'static str>,
+}
+
 struct Tables {
-    number_words: HashMap<&'static str, NumberWord>,
-    calendar: HashMap<&'static str, &'static str>,
-    negations: std::collections::HashSet<&'static str>,
-    contractions: HashMap<&'static str, &'static str>,
-    units: HashMap<&'static str, &'static str>,
-    antonyms: HashMap<(&'static str, &'static str), GuardReason>,
-    interchangeable: std::collections::HashSet<&'static str>,
+    lexicon: AHashMap<&'static str, Lexeme>,
+    antonyms: AHashMap<(&'static str, &'static str), GuardReason>,
+    interchangeable: AHashSet<&'static str>,
 }
 
 const UNITS: [&str; 20] = [
@@ -1138,21 +1167,39 @@ const INTERCHANGEABLE: &[&str] = &[
 fn tables() -> &'static Tables {
     static TABLES: OnceLock<Tables> = OnceLock::new();
     TABLES.get_or_init(|| {
-        let mut number_words = HashMap::new();
+        let mut lexicon: AHashMap<&'static str, Lexeme> = AHashMap::new();
+        let mut number =
+            |w: &'static str, n: NumberWord| lexicon.entry(w).or_default().number = Some(n);
         for (i, w) in UNITS.iter().enumerate() {
-            number_words.insert(*w, NumberWord::Unit(i as u64));
+            number(w, NumberWord::Unit(i as u64));
         }
         for (i, w) in TENS.iter().enumerate() {
-            number_words.insert(*w, NumberWord::Tens(20 + 10 * i as u64));
+            number(w, NumberWord::Tens(20 + 10 * i as u64));
         }
-        for (w, s) in [("hundred", 100), ("thousand", 1000), ("million", 1_000_000)] {
-            number_words.insert(w, NumberWord::Scale(s));
+        for (w, s) in [
+            ("hundred", 100),
+            ("thousand", 1000),
+            ("million", 1_000_000),
+            ("billion", 1_000_000_000),
+        ] {
+            number(w, NumberWord::Scale(s));
         }
-        number_words.insert("billion", NumberWord::Scale(1_000_000_000));
         for (w, v) in ALONE {
-            number_words.insert(*w, NumberWord::Alone(v));
+            number(w, NumberWord::Alone(v));
         }
-        let mut antonyms = HashMap::new();
+        for (w, v) in MONTHS {
+            lexicon.entry(w).or_default().calendar = Some(v);
+        }
+        for w in NEGATIONS {
+            lexicon.entry(w).or_default().negation = true;
+        }
+        for (w, base) in CONTRACTIONS {
+            lexicon.entry(w).or_default().contraction = Some(base);
+        }
+        for (w, u) in UNIT_WORDS {
+            lexicon.entry(w).or_default().unit = Some(u);
+        }
+        let mut antonyms = AHashMap::new();
         for (list, reason) in [
             (ANTONYMS, GuardReason::Antonym),
             (COMPARISONS, GuardReason::Comparison),
@@ -1167,11 +1214,7 @@ fn tables() -> &'static Tables {
             }
         }
         Tables {
-            number_words,
-            calendar: MONTHS.iter().copied().collect(),
-            negations: NEGATIONS.iter().copied().collect(),
-            contractions: CONTRACTIONS.iter().copied().collect(),
-            units: UNIT_WORDS.iter().copied().collect(),
+            lexicon,
             antonyms,
             interchangeable: INTERCHANGEABLE.iter().copied().collect(),
         }
@@ -1321,6 +1364,21 @@ mod tests {
         );
         assert_eq!(reason("", ""), None);
         assert_eq!(reason("¿Qué? 東京 🙂", "¿Qué? 東京 🙂"), None);
+    }
+
+    #[test]
+    fn prepared_agrees_with_check() {
+        let pairs = [
+            ("I have 3 cats", "I have 4 cats"),
+            ("is it safe", "is it not safe"),
+            ("a", "a"),
+        ];
+        for (x, y) in pairs {
+            assert_eq!(
+                check_prepared(&Prepared::new(x), &Prepared::new(y)),
+                check(x, y)
+            );
+        }
     }
 
     #[test]

@@ -276,7 +276,9 @@ mod tests {
 
     #[test]
     fn validates_config() {
-        assert!(HashingEmbedder::new(0).expect_err("dim 0").contains("got 0"));
+        assert!(HashingEmbedder::new(0)
+            .expect_err("dim 0")
+            .contains("got 0"));
         assert!(HashingEmbedder::new(MAX_DIM + 1).is_err());
         assert!(HashingEmbedder::new_with(8, Some((2, 1)), None).is_err());
         assert!(HashingEmbedder::new_with(8, None, None).is_err());
