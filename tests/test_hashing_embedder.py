@@ -14,26 +14,26 @@ from hypothesis import strategies as st
 import llmedge
 from llmedge import HashingEmbedder
 
-# A regression fixture: the embedding function is versioned (identity "v2"); a
+# A regression fixture: the embedding function is versioned (identity "v3"); a
 # change to these numbers must come with a new version.
 FIXED_TEXT = "Is it safe to take 2 aspirin?"
 FIXED_PREFIX = [
+    -0.08750367909669876,
     0.0,
     0.0,
     0.0,
-    -0.0970710963010788,
     0.0,
     0.0,
-    0.18259848654270172,
+    0.25210508704185486,
     0.0,
+    -0.08750367909669876,
     0.0,
+    0.010405944660305977,
+    -0.07709773629903793,
+    0.1646014153957367,
+    -0.1646014153957367,
+    -0.08750367909669876,
     0.0,
-    -0.18259848654270172,
-    -0.2796695828437805,
-    0.18259848654270172,
-    -0.18259848654270172,
-    0.0970710963010788,
-    -0.0970710963010788,
 ]
 
 
@@ -51,7 +51,7 @@ def test_defaults_and_repr():
     assert e.word_ngrams == (1, 2)
     assert e.char_ngrams == (3, 5)
     assert repr(e) == "HashingEmbedder(dim=384, word_ngrams=(1, 2), char_ngrams=(3, 5))"
-    assert e.identity == "llmedge.HashingEmbedder/v2/dim=384/words=1-2/chars=3-5"
+    assert e.identity == "llmedge.HashingEmbedder/v3/dim=384/words=1-2/chars=3-5"
     assert llmedge.HashingEmbedder is HashingEmbedder
 
 

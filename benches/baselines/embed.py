@@ -83,7 +83,7 @@ class PyHashingEmbedder:
                 padded = "<" + w + ">"
                 for n in range(lo, hi + 1):
                     for i in range(len(padded) - n + 1):
-                        feats.append(_fnv(bytes([2, n]) + padded[i : i + n].encode()))
+                        feats.append(_fnv(b"\x02" + padded[i : i + n].encode()))
             self._accumulate(feats, v)
         norm = math.sqrt(sum(x * x for x in v))
         if norm > 0:

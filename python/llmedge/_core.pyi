@@ -2,6 +2,7 @@
 # tests/test_stubs.py and `python -m mypy.stubtest llmedge._core` keep them honest.
 
 from collections.abc import Sequence
+from typing import final
 
 __version__: str
 
@@ -19,10 +20,11 @@ def count_tokens(text: str, model: str = "gpt-4o") -> int: ...
 
 # ---- cache: guard and built-in embedder -------------------------------------
 
+@final
 class HashingEmbedder:
     def __new__(
         cls,
-        dim: int | None = None,
+        dim: int = 384,
         *,
         word_ngrams: tuple[int, int] | None = (1, 2),
         char_ngrams: tuple[int, int] | None = (3, 5),

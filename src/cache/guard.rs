@@ -24,7 +24,6 @@
 //! express a negation differently) from being rejected; see
 //! `benches/eval_guard.py` for the measured trade-off.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use ahash::{AHashMap, AHashSet};
@@ -206,7 +205,10 @@ fn tokenize(text: &str) -> Vec<Token> {
             let mut s = String::new();
             while i < chars.len() {
                 let d = chars[i];
-                if d.is_alphanumeric() && !d.is_ascii_digit() {
+                if d.is_ascii_alphabetic() {
+                    s.push(d.to_ascii_lowercase());
+                    i += 1;
+                } else if d.is_alphanumeric() && !d.is_ascii_digit() {
                     s.extend(d.to_lowercase());
                     i += 1;
                 } else if matches!(d, '\'' | '\u{2019}' | '`')
@@ -341,9 +343,15 @@ impl Analysis {
         }
     }
 
-    fn sorted_words(&self) -> Vec<&str> {
-        let mut w: Vec<&str> = self.words.iter().map(String::as_str).collect();
-        w.sort_unstable();
+    /// The words keyed by a 64-bit hash and sorted by it: the rules compare
+    /// integers instead of strings (collisions are negligible at 64 bits).
+    fn sorted_words(&self) -> Vec<(u64, &str)> {
+        let mut w: Vec<(u64, &str)> = self
+            .words
+            .iter()
+            .map(|w| (word_key(w), w.as_str()))
+            .collect();
+        w.sort_unstable_by_key(|(k, _)| *k);
         w
     }
 }
@@ -488,15 +496,30 @@ fn canonical_number(p: &str) -> String {
 
 // ---- the rules ----------------------------------------------------------------
 
+type Keyed<'a> = [(u64, &'a str)];
+
+fn word_key(w: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in w.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn contains(sorted: &Keyed<'_>, key: u64) -> bool {
+    sorted.binary_search_by_key(&key, |(k, _)| *k).is_ok()
+}
+
 /// Multiset intersection of two sorted lists over the longer one's length.
-fn overlap(a: &[&str], b: &[&str]) -> f32 {
+fn overlap(a: &Keyed<'_>, b: &Keyed<'_>) -> f32 {
     let longest = a.len().max(b.len());
     if longest == 0 {
         return 1.0;
     }
     let (mut i, mut j, mut common) = (0, 0, 0usize);
     while i < a.len() && j < b.len() {
-        match a[i].cmp(b[j]) {
+        match a[i].0.cmp(&b[j].0) {
             std::cmp::Ordering::Equal => {
                 common += 1;
                 i += 1;
@@ -547,39 +570,40 @@ fn numbers_differ(a: &Analysis, b: &Analysis, ov: f32) -> bool {
 }
 
 fn units_differ(a: &Analysis, b: &Analysis) -> bool {
-    if a.units.is_empty() || b.units.is_empty() {
-        return false;
-    }
-    let mut ua: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (n, u) in &a.units {
-        ua.entry(n.as_str()).or_default().push(u);
-    }
-    let mut ub: HashMap<&str, Vec<&str>> = HashMap::new();
-    for (n, u) in &b.units {
-        ub.entry(n.as_str()).or_default().push(u);
-    }
-    ua.iter_mut().any(|(n, xs)| match ub.get_mut(n) {
-        Some(ys) => {
-            // sets, not multisets: "2 months" may be said twice on one side
-            xs.sort_unstable();
-            xs.dedup();
-            ys.sort_unstable();
-            ys.dedup();
-            xs != ys
-        }
-        None => false,
+    // a few units per prompt at most: linear scans beat building maps
+    let units_of = |side: &'_ [(String, &'static str)], n: &str| {
+        let mut us: Vec<&'static str> = side
+            .iter()
+            .filter(|(m, _)| m == n)
+            .map(|(_, u)| *u)
+            .collect();
+        // sets, not multisets: "2 months" may be said twice on one side
+        us.sort_unstable();
+        us.dedup();
+        us
+    };
+    a.units.iter().any(|(n, _)| {
+        b.units.iter().any(|(m, _)| m == n) && units_of(&a.units, n) != units_of(&b.units, n)
     })
 }
 
 /// Light suffix stripping so that "increased", "increasing" and "increases"
 /// meet "increase" in the antonym table.
 fn stem(w: &str) -> &str {
-    if w.ends_with("ss") {
-        return w;
-    }
-    for suffix in ["ing", "ed", "es", "s", "e"] {
+    // dispatch on the last byte: this runs for every differing word
+    let suffixes: &[&str] = match w.as_bytes().last() {
+        Some(b'g') => &["ing"],
+        Some(b'd') => &["ed"],
+        Some(b's') if !w.ends_with("ss") => &["es", "s"],
+        Some(b'e') => &["e"],
+        _ => return w,
+    };
+    for suffix in suffixes {
         if let Some(base) = w.strip_suffix(suffix) {
-            if base.chars().count() >= 3 && !(suffix == "s" && base.ends_with('u')) {
+            if base.len() >= 3
+                && base.chars().count() >= 3
+                && !(*suffix == "s" && base.ends_with('u'))
+            {
                 return base;
             }
         }
@@ -588,20 +612,25 @@ fn stem(w: &str) -> &str {
 }
 
 /// Distinct stems present on one side only.
-fn only_in<'a>(a: &[&'a str], b: &[&str]) -> Vec<&'a str> {
-    let mut bs: Vec<&str> = b.iter().map(|w| stem(w)).collect();
-    bs.sort_unstable();
+fn only_in<'a>(a: &Keyed<'a>, b: &Keyed<'_>) -> Vec<&'a str> {
+    // words present verbatim on the other side are skipped without stemming,
+    // so near-duplicates (the common case) stem only the few words that differ
     let mut out: Vec<&str> = a
         .iter()
-        .map(|w| stem(w))
-        .filter(|s| bs.binary_search(s).is_err())
+        .filter(|(k, _)| !contains(b, *k))
+        .map(|(_, w)| stem(w))
+        .filter(|s| {
+            let first = s.as_bytes().first();
+            !b.iter()
+                .any(|(_, w)| w.as_bytes().first() == first && stem(w) == *s)
+        })
         .collect();
     out.sort_unstable();
     out.dedup();
     out
 }
 
-fn antonym_swap(wa: &[&str], wb: &[&str]) -> Option<GuardReason> {
+fn antonym_swap(wa: &Keyed<'_>, wb: &Keyed<'_>) -> Option<GuardReason> {
     let oa = only_in(wa, wb);
     let ob = only_in(wb, wa);
     if oa.is_empty() || ob.is_empty() {
@@ -663,9 +692,8 @@ fn affix_antonyms(x: &str, y: &str) -> bool {
     false
 }
 
-fn entity_swap(a: &Analysis, b: &Analysis, wa: &[&str], wb: &[&str]) -> bool {
-    let new_in =
-        |p: &[String], other: &[&str]| p.iter().any(|w| other.binary_search(&w.as_str()).is_err());
+fn entity_swap(a: &Analysis, b: &Analysis, wa: &Keyed<'_>, wb: &Keyed<'_>) -> bool {
+    let new_in = |p: &[String], other: &Keyed<'_>| p.iter().any(|w| !contains(other, word_key(w)));
     new_in(&a.proper, wb) && new_in(&b.proper, wa)
 }
 

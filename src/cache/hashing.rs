@@ -20,7 +20,7 @@ use rayon::prelude::*;
 /// The version of the embedding function: bump it whenever the features, the
 /// hash or the weighting change, since it is part of `identity()` and so of
 /// every cache partition and snapshot.
-const VERSION: u32 = 2;
+const VERSION: u32 = 3;
 
 /// The largest accepted dimension.
 pub const MAX_DIM: usize = 1 << 16;
@@ -214,18 +214,16 @@ fn char_features(words: &[String], lo: usize, hi: usize, out: &mut Vec<u64>) {
         padded.push('<');
         padded.extend(w.chars());
         padded.push('>');
-        for n in lo..=hi {
-            if n > padded.len() {
-                break;
-            }
-            for gram in padded.windows(n) {
-                let mut h = Fnv::new();
-                h.byte(CHAR_TAG);
-                h.byte(n as u8);
-                for c in gram {
-                    h.bytes(c.encode_utf8(&mut buf).as_bytes());
+        // one running hash per start position, emitted at each length in
+        // lo..=hi: the n-grams starting at a position share their prefix
+        for start in 0..padded.len() {
+            let mut h = Fnv::new();
+            h.byte(CHAR_TAG);
+            for (k, c) in padded[start..].iter().take(hi).enumerate() {
+                h.bytes(c.encode_utf8(&mut buf).as_bytes());
+                if k + 1 >= lo {
+                    out.push(h.finish());
                 }
-                out.push(h.finish());
             }
         }
     }
@@ -329,6 +327,6 @@ mod tests {
             .expect("valid")
             .identity();
         assert_ne!(a, b);
-        assert!(a.contains("dim=384") && a.contains("v2"));
+        assert!(a.contains("dim=384") && a.contains("v3"));
     }
 }

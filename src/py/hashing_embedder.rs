@@ -86,7 +86,10 @@ pub fn extract_texts(texts: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
 #[pymethods]
 impl HashingEmbedder {
     #[new]
-    #[pyo3(signature = (dim = None, *, word_ngrams = Some((1, 2)), char_ngrams = Some((3, 5))))]
+    #[pyo3(
+        signature = (dim = None, *, word_ngrams = Some((1, 2)), char_ngrams = Some((3, 5))),
+        text_signature = "(dim=384, *, word_ngrams=(1, 2), char_ngrams=(3, 5))"
+    )]
     fn new(
         dim: Option<&Bound<'_, PyAny>>,
         word_ngrams: Option<(i64, i64)>,
