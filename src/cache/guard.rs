@@ -569,22 +569,38 @@ fn numbers_differ(a: &Analysis, b: &Analysis, ov: f32) -> bool {
     (ua > 0 || ub > 0) && ov >= NEAR_DUPLICATE
 }
 
+fn sorted_units<'a>(side: &'a [(String, &'static str)]) -> Vec<(&'a str, &'static str)> {
+    let mut v: Vec<(&'a str, &'static str)> = side.iter().map(|(n, u)| (n.as_str(), *u)).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 fn units_differ(a: &Analysis, b: &Analysis) -> bool {
-    // a few units per prompt at most: linear scans beat building maps
-    let units_of = |side: &'_ [(String, &'static str)], n: &str| {
-        let mut us: Vec<&'static str> = side
-            .iter()
-            .filter(|(m, _)| m == n)
-            .map(|(_, u)| *u)
-            .collect();
-        // sets, not multisets: "2 months" may be said twice on one side
-        us.sort_unstable();
-        us.dedup();
-        us
-    };
-    a.units.iter().any(|(n, _)| {
-        b.units.iter().any(|(m, _)| m == n) && units_of(&a.units, n) != units_of(&b.units, n)
-    })
+    if a.units.is_empty() || b.units.is_empty() {
+        return false;
+    }
+    // sets, not multisets ("2 months" may be said twice on one side), grouped
+    // by number; a number both sides give a unit must have the same units
+    let (ua, ub) = (sorted_units(&a.units), sorted_units(&b.units));
+    let (mut i, mut j) = (0, 0);
+    while i < ua.len() && j < ub.len() {
+        let (na, nb) = (ua[i].0, ub[j].0);
+        match na.cmp(nb) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                let ei = i + ua[i..].iter().take_while(|(n, _)| *n == na).count();
+                let ej = j + ub[j..].iter().take_while(|(n, _)| *n == nb).count();
+                if ua[i..ei] != ub[j..ej] {
+                    return true;
+                }
+                i = ei;
+                j = ej;
+            }
+        }
+    }
+    false
 }
 
 /// Light suffix stripping so that "increased", "increasing" and "increases"
@@ -615,15 +631,19 @@ fn stem(w: &str) -> &str {
 fn only_in<'a>(a: &Keyed<'a>, b: &Keyed<'_>) -> Vec<&'a str> {
     // words present verbatim on the other side are skipped without stemming,
     // so near-duplicates (the common case) stem only the few words that differ
-    let mut out: Vec<&str> = a
+    let differing: Vec<&str> = a
         .iter()
         .filter(|(k, _)| !contains(b, *k))
         .map(|(_, w)| stem(w))
-        .filter(|s| {
-            let first = s.as_bytes().first();
-            !b.iter()
-                .any(|(_, w)| w.as_bytes().first() == first && stem(w) == *s)
-        })
+        .collect();
+    if differing.is_empty() {
+        return differing;
+    }
+    let mut b_stems: Vec<&str> = b.iter().map(|(_, w)| stem(w)).collect();
+    b_stems.sort_unstable();
+    let mut out: Vec<&str> = differing
+        .into_iter()
+        .filter(|s| b_stems.binary_search(s).is_err())
         .collect();
     out.sort_unstable();
     out.dedup();
@@ -632,64 +652,86 @@ fn only_in<'a>(a: &Keyed<'a>, b: &Keyed<'_>) -> Vec<&'a str> {
 
 fn antonym_swap(wa: &Keyed<'_>, wb: &Keyed<'_>) -> Option<GuardReason> {
     let oa = only_in(wa, wb);
-    let ob = only_in(wb, wa);
-    if oa.is_empty() || ob.is_empty() {
+    if oa.is_empty() {
         return None;
     }
+    let ob = only_in(wb, wa);
+    if ob.is_empty() {
+        return None;
+    }
+    // linear in the differing words: each word's counterparts are looked up
+    // in the other side's sorted list, never all pairs
     let t = tables();
+    let in_b = |w: &str| ob.binary_search(&w).is_ok();
     let mut best: Option<GuardReason> = None;
     for x in &oa {
-        for y in &ob {
-            let found = t.antonyms.get(&(*x, *y)).copied().or_else(|| {
-                if affix_antonyms(x, y) || affix_antonyms(y, x) {
-                    Some(GuardReason::Antonym)
-                } else {
-                    None
+        if let Some(partners) = t.antonyms.get(x) {
+            for (y, r) in partners {
+                if in_b(y) {
+                    best = Some(best.map_or(*r, |b| b.min(*r)));
                 }
-            });
-            if let Some(r) = found {
-                best = Some(best.map_or(r, |b| b.min(r)));
             }
+        }
+        if affix_counterparts(x).iter().any(|y| in_b(y)) {
+            best = Some(best.map_or(GuardReason::Antonym, |b| b.min(GuardReason::Antonym)));
         }
     }
     best
 }
 
-/// "safe"/"unsafe", "hypothyroid"/"hyperthyroid", "painless"/"painful", ...
-fn affix_antonyms(x: &str, y: &str) -> bool {
+const PREFIX_SWAPS: [(&str, &str); 10] = [
+    ("hyper", "hypo"),
+    ("over", "under"),
+    ("pre", "post"),
+    ("inter", "intra"),
+    ("up", "down"),
+    ("in", "out"),
+    ("in", "ex"),
+    ("im", "ex"),
+    ("en", "de"),
+    ("max", "min"),
+];
+
+/// The words that would be `x`'s opposite by affix: "safe" <-> "unsafe",
+/// "nonsmoker" <-> "smoker", "hyperthyroid" <-> "hypothyroid", "painless"
+/// <-> "painful". Both directions are generated, so checking one side's
+/// words is enough (and symmetric).
+fn affix_counterparts(x: &str) -> Vec<String> {
+    let chars = |s: &str| s.chars().count();
+    let mut out = Vec::new();
     for p in ["un", "non"] {
-        if let Some(base) = y.strip_prefix(p) {
-            if base == x && base.chars().count() >= 3 && y != "unless" {
-                return true;
+        if chars(x) >= 3 && !(p == "un" && x == "less") {
+            out.push(format!("{p}{x}"));
+        }
+        if let Some(base) = x.strip_prefix(p) {
+            if chars(base) >= 3 && x != "unless" {
+                out.push(base.to_string());
             }
         }
     }
-    for (p, q) in [
-        ("hyper", "hypo"),
-        ("over", "under"),
-        ("pre", "post"),
-        ("inter", "intra"),
-        ("up", "down"),
-        ("in", "out"),
-        ("in", "ex"),
-        ("im", "ex"),
-        ("en", "de"),
-        ("max", "min"),
-    ] {
-        if let (Some(bx), Some(by)) = (x.strip_prefix(p), y.strip_prefix(q)) {
-            if bx == by && bx.chars().count() >= 4 {
-                return true;
+    for (p, q) in PREFIX_SWAPS {
+        if let Some(base) = x.strip_prefix(p) {
+            if chars(base) >= 4 {
+                out.push(format!("{q}{base}"));
+            }
+        }
+        if let Some(base) = x.strip_prefix(q) {
+            if chars(base) >= 4 {
+                out.push(format!("{p}{base}"));
             }
         }
     }
-    if let (Some(bx), Some(by)) = (x.strip_suffix("les"), y.strip_suffix("ful")) {
-        // "painless" stems to "painles"
-        return bx == by && bx.chars().count() >= 3;
+    if let Some(base) = x.strip_suffix("less") {
+        if chars(base) >= 3 {
+            out.push(format!("{base}ful"));
+        }
     }
-    if let (Some(bx), Some(by)) = (x.strip_suffix("less"), y.strip_suffix("ful")) {
-        return bx == by && bx.chars().count() >= 3;
+    if let Some(base) = x.strip_suffix("ful") {
+        if chars(base) >= 3 {
+            out.push(format!("{base}less"));
+        }
     }
-    false
+    out
 }
 
 fn entity_swap(a: &Analysis, b: &Analysis, wa: &Keyed<'_>, wb: &Keyed<'_>) -> bool {
@@ -766,7 +808,8 @@ struct Lexeme {
 
 struct Tables {
     lexicon: AHashMap<&'static str, Lexeme>,
-    antonyms: AHashMap<(&'static str, &'static str), GuardReason>,
+    /// stem -> its opposites' stems
+    antonyms: AHashMap<&'static str, Vec<(&'static str, GuardReason)>>,
     interchangeable: AHashSet<&'static str>,
 }
 
@@ -1237,8 +1280,14 @@ fn tables() -> &'static Tables {
                 if sx == sy {
                     continue;
                 }
-                antonyms.insert((sx, sy), reason);
-                antonyms.insert((sy, sx), reason);
+                antonyms
+                    .entry(sx)
+                    .or_insert_with(Vec::new)
+                    .push((sy, reason));
+                antonyms
+                    .entry(sy)
+                    .or_insert_with(Vec::new)
+                    .push((sx, reason));
             }
         }
         Tables {
