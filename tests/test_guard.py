@@ -39,6 +39,8 @@ def check(a: str, b: str) -> str | None:
         ("What holidays are in March?", "What holidays are in April?"),
         ("Set an alarm for 7:30", "Set an alarm for 7:45"),
         ("Sum of twenty five and 3", "Sum of 24 and 3"),
+        ("Tell me about the first world war", "Tell me about the second world war"),
+        ("Convert 100 USD to EUR", "Convert 150 USD to EUR"),
     ],
 )
 def test_number_changes_are_rejected(a, b):
@@ -112,6 +114,16 @@ def test_other_answer_flipping_edits_are_rejected(a, b, reason):
         ("Can I take ibuprofen for a headache?", "Could I take ibuprofen for a headache?"),
         ("Can I take ibuprofen for a headache?", "can i take ibuprofin for a headache"),
         ("Side effects of the medication", "Side effects of the medications"),
+        (
+            "Explain the difference between TCP and UDP",
+            "What's the difference between TCP and UDP?",
+        ),
+        ("Translate 'good morning' to Spanish", "Translate 'good morning' into Spanish"),
+        ("Can you recommend a good book?", "Can you recommend a great book?"),
+        ("Give me 5 tips for better sleep", "Give me five tips for better sleep"),
+        ("What is 15% of 200?", "What is 15 percent of 200?"),
+        ("Recommend a laptop under $1000", "Recommend a laptop under 1000 dollars"),
+        ("Which one is better?", "Which is better?"),
         (
             "I have been coughing for three weeks and my chest hurts. Should I see a doctor?",
             "My chest hurts and I have had a cough for 3 weeks; do I need to see a doctor?",

@@ -189,3 +189,40 @@ def test_any_unicode_embeds_to_a_unit_or_zero_vector(text):
     n = norm(v)
     assert n == 0.0 or n == pytest.approx(1.0, abs=1e-5)
     assert all(math.isfinite(x) for x in v)
+
+
+def _python_model():
+    """The pure-Python model of the same algorithm, from benches/baselines."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benches" / "baselines" / "embed.py"
+    if not path.is_file():
+        pytest.skip(f"pure-Python model not found at {path}")
+    spec = importlib.util.spec_from_file_location("_embed_model", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PyHashingEmbedder
+
+
+# characters Python and Rust classify alike (alphanumeric or not, lowercase)
+ascii_text = st.text(
+    alphabet=st.sampled_from(list("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789 .,'?!-\n")),
+    max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ascii_text,
+    st.sampled_from([8, 64, 384]),
+    st.sampled_from([(1, 1), (1, 2), (2, 3), None]),
+    st.sampled_from([(3, 5), (1, 2), (4, 4), None]),
+)
+def test_matches_the_python_model(text, dim, words, chars):
+    if words is None and chars is None:
+        return
+    model = _python_model()(dim, word_ngrams=words, char_ngrams=chars)
+    rust = HashingEmbedder(dim, word_ngrams=words, char_ngrams=chars).embed(text)
+    assert rust == pytest.approx(model.embed(text), abs=1e-5)

@@ -26,7 +26,7 @@
 
 use std::sync::OnceLock;
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashMap;
 
 /// Why the guard rejected a semantic candidate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -532,11 +532,19 @@ fn overlap(a: &Keyed<'_>, b: &Keyed<'_>) -> f32 {
     common as f32 / longest as f32
 }
 
-/// Numbers present on one side only (multiset difference), hard ones counted;
-/// a soft number can absorb an equal number on the other side.
-fn unmatched_hard(a: &[Number], b: &[Number]) -> (usize, usize) {
+/// Numbers present on one side only (multiset difference), counted as
+/// (hard, soft) per side; a soft number can absorb an equal number on the
+/// other side.
+fn unmatched(a: &[Number], b: &[Number]) -> [(usize, usize); 2] {
     let (mut i, mut j) = (0, 0);
-    let (mut ua, mut ub) = (0, 0);
+    let mut out = [(0, 0); 2];
+    let count = |n: &Number, c: &mut (usize, usize)| {
+        if n.soft {
+            c.1 += 1;
+        } else {
+            c.0 += 1;
+        }
+    };
     while i < a.len() || j < b.len() {
         let ord = match (a.get(i), b.get(j)) {
             (Some(x), Some(y)) => x.value.cmp(&y.value),
@@ -549,24 +557,29 @@ fn unmatched_hard(a: &[Number], b: &[Number]) -> (usize, usize) {
                 j += 1;
             }
             std::cmp::Ordering::Less => {
-                ua += usize::from(!a[i].soft);
+                count(&a[i], &mut out[0]);
                 i += 1;
             }
             std::cmp::Ordering::Greater => {
-                ub += usize::from(!b[j].soft);
+                count(&b[j], &mut out[1]);
                 j += 1;
             }
         }
     }
-    (ua, ub)
+    out
 }
 
 fn numbers_differ(a: &Analysis, b: &Analysis, ov: f32) -> bool {
-    let (ua, ub) = unmatched_hard(&a.numbers, &b.numbers);
-    if ua > 0 && ub > 0 {
+    let [(ha, sa), (hb, sb)] = unmatched(&a.numbers, &b.numbers);
+    if ha > 0 && hb > 0 {
         return true; // a number replaced by another
     }
-    (ua > 0 || ub > 0) && ov >= NEAR_DUPLICATE
+    if (ha > 0 || hb > 0) && ov >= NEAR_DUPLICATE {
+        return true; // a number added to an otherwise identical prompt
+    }
+    // "the first world war" / "the second world war": soft number words
+    // count when both sides have one the other lacks in similar prompts
+    (ha + sa > 0) && (hb + sb > 0) && ov >= SIMILAR
 }
 
 fn sorted_units<'a>(side: &'a [(String, &'static str)]) -> Vec<(&'a str, &'static str)> {
@@ -755,7 +768,8 @@ fn single_substitution(a: &Analysis, b: &Analysis) -> bool {
     let Some(i) = diff else { return false };
     let (x, y) = (a.words[i].as_str(), b.words[i].as_str());
     let t = tables();
-    if t.interchangeable.contains(x) && t.interchangeable.contains(y) {
+    let (gx, gy) = (t.interchangeable.get(x), t.interchangeable.get(y));
+    if gx.is_some() && gx == gy {
         return false;
     }
     if stem(x) == stem(y) || is_typo(x, y) {
@@ -810,7 +824,8 @@ struct Tables {
     lexicon: AHashMap<&'static str, Lexeme>,
     /// stem -> its opposites' stems
     antonyms: AHashMap<&'static str, Vec<(&'static str, GuardReason)>>,
-    interchangeable: AHashSet<&'static str>,
+    /// word -> its group in INTERCHANGEABLE
+    interchangeable: AHashMap<&'static str, usize>,
 }
 
 const UNITS: [&str; 20] = [
@@ -1228,11 +1243,30 @@ const ANTONYMS: &[(&str, &str)] = &[
     ("iphone", "android"),
 ];
 
-/// Words whose swap leaves the question the same (articles, modal hedges,
-/// politeness); a substitution between two of them is not a change.
-const INTERCHANGEABLE: &[&str] = &[
-    "a", "an", "the", "this", "that", "can", "could", "may", "might", "should", "would", "please",
-    "kindly", "some", "any", "do", "does", "is", "are", "am", "hi", "hello", "hey",
+/// Groups of words whose swap leaves the request the same (articles, modal
+/// hedges, politeness, a few request verbs and near-synonyms common in
+/// prompts); a substitution within a group is not a change.
+const INTERCHANGEABLE: &[&[&str]] = &[
+    &[
+        "a", "an", "the", "this", "that", "can", "could", "may", "might", "should", "would",
+        "will", "please", "kindly", "some", "any", "do", "does", "is", "are", "am", "hi", "hello",
+        "hey",
+    ],
+    &["explain", "describe", "define", "whats", "what", "clarify"],
+    &["give", "show", "tell", "provide", "list"],
+    &["to", "into"],
+    &["ok", "okay", "alright", "fine", "safe"],
+    &["good", "great", "nice", "decent"],
+    &["big", "large", "huge"],
+    &["small", "little", "tiny"],
+    &["fast", "quick", "quickly", "rapid"],
+    &["buy", "purchase"],
+    &["fix", "repair", "solve", "resolve"],
+    &["start", "begin"],
+    &["make", "create", "build", "write"],
+    &["use", "utilize", "utilise"],
+    &["help", "assist"],
+    &["about", "on", "regarding"],
 ];
 
 fn tables() -> &'static Tables {
@@ -1293,7 +1327,11 @@ fn tables() -> &'static Tables {
         Tables {
             lexicon,
             antonyms,
-            interchangeable: INTERCHANGEABLE.iter().copied().collect(),
+            interchangeable: INTERCHANGEABLE
+                .iter()
+                .enumerate()
+                .flat_map(|(g, words)| words.iter().map(move |w| (*w, g)))
+                .collect(),
         }
     })
 }
