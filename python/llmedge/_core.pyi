@@ -1,10 +1,13 @@
 # Hand-written stubs for the Rust extension `llmedge._core`.
 # tests/test_stubs.py and `python -m mypy.stubtest llmedge._core` keep them honest.
 
+from typing import final
+
 __version__: str
 
 # ---- tokens ---------------------------------------------------------------
 
+@final
 class Tokenizer:
     def __new__(cls, encoding: str) -> Tokenizer: ...
     @staticmethod
