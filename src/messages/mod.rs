@@ -13,6 +13,8 @@
 //!   tokens of the function name + tokens of the arguments text + 3 (the
 //!   community rule measured by hmarr/openai-chat-tokens for `function_call`,
 //!   applied to every call);
+//! * a legacy `function`-role message counts 2 fewer (measured on the API by
+//!   hmarr/openai-chat-tokens);
 //! * `tool_call_id` and unknown keys are not counted.
 //!
 //! Plus 3 for the reply priming (`<|start|>assistant<|message|>`) per request,
@@ -230,6 +232,9 @@ pub fn message_tokens(m: &Message, fmt: &ChatFormat, enc: &Encoding) -> i64 {
     for c in &m.calls {
         n += small_count(enc, &c.name) + small_count(enc, &c.arguments) + fmt.tokens_per_call;
     }
+    if m.role == Role::Function {
+        n -= 2;
+    }
     n
 }
 
@@ -358,6 +363,19 @@ mod tests {
             ..Message::text(Role::Assistant, "")
         };
         assert_eq!(count_messages(&[m], &[], &fmt("gpt-3.5-turbo")), 26);
+    }
+
+    #[test]
+    fn function_results_match_hmarr_measurements() {
+        let f = fmt("gpt-3.5-turbo");
+        let result = |content: &str| Message {
+            name: Some("do_stuff".into()),
+            ..Message::text(Role::Function, content)
+        };
+        let user = Message::text(Role::User, "hello world");
+        assert_eq!(count_messages(&[user.clone(), result("{}")], &[], &f), 15);
+        let r = result("{\"foo\": \"bar\", \"baz\": 1.5}");
+        assert_eq!(count_messages(&[user, r], &[], &f), 28);
     }
 
     #[test]
