@@ -22,6 +22,7 @@
 
 pub mod fit;
 pub mod image;
+pub mod memo;
 pub mod tools;
 
 use rayon::prelude::*;
@@ -202,7 +203,7 @@ fn small_count(enc: &Encoding, s: &str) -> i64 {
     if s.is_empty() {
         return 0;
     }
-    i64::try_from(enc.count(s)).unwrap_or(i64::MAX)
+    i64::try_from(memo::count(enc, s)).unwrap_or(i64::MAX)
 }
 
 /// Tokens of the message's content alone.

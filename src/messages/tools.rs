@@ -72,7 +72,7 @@ fn strip_one_dot(s: &str) -> &str {
 }
 
 fn count_len(enc: &Encoding, s: &str) -> i64 {
-    i64::try_from(enc.count(s)).unwrap_or(i64::MAX)
+    i64::try_from(super::memo::count(enc, s)).unwrap_or(i64::MAX)
 }
 
 fn params_tokens(params: &[ToolParam], rates: ToolRates, enc: &Encoding) -> i64 {
