@@ -8,7 +8,6 @@
 //! cleared when full, bounding memory (about 5 MB at most).
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::sync::OnceLock;
 
 use ahash::RandomState;
