@@ -2,7 +2,7 @@
 # tests/test_stubs.py and `python -m mypy.stubtest llmedge._core` keep them honest.
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, final
 
 __version__: str
 
@@ -54,6 +54,7 @@ def estimate_cost(
     model: str, input_tokens: int, output_tokens: int, *, cached_input_tokens: int = 0
 ) -> float: ...
 
+@final
 class CostTracker:
     def __new__(cls) -> CostTracker: ...
     def record(
