@@ -378,6 +378,72 @@ mod tests {
         assert!(long.starts_with(&p.text));
     }
 
+    fn arb_message() -> impl proptest::strategy::Strategy<Value = Message> {
+        use proptest::prelude::*;
+        (0..4usize, "[a-c é🙂.]{0,40}", any::<bool>()).prop_map(|(r, text, call)| {
+            let role = [Role::System, Role::User, Role::Assistant, Role::Tool][r];
+            let mut m = Message::text(role, &text);
+            if call && role == Role::Assistant {
+                m.calls.push(FunctionCall {
+                    name: "f".into(),
+                    arguments: text.clone(),
+                });
+            }
+            m
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fit_invariants(
+            msgs in proptest::collection::vec(arb_message(), 0..10),
+            budget in 1i64..300,
+            first in proptest::bool::ANY,
+            partial in proptest::bool::ANY,
+            limit in proptest::option::of(1usize..6),
+        ) {
+            let o = FitOptions {
+                max_tokens: budget,
+                strategy: if first { Strategy::First } else { Strategy::Last },
+                keep_system: true,
+                history_limit: limit,
+                allow_partial: partial,
+            };
+            match run(&msgs, &o) {
+                Err(FitError::Overflow { required, available }) => {
+                    proptest::prop_assert!(required > available);
+                    proptest::prop_assert_eq!(available, budget);
+                }
+                Ok(plan) => {
+                    let kept: Vec<Message> = plan
+                        .kept
+                        .iter()
+                        .map(|&i| match &plan.partial {
+                            Some(p) if p.index == i => Message::text(msgs[i].role, &p.text),
+                            _ => msgs[i].clone(),
+                        })
+                        .collect();
+                    let n = count_messages(&kept, &[], &fmt()) as i64;
+                    proptest::prop_assert_eq!(n, plan.tokens);
+                    proptest::prop_assert!(n <= budget);
+                    proptest::prop_assert!(plan.kept.windows(2).all(|w| w[0] < w[1]));
+                    for (i, m) in msgs.iter().enumerate() {
+                        if m.role == Role::System {
+                            proptest::prop_assert!(plan.kept.contains(&i));
+                        }
+                    }
+                    if let Some(u) = msgs.iter().rposition(|m| m.role == Role::User) {
+                        proptest::prop_assert!(plan.kept.contains(&u));
+                    }
+                    if let Some(l) = limit {
+                        let history = plan.kept.iter().filter(|&&i| msgs[i].role != Role::System);
+                        proptest::prop_assert!(history.count() <= l);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn truncate_text_never_splits_a_char() {
         let enc = fmt().encoder();
