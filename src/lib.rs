@@ -4,6 +4,8 @@
 //! bindings. This file only assembles the `llmedge._core` module.
 
 pub mod cache;
+pub mod cost;
+pub mod messages;
 pub mod models;
 pub mod py;
 pub mod tokens;
@@ -14,5 +16,8 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::tokenizer::register(m)?;
+    py::models::register(m)?;
+    py::messages::register(m)?;
+    py::cost::register(m)?;
     Ok(())
 }

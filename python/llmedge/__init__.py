@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from llmedge import _core
 from llmedge._core import (
+    CostTracker,
     Tokenizer,
+    count_messages,
     count_tokens,
+    estimate_cost,
+    fit_messages,
+    list_models,
+    model_info,
+    register_model,
 )
 from llmedge.errors import (
     ContextOverflowError,
@@ -30,4 +37,12 @@ __all__ = [
     # tokens
     "Tokenizer",
     "count_tokens",
+    # models, messages and cost
+    "register_model",
+    "model_info",
+    "list_models",
+    "count_messages",
+    "fit_messages",
+    "estimate_cost",
+    "CostTracker",
 ]

@@ -1,4 +1,7 @@
 //! Thin PyO3 bindings: one file per Python class or function group.
 
+pub mod cost;
 pub mod errors;
+pub mod messages;
+pub mod models;
 pub mod tokenizer;
