@@ -6,6 +6,7 @@
 pub mod cache;
 pub mod models;
 pub mod py;
+pub mod resilience;
 pub mod tokens;
 
 use pyo3::prelude::*;
@@ -14,5 +15,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::tokenizer::register(m)?;
+    py::circuit_breaker::register(m)?;
+    py::rate_limiter::register(m)?;
     Ok(())
 }

@@ -12,10 +12,19 @@ from llmedge._core import (
     count_tokens,
 )
 from llmedge.errors import (
+    CircuitOpenError,
     ContextOverflowError,
     LlmEdgeError,
+    RateLimitExceeded,
     UnknownEncodingError,
     UnknownModelError,
+)
+from llmedge.resilience import (
+    CircuitBreaker,
+    MultiRateLimiter,
+    RateLimiter,
+    breakers,
+    get_breaker,
 )
 
 __version__: str = _core.__version__
@@ -30,4 +39,12 @@ __all__ = [
     # tokens
     "Tokenizer",
     "count_tokens",
+    # resilience
+    "CircuitBreaker",
+    "RateLimiter",
+    "MultiRateLimiter",
+    "breakers",
+    "get_breaker",
+    "CircuitOpenError",
+    "RateLimitExceeded",
 ]
