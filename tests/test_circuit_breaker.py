@@ -8,11 +8,12 @@ import gc
 import logging
 import threading
 
-import llmedge
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+import llmedge
 from llmedge import CircuitBreaker, CircuitOpenError
 
 

@@ -9,6 +9,7 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from llmedge import LlmEdgeError, MultiRateLimiter, RateLimiter, RateLimitExceeded
 
 

@@ -184,8 +184,16 @@ impl CircuitBreaker {
     /// Admits a call (firing the open -> half_open transition) or returns the
     /// `CircuitOpenError` to raise.
     pub fn admit(&self, py: Python<'_>) -> PyResult<Result<Permit, PyErr>> {
-        let now = self.now(py)?;
-        let res = self.core.lock().acquire(now);
+        let res = if self.clock.is_none() {
+            // The Rust clock calls no Python, so it may be read under the lock,
+            // and only when the state machine needs it.
+            let mut core = self.core.lock();
+            let now = if core.needs_time() { monotonic() } else { 0.0 };
+            core.acquire(now)
+        } else {
+            let now = self.now(py)?;
+            self.core.lock().acquire(now)
+        };
         match res {
             Ok((permit, t)) => {
                 self.fire(py, t);
@@ -200,8 +208,20 @@ impl CircuitBreaker {
         match failed {
             None => self.core.lock().release(permit),
             Some(failed) => {
-                let now = self.now(py)?;
-                let t = self.core.lock().record(permit, now, failed);
+                let t = if self.clock.is_none() {
+                    let mut core = self.core.lock();
+                    // A success in the closed state with no slow-call or time
+                    // window cannot move the state: the time is not needed.
+                    let now = if failed || core.needs_time() {
+                        monotonic()
+                    } else {
+                        0.0
+                    };
+                    core.record(permit, now, failed)
+                } else {
+                    let now = self.now(py)?;
+                    self.core.lock().record(permit, now, failed)
+                };
                 self.fire(py, t);
             }
         }

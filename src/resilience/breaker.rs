@@ -434,12 +434,11 @@ impl Breaker {
         self.state
     }
 
-    /// Whether outcomes need the time (slow calls, time windows, probes):
-    /// when false the caller may pass any `now` to `record`.
+    /// Whether `acquire`, or `record` of a success, needs the real time. When
+    /// false (closed, counting consecutive failures only) neither can change
+    /// the state nor reads `now`, so a caller may skip reading its clock.
     pub fn needs_time(&self) -> bool {
-        self.state != State::Closed
-            || self.cfg.slow_call_duration.is_some()
-            || self.cfg.window_type == WindowType::Time && self.cfg.uses_window()
+        self.state != State::Closed || self.cfg.uses_window()
     }
 
     fn enter(&mut self, to: State, now: f64) -> Transition {
