@@ -6,6 +6,7 @@ import asyncio
 import collections
 import gc
 import logging
+import math
 import threading
 
 import pytest
@@ -741,29 +742,33 @@ def test_threads_hammering_closed_breaker_count_exactly():
 
 
 class ModelBreaker:
-    """The documented rules, written plainly."""
+    """The documented rules, written plainly: every outcome is kept in a list
+    and the window is recomputed from it."""
 
-    def __init__(
-        self,
-        *,
-        failure_threshold,
-        recovery_timeout,
-        success_threshold,
-        rate,
-        window_size,
-        minimum_calls,
-        half_open_max_calls,
-        backoff,
-        max_recovery,
-        now,
-    ):
-        self.ft, self.rt, self.st = failure_threshold, recovery_timeout, success_threshold
-        self.rate, self.minimum, self.hmax = rate, minimum_calls, half_open_max_calls
-        self.backoff, self.max_recovery = backoff, max_recovery
-        self.window = collections.deque(maxlen=window_size)
-        self.state, self.epoch, self.recovery = "closed", 0, recovery_timeout
+    def __init__(self, cfg, now):
+        self.cfg = cfg
+        self.ft = cfg["failure_threshold"]
+        self.rt = cfg["recovery_timeout"]
+        self.st = cfg["success_threshold"]
+        self.rate = cfg.get("failure_rate_threshold")
+        self.slow_duration = cfg.get("slow_call_duration")
+        self.slow_rate = cfg.get("slow_call_rate_threshold") or (
+            1.0 if self.slow_duration is not None else None
+        )
+        self.window_type = cfg.get("window_type", "count")
+        self.size, self.minimum = cfg["window_size"], cfg["minimum_calls"]
+        self.hmax = cfg["half_open_max_calls"]
+        self.backoff, self.max_recovery = cfg["backoff_multiplier"], cfg["max_recovery_timeout"]
+        self.outcomes = []  # (second, failed, slow) since the circuit last closed
+        self.state, self.epoch, self.recovery = "closed", 0, self.rt
         self.open_until = now
         self.consec = self.in_flight = self.half_successes = 0
+
+    def window(self, now):
+        if self.window_type == "count":
+            return self.outcomes[-self.size :]
+        second = math.floor(now)
+        return [o for o in self.outcomes if second - self.size < o[0] <= second]
 
     def enter(self, state, now):
         self.state = state
@@ -774,11 +779,11 @@ class ModelBreaker:
         if state == "closed":
             self.recovery = self.rt
             self.consec = 0
-            self.window.clear()
+            self.outcomes = []
 
     def acquire(self, now):
         if self.state in ("closed", "disabled"):
-            return (self.epoch, False)
+            return (self.epoch, False, now)
         if self.state == "forced_open":
             return None
         if self.state == "open":
@@ -787,22 +792,28 @@ class ModelBreaker:
             self.enter("half_open", now)
         if self.in_flight < self.hmax:
             self.in_flight += 1
-            return (self.epoch, True)
+            return (self.epoch, True, now)
         return None
 
     def record(self, permit, now, failed):
-        epoch, probe = permit
+        epoch, probe, start = permit
+        slow = self.slow_duration is not None and now - start >= self.slow_duration
         if epoch != self.epoch:
             return
         if self.state == "closed":
             self.consec = self.consec + 1 if failed else 0
-            self.window.append(failed)
-            n = len(self.window)
-            if self.consec >= self.ft or (n >= self.minimum and sum(self.window) >= self.rate * n):
+            self.outcomes.append((math.floor(now), failed, slow))
+            w = self.window(now)
+            n = len(w)
+            by_rate = n >= self.minimum and (
+                (self.rate is not None and sum(o[1] for o in w) >= self.rate * n)
+                or (self.slow_rate is not None and sum(o[2] for o in w) >= self.slow_rate * n)
+            )
+            if self.consec >= self.ft or by_rate:
                 self.enter("open", now)
         elif self.state == "half_open" and probe:
             self.in_flight -= 1
-            if failed:
+            if failed or (slow and self.slow_rate is not None):
                 self.recovery = min(self.recovery * self.backoff, self.max_recovery)
                 self.enter("open", now)
             else:
@@ -837,19 +848,7 @@ class BreakerMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FakeClock(0.0)
         self.breaker = CircuitBreaker("model", clock=self.clock, **self.CONFIG)
-        c = self.CONFIG
-        self.model = ModelBreaker(
-            failure_threshold=c["failure_threshold"],
-            recovery_timeout=c["recovery_timeout"],
-            success_threshold=c["success_threshold"],
-            rate=c["failure_rate_threshold"],
-            window_size=c["window_size"],
-            minimum_calls=c["minimum_calls"],
-            half_open_max_calls=c["half_open_max_calls"],
-            backoff=c["backoff_multiplier"],
-            max_recovery=c["max_recovery_timeout"],
-            now=0.0,
-        )
+        self.model = ModelBreaker(self.CONFIG, now=0.0)
         self.held = []  # (stream, model permit)
 
         @self.breaker
@@ -876,17 +875,19 @@ class BreakerMachine(RuleBasedStateMachine):
             assert list(s) == [None]
         self.model.record(permit, self.clock.now, failed)
 
-    @rule(failed=st.booleans())
-    def call(self, failed):
-        started = self._start()
-        if started:
-            self._finish(*started, failed)
+    @rule(failed=st.booleans(), n=st.integers(1, 5))
+    def call(self, failed, n=1):
+        for _ in range(n):
+            started = self._start()
+            if started:
+                self._finish(*started, failed)
 
-    @rule()
-    def start_and_hold(self):
-        started = self._start()
-        if started:
-            self.held.append(started)
+    @rule(n=st.integers(1, 4))
+    def start_and_hold(self, n=1):
+        for _ in range(n):
+            started = self._start()
+            if started:
+                self.held.append(started)
 
     @precondition(lambda self: self.held)
     @rule(i=st.integers(0, 100), failed=st.booleans())
@@ -894,7 +895,7 @@ class BreakerMachine(RuleBasedStateMachine):
         s, permit = self.held.pop(i % len(self.held))
         self._finish(s, permit, failed)
 
-    @rule(seconds=st.sampled_from([0.5, 5.0, 10.0, 20.0, 40.0]))
+    @rule(seconds=st.sampled_from([0.5, 5.0, 10.0, 15.0, 20.0, 40.0]))
     def advance(self, seconds):
         self.clock.advance(seconds)
 
@@ -915,5 +916,28 @@ class BreakerMachine(RuleBasedStateMachine):
         )
 
 
-BreakerMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+BreakerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)
 TestBreakerMatchesModel = BreakerMachine.TestCase
+
+
+class TimeWindowSlowCallMachine(BreakerMachine):
+    CONFIG = dict(
+        failure_threshold=4,
+        recovery_timeout=10.0,
+        success_threshold=2,
+        failure_rate_threshold=0.75,
+        window_type="time",
+        window_size=30,
+        minimum_calls=3,
+        slow_call_duration=15.0,
+        slow_call_rate_threshold=0.5,
+        half_open_max_calls=2,
+        backoff_multiplier=1.5,
+        max_recovery_timeout=40.0,
+    )
+
+
+TimeWindowSlowCallMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=30, deadline=None
+)
+TestTimeWindowSlowCallsMatchModel = TimeWindowSlowCallMachine.TestCase
