@@ -840,4 +840,47 @@ mod tests {
         assert!(bad.validate().is_err());
         assert!(cfg().validate().is_ok());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Probes in flight never exceed half_open_max_calls, whatever the
+            /// order of admissions, outcomes and clock steps.
+            #[test]
+            fn half_open_never_admits_more_than_max(
+                ops in proptest::collection::vec((0u8..4, 0u32..30), 1..200),
+            ) {
+                let c = BreakerConfig {
+                    failure_threshold: 2,
+                    recovery_timeout: 5.0,
+                    half_open_max_calls: 3,
+                    ..BreakerConfig::default()
+                };
+                let mut b = Breaker::new(c, 0.0);
+                let mut now = 0.0;
+                let mut held: Vec<Permit> = Vec::new();
+                for (op, arg) in ops {
+                    match op {
+                        0 => {
+                            if let Ok((p, _)) = b.acquire(now) {
+                                held.push(p);
+                            }
+                        }
+                        1 | 2 if !held.is_empty() => {
+                            let p = held.remove(arg as usize % held.len());
+                            b.record(p, now, op == 1);
+                        }
+                        _ => now += f64::from(arg),
+                    }
+                    let probes = held.iter().filter(|p| p.probe && p.epoch == b.epoch).count();
+                    prop_assert!(probes <= 3);
+                    if b.state() == State::HalfOpen {
+                        prop_assert_eq!(b.metrics(now).half_open_in_flight as usize, probes);
+                    }
+                }
+            }
+        }
+    }
 }

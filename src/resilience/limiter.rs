@@ -327,4 +327,34 @@ mod tests {
         assert!(Limit::new("", 1.0, 1.0, Some(0)).is_err());
         assert_eq!(Limit::new("", 0.5, 1.0, None).expect("ok").burst, 1);
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Over any schedule, a key never receives more than its burst plus
+            /// what the rate refilled, and an idle key always gets its burst.
+            #[test]
+            fn never_grants_more_than_burst_plus_refill(
+                rate in 1u32..50,
+                burst in 1u64..20,
+                steps in proptest::collection::vec((0u32..2000, 0u64..20), 1..80),
+            ) {
+                let mut g = single(f64::from(rate), 1.0, Some(burst));
+                let mut now = 0.0_f64;
+                let mut granted = 0u64;
+                for (dt_ms, cost) in steps {
+                    now += f64::from(dt_ms) / 1000.0;
+                    let cost = cost.min(burst);
+                    if g.try_acquire("k", &[cost], now).allowed() {
+                        granted += cost;
+                    }
+                    let bound = burst as f64 + now * f64::from(rate);
+                    prop_assert!(granted as f64 <= bound + 1e-6, "{granted} > {bound}");
+                }
+                prop_assert_eq!(g.available("k", now + burst as f64 / f64::from(rate)), vec![burst]);
+            }
+        }
+    }
 }
