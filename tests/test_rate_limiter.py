@@ -336,3 +336,36 @@ def test_matches_token_bucket_model(rate, burst, ops):
                 rl.try_acquire(key, cost)
             continue
         assert rl.try_acquire(key, cost) == model.try_acquire(key, cost, clock.now)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b"]),
+            st.integers(0, 3),
+            st.integers(0, 400),
+            st.sampled_from([0, 0, 0.5, 1.0, 7.5, 30.0]),
+        ),
+        max_size=60,
+    ),
+)
+def test_multi_matches_all_or_nothing_model(ops):
+    clock = FakeClock(0.0)
+    ml = RateLimiter.multi({"requests": (5, 60.0), "tokens": (1000, 60.0, 400)}, clock=clock)
+    requests = ModelBucket(5, 60.0, 5)
+    tokens = ModelBucket(1000, 60.0, 400)
+    for key, r, t, dt in ops:
+        clock.advance(dt)
+        # peek both buckets without charging, then charge both or neither
+        r_ok = requests.try_acquire(key, 0, clock.now) and requests.tokens[key] + 1e-9 >= r
+        t_ok = tokens.try_acquire(key, 0, clock.now) and tokens.tokens[key] + 1e-9 >= t
+        expected = r_ok and t_ok
+        if expected:
+            requests.tokens[key] -= r
+            tokens.tokens[key] -= t
+        assert ml.try_acquire(key, requests=r, tokens=t) == expected
+        assert ml.available(key) == {
+            "requests": math.floor(requests.tokens[key] + 1e-9),
+            "tokens": math.floor(tokens.tokens[key] + 1e-9),
+        }
