@@ -42,6 +42,11 @@ __all__ = [
     "get_breaker",
 ]
 
+# Private extension classes (not in _core.pyi): the Rust wrapper of plain sync
+# functions, and the opaque permit an admitted call hands back.
+_GuardedFn: Any = _core._GuardedFn  # type: ignore[attr-defined]
+_Permit = Any
+
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
@@ -78,7 +83,7 @@ class CircuitBreaker(_core.CircuitBreaker):
 
     def __init__(self, name: str, **config: Any) -> None:
         # Configuration was validated by the Rust __new__.
-        self._stack: contextvars.ContextVar[tuple[_core._Permit, ...]] = contextvars.ContextVar(
+        self._stack: contextvars.ContextVar[tuple[_Permit, ...]] = contextvars.ContextVar(
             f"llmedge.breaker.{name}", default=()
         )
         with _registry_lock:
@@ -98,7 +103,7 @@ class CircuitBreaker(_core.CircuitBreaker):
         elif inspect.iscoroutinefunction(fn):
             wrapper = self._wrap_async(fn)
         else:
-            wrapper = _core._GuardedFn(self, fn)
+            wrapper = _GuardedFn(self, fn)
         functools.update_wrapper(wrapper, fn)
         return wrapper  # type: ignore[no-any-return]
 
@@ -164,7 +169,7 @@ class CircuitBreaker(_core.CircuitBreaker):
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` through the breaker."""
-        return _core._GuardedFn(self, fn)(*args, **kwargs)  # type: ignore[no-any-return]
+        return _GuardedFn(self, fn)(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """``await fn(*args, **kwargs)`` through the breaker."""
@@ -216,10 +221,10 @@ class _GuardedStream(Iterator[T]):
 
     __slots__ = ("_breaker", "_gen", "_permit", "_started")
 
-    def __init__(self, breaker: CircuitBreaker, gen: Iterator[T], permit: _core._Permit):
+    def __init__(self, breaker: CircuitBreaker, gen: Iterator[T], permit: _Permit):
         self._breaker = breaker
         self._gen = gen
-        self._permit: _core._Permit | None = permit
+        self._permit: _Permit | None = permit
         self._started = False
 
     def _settle(self, exc: BaseException | None) -> None:
@@ -288,10 +293,10 @@ class _GuardedAsyncStream(AsyncIterator[T]):
 
     __slots__ = ("_breaker", "_agen", "_permit", "_started")
 
-    def __init__(self, breaker: CircuitBreaker, agen: AsyncIterator[T], permit: _core._Permit):
+    def __init__(self, breaker: CircuitBreaker, agen: AsyncIterator[T], permit: _Permit):
         self._breaker = breaker
         self._agen = agen
-        self._permit: _core._Permit | None = permit
+        self._permit: _Permit | None = permit
         self._started = False
 
     def _settle(self, exc: BaseException | None) -> None:
