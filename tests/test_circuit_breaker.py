@@ -426,6 +426,23 @@ def test_sync_stream_is_one_call(clock):
         stream(1)  # rejected at call time, before iteration
 
 
+def test_abandoned_stream_counts_as_success(clock):
+    b = CircuitBreaker("w3b", failure_threshold=1, recovery_timeout=1, clock=clock)
+
+    @b
+    def stream():
+        yield from range(10)
+
+    fail_n(b, 1)
+    clock.advance(1)
+    for i in stream():
+        if i == 2:
+            break  # the probe answered; the consumer stopped reading
+    gc.collect()
+    assert b.state == "half_open" and b.metrics()["successes"] == 1
+    assert b.metrics()["half_open_in_flight"] == 0
+
+
 def test_unstarted_stream_releases_its_probe(clock):
     b = CircuitBreaker("w4", failure_threshold=1, recovery_timeout=1, clock=clock)
 

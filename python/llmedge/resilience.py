@@ -284,8 +284,12 @@ class _GuardedStream(Iterator[T]):
             self._breaker._release(permit)
 
     def __del__(self) -> None:
+        # Abandoned by its consumer (a `break`, a dropped response): like close().
         if getattr(self, "_permit", None) is not None:
-            self._release()
+            if self._started:
+                self._settle(None)
+            else:
+                self._release()
 
 
 class _GuardedAsyncStream(AsyncIterator[T]):
@@ -356,8 +360,12 @@ class _GuardedAsyncStream(AsyncIterator[T]):
             self._breaker._release(permit)
 
     def __del__(self) -> None:
+        # Abandoned by its consumer (a `break`, a dropped response): like close().
         if getattr(self, "_permit", None) is not None:
-            self._release()
+            if self._started:
+                self._settle(None)
+            else:
+                self._release()
 
 
 def _check_timeout(timeout: float | None) -> None:
