@@ -232,8 +232,9 @@ impl Gcra {
     }
 
     /// Before inserting a key at the bound: drop idle keys, and if every key
-    /// is active, evict the one closest to idle (its bucket is the fullest,
-    /// so forgetting it grants it the least extra credit).
+    /// is active, evict the 1/64 of the keys closest to idle (the fullest
+    /// buckets, so forgetting them grants the least extra credit). Evicting a
+    /// batch keeps the O(keys) scan amortised to O(64) per new key.
     fn make_room(&mut self, now: f64) {
         if self.keys.len() < self.max_keys {
             return;
@@ -241,13 +242,19 @@ impl Gcra {
         if self.purge(now) < self.max_keys {
             return;
         }
-        let victim = self
+        let batch = (self.keys.len() / 64).max(1);
+        let mut by_tat: Vec<(f64, Box<str>)> = self
             .keys
             .iter()
-            .map(|(k, tats)| (k, tats.iter().copied().fold(f64::NEG_INFINITY, f64::max)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(k, _)| k.clone());
-        if let Some(k) = victim {
+            .map(|(k, tats)| {
+                (
+                    tats.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                    k.clone(),
+                )
+            })
+            .collect();
+        by_tat.select_nth_unstable_by(batch - 1, |a, b| a.0.total_cmp(&b.0));
+        for (_, k) in by_tat.into_iter().take(batch) {
             self.keys.remove(&k);
         }
     }
@@ -300,6 +307,20 @@ mod tests {
         assert_eq!(g.stored_keys(), 2);
         assert_eq!(g.available("a", 0.0), vec![10]); // "a" was evicted
         assert_eq!(g.available("b", 0.0), vec![5]);
+    }
+
+    #[test]
+    fn eviction_at_the_bound_is_batched() {
+        let mut g =
+            Gcra::new(vec![Limit::new("", 1.0, 1.0, Some(1000)).expect("ok")], 128).expect("ok");
+        for i in 0..128u64 {
+            assert!(g.try_acquire(&format!("k{i}"), &[i + 1], 0.0).allowed());
+        }
+        assert!(g.try_acquire("new", &[500], 0.0).allowed());
+        assert_eq!(g.stored_keys(), 127); // 2 evicted, 1 inserted
+        assert_eq!(g.available("k0", 0.0), vec![1000]);
+        assert_eq!(g.available("k1", 0.0), vec![1000]);
+        assert_eq!(g.available("k2", 0.0), vec![997]);
     }
 
     #[test]
