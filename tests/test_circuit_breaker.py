@@ -403,6 +403,20 @@ async def test_async_function(clock):
         await fetch(1)
 
 
+@pytest.mark.asyncio
+async def test_async_callable_object(clock):
+    b = CircuitBreaker("w2b", failure_threshold=1, clock=clock)
+
+    class Client:
+        async def __call__(self, x):
+            raise ConnectionError(x)
+
+    guarded = b(Client())
+    with pytest.raises(ConnectionError):
+        await guarded(1)
+    assert b.state == "open"  # judged after the await, not at coroutine creation
+
+
 def test_sync_stream_is_one_call(clock):
     b = CircuitBreaker("w3", failure_threshold=1, clock=clock)
 

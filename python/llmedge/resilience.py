@@ -100,7 +100,9 @@ class CircuitBreaker(_core.CircuitBreaker):
             wrapper: Any = self._wrap_async_stream(fn)
         elif inspect.isgeneratorfunction(fn):
             wrapper = self._wrap_stream(fn)
-        elif inspect.iscoroutinefunction(fn):
+        elif inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            type(fn).__call__  # an object whose __call__ is async
+        ):
             wrapper = self._wrap_async(fn)
         else:
             wrapper = _GuardedFn(self, fn)
