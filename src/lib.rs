@@ -8,6 +8,7 @@ pub mod cost;
 pub mod messages;
 pub mod models;
 pub mod py;
+pub mod resilience;
 pub mod tokens;
 
 use pyo3::prelude::*;
@@ -19,5 +20,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::models::register(m)?;
     py::messages::register(m)?;
     py::cost::register(m)?;
+    py::circuit_breaker::register(m)?;
+    py::rate_limiter::register(m)?;
     Ok(())
 }

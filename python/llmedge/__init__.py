@@ -19,10 +19,19 @@ from llmedge._core import (
     register_model,
 )
 from llmedge.errors import (
+    CircuitOpenError,
     ContextOverflowError,
     LlmEdgeError,
+    RateLimitExceeded,
     UnknownEncodingError,
     UnknownModelError,
+)
+from llmedge.resilience import (
+    CircuitBreaker,
+    MultiRateLimiter,
+    RateLimiter,
+    breakers,
+    get_breaker,
 )
 
 __version__: str = _core.__version__
@@ -45,4 +54,12 @@ __all__ = [
     "fit_messages",
     "estimate_cost",
     "CostTracker",
+    # resilience
+    "CircuitBreaker",
+    "RateLimiter",
+    "MultiRateLimiter",
+    "breakers",
+    "get_breaker",
+    "CircuitOpenError",
+    "RateLimitExceeded",
 ]

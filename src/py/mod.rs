@@ -1,7 +1,9 @@
 //! Thin PyO3 bindings: one file per Python class or function group.
 
+pub mod circuit_breaker;
 pub mod cost;
 pub mod errors;
 pub mod messages;
 pub mod models;
+pub mod rate_limiter;
 pub mod tokenizer;
