@@ -1496,6 +1496,61 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn never_contradicts_itself(x in "\\PC{0,80}") {
+            proptest::prop_assert_eq!(check(&x, &x), None);
+        }
+
+        #[test]
+        fn symmetric(a in "[a-zA-Z0-9 .,:%$'-]{0,60}", b in "[a-zA-Z0-9 .,:%$'-]{0,60}") {
+            proptest::prop_assert_eq!(check(&a, &b), check(&b, &a));
+        }
+
+        #[test]
+        fn symmetric_on_guard_words(
+            a in proptest::collection::vec(proptest::sample::select(WORDS.to_vec()), 0..10),
+            b in proptest::collection::vec(proptest::sample::select(WORDS.to_vec()), 0..10),
+        ) {
+            let (a, b) = (a.join(" "), b.join(" "));
+            proptest::prop_assert_eq!(check(&a, &b), check(&b, &a));
+        }
+    }
+
+    const WORDS: &[&str] = &[
+        "the",
+        "not",
+        "no",
+        "don't",
+        "3",
+        "three",
+        "2.50",
+        "1,000",
+        "safe",
+        "unsafe",
+        "more",
+        "less",
+        "France",
+        "Paris",
+        "mg",
+        "g",
+        "%",
+        "$",
+        "first",
+        "28th",
+        "half",
+        "twenty",
+        "five",
+        "painless",
+        "painful",
+        "hyperthyroid",
+        "hypothyroid",
+        "cats",
+        "dogs",
+        "good",
+        "great",
+    ];
+
     #[test]
     fn number_normalisation() {
         assert_eq!(normalise_number("1,000"), vec!["1000"]);
