@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod models;
+pub mod prompt;
 pub mod py;
 pub mod tokens;
 
@@ -14,5 +15,6 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::tokenizer::register(m)?;
+    py::prompt_optimizer::register(m)?;
     Ok(())
 }

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from llmedge import _core
 from llmedge._core import (
+    CompressionResult,
+    PromptOptimizer,
     Tokenizer,
     count_tokens,
 )
@@ -30,4 +32,7 @@ __all__ = [
     # tokens
     "Tokenizer",
     "count_tokens",
+    # prompt
+    "PromptOptimizer",
+    "CompressionResult",
 ]

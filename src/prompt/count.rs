@@ -1,0 +1,171 @@
+//! Exact, incremental token counting for the compression loop.
+//!
+//! Compression counts the text once and then once more after every step that
+//! changed it, and most steps change a few words. For the encodings whose
+//! pre-tokenisation regex is known to split at them (`o200k_base`,
+//! `o200k_harmony`, `cl100k_base`), the text is cut at two kinds of positions
+//! where a pre-token always ends, and the count is the sum of the counts of
+//! the pieces, memoised for the life of one compression, so counting again
+//! after a step that changed a few words costs a few lookups per word:
+//!
+//! * after `\n` when the next byte is printable ASCII other than `/` (no
+//!   pre-token pattern continues past a newline into a non-space, except the
+//!   punctuation pattern's `[\r\n/]*` tail in o200k);
+//! * before a single space between two ASCII letters (a word pre-token ends at
+//!   its last letter, and ` word` is its own pre-token).
+//!
+//! BPE never merges across pre-tokens, so the sum is exact; the unit tests and
+//! tests/test_prompt_optimizer.py compare it with whole-text counts. Other
+//! encodings (p50k, r50k: their `\s+(?!\S)` makes the newline cut unsafe) are
+//! counted whole.
+
+use std::collections::HashMap;
+
+use crate::tokens::{Encoding, EncodingName};
+
+pub struct ChunkCounter {
+    enc: &'static Encoding,
+    chunked: bool,
+    memo: HashMap<Box<str>, usize, ahash::RandomState>,
+}
+
+impl ChunkCounter {
+    pub fn new(enc: &'static Encoding) -> Self {
+        let chunked = matches!(
+            enc.name(),
+            EncodingName::O200kBase | EncodingName::O200kHarmony | EncodingName::Cl100kBase
+        );
+        ChunkCounter {
+            enc,
+            chunked,
+            memo: HashMap::default(),
+        }
+    }
+
+    fn piece(&mut self, s: &str) -> usize {
+        if let Some(&n) = self.memo.get(s) {
+            return n;
+        }
+        let n = self.enc.count(s);
+        self.memo.insert(s.into(), n);
+        n
+    }
+
+    pub fn count(&mut self, text: &str) -> usize {
+        if !self.chunked {
+            return self.enc.count(text);
+        }
+        pieces(text).map(|p| self.piece(p)).sum()
+    }
+}
+
+/// `text` cut at the positions where every supported pre-tokeniser splits.
+pub fn pieces(text: &str) -> impl Iterator<Item = &str> {
+    let b = text.as_bytes();
+    let mut start = 0;
+    let mut p = 1;
+    std::iter::from_fn(move || {
+        while p < b.len() {
+            let cut = match b[p] {
+                b' ' => {
+                    b[p - 1].is_ascii_alphabetic()
+                        && b.get(p + 1).is_some_and(u8::is_ascii_alphabetic)
+                }
+                0x21..=0x7e => b[p - 1] == b'\n' && b[p] != b'/',
+                _ => false,
+            };
+            p += 1;
+            if cut {
+                let s = &text[start..p - 1];
+                start = p - 1;
+                return Some(s);
+            }
+        }
+        if start < b.len() {
+            let s = &text[start..];
+            start = b.len();
+            return Some(s);
+        }
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::encoding;
+
+    #[test]
+    fn chunked_counts_equal_whole_counts() {
+        let texts = [
+            "Hello world, this is a test.\nNext line here\n  indented\n- item\n/path\n.\n/x",
+            "a b c d e f\n\n\nx y\r\nz  w \n\u{a0}q\n\u{3000}r",
+            "I'm sure they'll say \"don't\" 123 456789 HTTPServer isn't DONE yet\n\tTab",
+            "{\n  \"a\": [1, 2],\n  \"b\": \"x y\"\n}\n```python\ndef f(x):\n    return x  # ok\n```\n",
+            "日本語 テキスト and English mixed\nλόγος words\n",
+        ];
+        for name in EncodingName::ALL {
+            let enc = encoding(name);
+            let mut c = ChunkCounter::new(enc);
+            for t in texts {
+                assert_eq!(c.count(t), enc.count(t), "{name:?} {t:?}");
+                if c.chunked {
+                    let sum: usize = pieces(t).map(|p| enc.count(p)).sum();
+                    assert_eq!(sum, enc.count(t), "{name:?} {t:?}");
+                }
+            }
+            for t in texts.iter().rev() {
+                assert_eq!(c.count(t), enc.count(t), "{name:?} {t:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::prompt::{compress, Level, Step};
+    use crate::tokens::encoding;
+    use std::time::Instant;
+
+    /// `cargo test --release --lib timing -- --ignored --nocapture` with
+    /// /tmp/prompts.json (a JSON list of strings): where compression spends its time.
+    #[test]
+    #[ignore]
+    fn where_the_time_goes() {
+        let Ok(raw) = std::fs::read_to_string("/tmp/prompts.json") else {
+            return;
+        };
+        let prompts: Vec<String> = serde_json::from_str(&raw).unwrap_or_default();
+        let enc = encoding(EncodingName::O200kBase);
+        enc.count("warm up");
+        for _ in 0..2 {
+            let t = Instant::now();
+            let n: usize = prompts.iter().map(|p| enc.count(p)).sum();
+            println!("whole count {n}: {:?}", t.elapsed());
+            let t = Instant::now();
+            let mut c = ChunkCounter::new(enc);
+            let n: usize = prompts
+                .iter()
+                .map(|p| pieces(p).map(|x| c.piece(x)).sum::<usize>())
+                .sum();
+            println!("memo piece count {n}: {:?}", t.elapsed());
+            for step in Step::ALL {
+                let t = Instant::now();
+                let n: usize = prompts.iter().map(|p| step.apply(p).len()).sum();
+                println!("rule {:>10} {n}: {:?}", step.name(), t.elapsed());
+            }
+            for level in [Level::Lossless, Level::Balanced, Level::Aggressive] {
+                let t = Instant::now();
+                let n: usize = prompts
+                    .iter()
+                    .map(|p| {
+                        let mut c = ChunkCounter::new(enc);
+                        compress(p, level, None, |s| c.count(s)).tokens_after
+                    })
+                    .sum();
+                println!("compress {level:?} {n}: {:?}", t.elapsed());
+            }
+        }
+    }
+}
