@@ -5,57 +5,93 @@
 //! pre-tokenisation regex is known to split at them (`o200k_base`,
 //! `o200k_harmony`, `cl100k_base`), the text is cut at two kinds of positions
 //! where a pre-token always ends, and the count is the sum of the counts of
-//! the pieces, memoised for the life of one compression, so counting again
-//! after a step that changed a few words costs a few lookups per word:
+//! the pieces. Word-sized pieces are memoised per thread (bounded, cleared
+//! when full) and longer ones for the life of one compression, so counting
+//! again after a step that changed a few words costs a lookup per piece:
 //!
 //! * after `\n` when the next byte is printable ASCII other than `/` (no
 //!   pre-token pattern continues past a newline into a non-space, except the
 //!   punctuation pattern's `[\r\n/]*` tail in o200k);
-//! * before a single space between two ASCII letters (a word pre-token ends at
-//!   its last letter, and ` word` is its own pre-token).
+//! * before a space that follows a printable ASCII character (the pre-token
+//!   holding that character, a word, number or punctuation run, cannot
+//!   contain a space; such a piece ends in a non-space, and one cut after a
+//!   newline ends in whitespace that `\s*[\r\n]+` claims before the
+//!   lookahead pattern `\s+(?!\S)` is tried, in the piece as in the whole text).
 //!
 //! BPE never merges across pre-tokens, so the sum is exact; the unit tests and
 //! tests/test_prompt_optimizer.py compare it with whole-text counts. Other
 //! encodings (p50k, r50k: their `\s+(?!\S)` makes the newline cut unsafe) are
 //! counted whole.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::tokens::{Encoding, EncodingName};
 
+/// Pieces up to this many bytes are remembered per thread across calls (most
+/// are single words); longer ones only for the current compression.
+const SHARED_PIECE_MAX: usize = 32;
+/// A thread's remembered pieces are forgotten when there are this many.
+const SHARED_CAPACITY: usize = 1 << 16;
+
+type Memo = HashMap<Box<str>, usize, ahash::RandomState>;
+
+thread_local! {
+    /// word-sized piece -> token count, one map per encoding
+    static SHARED: RefCell<[Memo; 5]> = RefCell::new(Default::default());
+}
+
 pub struct ChunkCounter {
     enc: &'static Encoding,
-    chunked: bool,
-    memo: HashMap<Box<str>, usize, ahash::RandomState>,
+    slot: Option<usize>,
+    local: Memo,
 }
 
 impl ChunkCounter {
     pub fn new(enc: &'static Encoding) -> Self {
-        let chunked = matches!(
-            enc.name(),
-            EncodingName::O200kBase | EncodingName::O200kHarmony | EncodingName::Cl100kBase
-        );
+        let slot = match enc.name() {
+            EncodingName::O200kBase => Some(0),
+            EncodingName::O200kHarmony => Some(1),
+            EncodingName::Cl100kBase => Some(2),
+            EncodingName::P50kBase | EncodingName::R50kBase => None,
+        };
         ChunkCounter {
             enc,
-            chunked,
-            memo: HashMap::default(),
+            slot,
+            local: Memo::default(),
         }
-    }
-
-    fn piece(&mut self, s: &str) -> usize {
-        if let Some(&n) = self.memo.get(s) {
-            return n;
-        }
-        let n = self.enc.count(s);
-        self.memo.insert(s.into(), n);
-        n
     }
 
     pub fn count(&mut self, text: &str) -> usize {
-        if !self.chunked {
+        let Some(slot) = self.slot else {
             return self.enc.count(text);
-        }
-        pieces(text).map(|p| self.piece(p)).sum()
+        };
+        let enc = self.enc;
+        let local = &mut self.local;
+        SHARED.with(|shared| {
+            let mut shared = shared.borrow_mut();
+            let shared = &mut shared[slot];
+            if shared.len() >= SHARED_CAPACITY {
+                shared.clear();
+            }
+            let mut total = 0usize;
+            for p in pieces(text) {
+                let memo = if p.len() <= SHARED_PIECE_MAX {
+                    &mut *shared
+                } else {
+                    &mut *local
+                };
+                total += match memo.get(p) {
+                    Some(&n) => n,
+                    None => {
+                        let n = enc.count(p);
+                        memo.insert(p.into(), n);
+                        n
+                    }
+                };
+            }
+            total
+        })
     }
 }
 
@@ -67,10 +103,7 @@ pub fn pieces(text: &str) -> impl Iterator<Item = &str> {
     std::iter::from_fn(move || {
         while p < b.len() {
             let cut = match b[p] {
-                b' ' => {
-                    b[p - 1].is_ascii_alphabetic()
-                        && b.get(p + 1).is_some_and(u8::is_ascii_alphabetic)
-                }
+                b' ' => b[p - 1].is_ascii_graphic(),
                 0x21..=0x7e => b[p - 1] == b'\n' && b[p] != b'/',
                 _ => false,
             };
@@ -103,13 +136,15 @@ mod tests {
             "I'm sure they'll say \"don't\" 123 456789 HTTPServer isn't DONE yet\n\tTab",
             "{\n  \"a\": [1, 2],\n  \"b\": \"x y\"\n}\n```python\ndef f(x):\n    return x  # ok\n```\n",
             "日本語 テキスト and English mixed\nλόγος words\n",
+            "a. b) c' d's e 12 ab #$ ab ?! x\n' y\n\" z\n... w ,, v \u{2019} u '' t 'x s",
+            "Hello, world! It's (really) great: \"yes\" - no; ok\n1. item\n- item\n> quote",
         ];
         for name in EncodingName::ALL {
             let enc = encoding(name);
             let mut c = ChunkCounter::new(enc);
             for t in texts {
                 assert_eq!(c.count(t), enc.count(t), "{name:?} {t:?}");
-                if c.chunked {
+                if c.slot.is_some() {
                     let sum: usize = pieces(t).map(|p| enc.count(p)).sum();
                     assert_eq!(sum, enc.count(t), "{name:?} {t:?}");
                 }
@@ -144,10 +179,9 @@ mod timing {
             let n: usize = prompts.iter().map(|p| enc.count(p)).sum();
             println!("whole count {n}: {:?}", t.elapsed());
             let t = Instant::now();
-            let mut c = ChunkCounter::new(enc);
             let n: usize = prompts
                 .iter()
-                .map(|p| pieces(p).map(|x| c.piece(x)).sum::<usize>())
+                .map(|p| ChunkCounter::new(enc).count(p))
                 .sum();
             println!("memo piece count {n}: {:?}", t.elapsed());
             for step in Step::ALL {
