@@ -18,6 +18,10 @@
 //!   newline ends in whitespace that `\s*[\r\n]+` claims before the
 //!   lookahead pattern `\s+(?!\S)` is tried, in the piece as in the whole text).
 //!
+//! When more than a quarter of a text's bytes are in pieces not yet
+//! memoised, the text is encoded whole, once, and the count of each piece is
+//! read off the token byte lengths, so a cold start costs one ordinary encode.
+//!
 //! BPE never merges across pre-tokens, so the sum is exact; the unit tests and
 //! tests/test_prompt_optimizer.py compare it with whole-text counts. Other
 //! encodings (p50k, r50k: their `\s+(?!\S)` makes the newline cut unsafe) are
@@ -25,6 +29,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use crate::tokens::{Encoding, EncodingName};
 
@@ -47,6 +52,25 @@ pub struct ChunkCounter {
     local: Memo,
 }
 
+/// Byte length of every ordinary token of the encoding in `slot` (0 for ids
+/// that are not ordinary tokens), built once per process.
+fn token_lens(slot: usize) -> &'static [u32] {
+    static CELLS: [OnceLock<Vec<u32>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    CELLS[slot].get_or_init(|| {
+        let bpe = match slot {
+            0 => tiktoken_rs::o200k_base_singleton(),
+            1 => tiktoken_rs::o200k_harmony_singleton(),
+            _ => tiktoken_rs::cl100k_base_singleton(),
+        };
+        (0..TOKEN_ID_LIMIT)
+            .map(|r| bpe.decode_bytes(&[r]).map_or(0, |b| b.len() as u32))
+            .collect()
+    })
+}
+
+/// Above every ordinary token id of the supported encodings.
+const TOKEN_ID_LIMIT: u32 = 201_000;
+
 impl ChunkCounter {
     pub fn new(enc: &'static Encoding) -> Self {
         let slot = match enc.name() {
@@ -68,20 +92,40 @@ impl ChunkCounter {
         };
         let enc = self.enc;
         let local = &mut self.local;
-        SHARED.with(|shared| {
+        let known = SHARED.with(|shared| {
             let mut shared = shared.borrow_mut();
             let shared = &mut shared[slot];
             if shared.len() >= SHARED_CAPACITY {
                 shared.clear();
             }
             let mut total = 0usize;
+            let mut unknown: Vec<&str> = Vec::new();
+            let mut unknown_bytes = 0usize;
             for p in pieces(text) {
+                let memo = if p.len() <= SHARED_PIECE_MAX {
+                    &*shared
+                } else {
+                    &*local
+                };
+                match memo.get(p) {
+                    Some(&n) => total += n,
+                    None => {
+                        unknown_bytes += p.len();
+                        unknown.push(p);
+                    }
+                }
+            }
+            // many unknown bytes: one whole encode is cheaper than many small ones
+            if unknown_bytes * 4 > text.len() {
+                return None;
+            }
+            for p in unknown {
                 let memo = if p.len() <= SHARED_PIECE_MAX {
                     &mut *shared
                 } else {
                     &mut *local
                 };
-                total += match memo.get(p) {
+                let n = match memo.get(p) {
                     Some(&n) => n,
                     None => {
                         let n = enc.count(p);
@@ -89,9 +133,63 @@ impl ChunkCounter {
                         n
                     }
                 };
+                total += n;
             }
-            total
-        })
+            Some(total)
+        });
+        match known {
+            Some(n) => n,
+            None => self.count_whole(slot, text),
+        }
+    }
+
+    /// Encode the whole text once and learn the count of each piece from the
+    /// token byte lengths (tokens never straddle a cut). If they ever did, the
+    /// pieces are simply not memoised: the returned count is the whole count.
+    fn count_whole(&mut self, slot: usize, text: &str) -> usize {
+        let ids = self.enc.encode_ordinary(text);
+        let lens = token_lens(slot);
+        let mut learned: Vec<(&str, usize)> = Vec::new();
+        let (mut ti, mut off, mut end) = (0usize, 0usize, 0usize);
+        for p in pieces(text) {
+            end += p.len();
+            let mut n = 0;
+            while off < end && ti < ids.len() {
+                let len = lens.get(ids[ti] as usize).copied().unwrap_or(0) as usize;
+                if len == 0 {
+                    return ids.len();
+                }
+                off += len;
+                ti += 1;
+                n += 1;
+            }
+            if off != end {
+                return ids.len();
+            }
+            learned.push((p, n));
+        }
+        if ti != ids.len() {
+            return ids.len();
+        }
+        let local = &mut self.local;
+        SHARED.with(|shared| {
+            let mut shared = shared.borrow_mut();
+            let shared = &mut shared[slot];
+            if shared.len() >= SHARED_CAPACITY {
+                shared.clear();
+            }
+            for (p, n) in learned {
+                let memo = if p.len() <= SHARED_PIECE_MAX {
+                    &mut *shared
+                } else {
+                    &mut *local
+                };
+                if !memo.contains_key(p) {
+                    memo.insert(p.into(), n);
+                }
+            }
+        });
+        ids.len()
     }
 }
 
@@ -151,6 +249,16 @@ mod tests {
             }
             for t in texts.iter().rev() {
                 assert_eq!(c.count(t), enc.count(t), "{name:?} {t:?}");
+            }
+            for t in texts {
+                let mut fresh = ChunkCounter::new(enc);
+                assert_eq!(fresh.count(t), enc.count(t), "{name:?} {t:?}");
+                let edited = t.replace(' ', "  ").replace("a", "the");
+                assert_eq!(
+                    fresh.count(&edited),
+                    enc.count(&edited),
+                    "{name:?} {edited:?}"
+                );
             }
         }
     }
