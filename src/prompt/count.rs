@@ -29,6 +29,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 use crate::tokens::{Encoding, EncodingName};
@@ -52,20 +53,32 @@ pub struct ChunkCounter {
     local: Memo,
 }
 
-/// Byte length of every ordinary token of the encoding in `slot` (0 for ids
-/// that are not ordinary tokens), built once per process.
-fn token_lens(slot: usize) -> &'static [u32] {
-    static CELLS: [OnceLock<Vec<u32>>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    CELLS[slot].get_or_init(|| {
-        let bpe = match slot {
-            0 => tiktoken_rs::o200k_base_singleton(),
-            1 => tiktoken_rs::o200k_harmony_singleton(),
-            _ => tiktoken_rs::cl100k_base_singleton(),
-        };
+/// Byte length of ordinary token `id` in the encoding in `slot` (0 for ids
+/// that are not ordinary tokens), looked up once per id and process.
+fn token_len(slot: usize, id: u32) -> usize {
+    static CELLS: [OnceLock<Vec<AtomicU32>>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    const UNKNOWN: u32 = u32::MAX;
+    let lens = CELLS[slot].get_or_init(|| {
         (0..TOKEN_ID_LIMIT)
-            .map(|r| bpe.decode_bytes(&[r]).map_or(0, |b| b.len() as u32))
+            .map(|_| AtomicU32::new(UNKNOWN))
             .collect()
-    })
+    });
+    let Some(cell) = lens.get(id as usize) else {
+        return 0;
+    };
+    let cached = cell.load(Ordering::Relaxed);
+    if cached != UNKNOWN {
+        return cached as usize;
+    }
+    let bpe = match slot {
+        0 => tiktoken_rs::o200k_base_singleton(),
+        1 => tiktoken_rs::o200k_harmony_singleton(),
+        _ => tiktoken_rs::cl100k_base_singleton(),
+    };
+    let len = bpe.decode_bytes(&[id]).map_or(0, |b| b.len() as u32);
+    cell.store(len, Ordering::Relaxed);
+    len as usize
 }
 
 /// Above every ordinary token id of the supported encodings.
@@ -148,14 +161,13 @@ impl ChunkCounter {
     /// pieces are simply not memoised: the returned count is the whole count.
     fn count_whole(&mut self, slot: usize, text: &str) -> usize {
         let ids = self.enc.encode_ordinary(text);
-        let lens = token_lens(slot);
         let mut learned: Vec<(&str, usize)> = Vec::new();
         let (mut ti, mut off, mut end) = (0usize, 0usize, 0usize);
         for p in pieces(text) {
             end += p.len();
             let mut n = 0;
             while off < end && ti < ids.len() {
-                let len = lens.get(ids[ti] as usize).copied().unwrap_or(0) as usize;
+                let len = token_len(slot, ids[ti]);
                 if len == 0 {
                     return ids.len();
                 }
