@@ -7,6 +7,7 @@ pub mod cache;
 pub mod cost;
 pub mod messages;
 pub mod models;
+pub mod prompt;
 pub mod py;
 pub mod resilience;
 pub mod tokens;
@@ -24,5 +25,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::rate_limiter::register(m)?;
     py::guard::register(m)?;
     py::hashing_embedder::register(m)?;
+    py::prompt_optimizer::register(m)?;
     Ok(())
 }

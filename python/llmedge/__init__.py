@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from llmedge import _core
 from llmedge._core import (
+    CompressionResult,
     CostTracker,
     HashingEmbedder,
+    PromptOptimizer,
     Tokenizer,
     count_messages,
     count_tokens,
@@ -67,4 +69,7 @@ __all__ = [
     # cache: guard and built-in embedder
     "HashingEmbedder",
     "guard_check",
+    # prompt
+    "PromptOptimizer",
+    "CompressionResult",
 ]

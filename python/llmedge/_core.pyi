@@ -189,3 +189,65 @@ class HashingEmbedder:
     def __call__(self, texts: Sequence[str]) -> list[list[float]]: ...
 
 def guard_check(query: str, candidate: str) -> str | None: ...
+
+# ---- prompt ---------------------------------------------------------------
+
+@final
+class CompressionResult:
+    @property
+    def text(self) -> str: ...
+    @property
+    def tokens_before(self) -> int: ...
+    @property
+    def tokens_after(self) -> int: ...
+    @property
+    def saved_ratio(self) -> float: ...
+    @property
+    def steps(self) -> list[str]: ...
+
+@final
+class PromptOptimizer:
+    def __new__(
+        cls,
+        model: str = "gpt-4o",
+        *,
+        max_context_tokens: int | None = None,
+        reserve_output_tokens: int = 300,
+        history_limit: int | None = None,
+    ) -> PromptOptimizer: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def max_context_tokens(self) -> int: ...
+    @property
+    def reserve_output_tokens(self) -> int: ...
+    @property
+    def history_limit(self) -> int | None: ...
+    @property
+    def budget(self) -> int: ...
+    def count(self, text: str) -> int: ...
+    def compress(
+        self,
+        prompt: str,
+        *,
+        level: str = "lossless",  # "lossless" | "balanced" | "aggressive"
+        target_reduction: float | None = None,
+    ) -> CompressionResult: ...
+    def optimize(self, prompt: str, target_reduction: float = 0.25) -> str: ...
+    def count_messages(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> int: ...
+    def fit_messages(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        max_tokens: int | None = None,
+        strategy: str = "last",
+        keep_system: bool = True,
+        history_limit: int | None = None,
+        allow_partial: bool = False,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]: ...

@@ -7,5 +7,6 @@ pub mod guard;
 pub mod hashing_embedder;
 pub mod messages;
 pub mod models;
+pub mod prompt_optimizer;
 pub mod rate_limiter;
 pub mod tokenizer;

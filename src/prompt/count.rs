@@ -1,0 +1,325 @@
+//! Exact, incremental token counting for the compression loop.
+//!
+//! Compression counts the text once and then once more after every step that
+//! changed it, and most steps change a few words. For the encodings whose
+//! pre-tokenisation regex is known to split at them (`o200k_base`,
+//! `o200k_harmony`, `cl100k_base`), the text is cut at two kinds of positions
+//! where a pre-token always ends, and the count is the sum of the counts of
+//! the pieces. Word-sized pieces are memoised per thread (bounded, cleared
+//! when full) and longer ones for the life of one compression, so counting
+//! again after a step that changed a few words costs a lookup per piece:
+//!
+//! * after `\n` when the next byte is printable ASCII other than `/` (no
+//!   pre-token pattern continues past a newline into a non-space, except the
+//!   punctuation pattern's `[\r\n/]*` tail in o200k);
+//! * before a space that follows a printable ASCII character (the pre-token
+//!   holding that character, a word, number or punctuation run, cannot
+//!   contain a space; such a piece ends in a non-space, and one cut after a
+//!   newline ends in whitespace that `\s*[\r\n]+` claims before the
+//!   lookahead pattern `\s+(?!\S)` is tried, in the piece as in the whole text).
+//!
+//! When more than a quarter of a text's bytes are in pieces not yet
+//! memoised, the text is encoded whole, once, and the count of each piece is
+//! read off the token byte lengths, so a cold start costs one ordinary encode.
+//!
+//! BPE never merges across pre-tokens, so the sum is exact; the unit tests and
+//! tests/test_prompt_optimizer.py compare it with whole-text counts. Other
+//! encodings (p50k, r50k: their `\s+(?!\S)` makes the newline cut unsafe) are
+//! counted whole.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use crate::tokens::{Encoding, EncodingName};
+
+/// Pieces up to this many bytes are remembered per thread across calls (most
+/// are single words); longer ones only for the current compression.
+const SHARED_PIECE_MAX: usize = 32;
+/// A thread's remembered pieces are forgotten when there are this many.
+const SHARED_CAPACITY: usize = 1 << 16;
+
+type Memo = HashMap<Box<str>, usize, ahash::RandomState>;
+
+thread_local! {
+    /// word-sized piece -> token count, one map per encoding
+    static SHARED: RefCell<[Memo; 5]> = RefCell::new(Default::default());
+}
+
+pub struct ChunkCounter {
+    enc: &'static Encoding,
+    slot: Option<usize>,
+    local: Memo,
+}
+
+/// Byte length of ordinary token `id` in the encoding in `slot` (0 for ids
+/// that are not ordinary tokens), looked up once per id and process.
+fn token_len(slot: usize, id: u32) -> usize {
+    static CELLS: [OnceLock<Vec<AtomicU32>>; 3] =
+        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    const UNKNOWN: u32 = u32::MAX;
+    let lens = CELLS[slot].get_or_init(|| {
+        (0..TOKEN_ID_LIMIT)
+            .map(|_| AtomicU32::new(UNKNOWN))
+            .collect()
+    });
+    let Some(cell) = lens.get(id as usize) else {
+        return 0;
+    };
+    let cached = cell.load(Ordering::Relaxed);
+    if cached != UNKNOWN {
+        return cached as usize;
+    }
+    let bpe = match slot {
+        0 => tiktoken_rs::o200k_base_singleton(),
+        1 => tiktoken_rs::o200k_harmony_singleton(),
+        _ => tiktoken_rs::cl100k_base_singleton(),
+    };
+    let len = bpe.decode_bytes(&[id]).map_or(0, |b| b.len() as u32);
+    cell.store(len, Ordering::Relaxed);
+    len as usize
+}
+
+/// Above every ordinary token id of the supported encodings.
+const TOKEN_ID_LIMIT: u32 = 201_000;
+
+impl ChunkCounter {
+    pub fn new(enc: &'static Encoding) -> Self {
+        let slot = match enc.name() {
+            EncodingName::O200kBase => Some(0),
+            EncodingName::O200kHarmony => Some(1),
+            EncodingName::Cl100kBase => Some(2),
+            EncodingName::P50kBase | EncodingName::R50kBase => None,
+        };
+        ChunkCounter {
+            enc,
+            slot,
+            local: Memo::default(),
+        }
+    }
+
+    pub fn count(&mut self, text: &str) -> usize {
+        let Some(slot) = self.slot else {
+            return self.enc.count(text);
+        };
+        let enc = self.enc;
+        let local = &mut self.local;
+        let known = SHARED.with(|shared| {
+            let mut shared = shared.borrow_mut();
+            let shared = &mut shared[slot];
+            if shared.len() >= SHARED_CAPACITY {
+                shared.clear();
+            }
+            let mut total = 0usize;
+            let mut unknown: Vec<&str> = Vec::new();
+            let mut unknown_bytes = 0usize;
+            for p in pieces(text) {
+                let memo = if p.len() <= SHARED_PIECE_MAX {
+                    &*shared
+                } else {
+                    &*local
+                };
+                match memo.get(p) {
+                    Some(&n) => total += n,
+                    None => {
+                        unknown_bytes += p.len();
+                        unknown.push(p);
+                    }
+                }
+            }
+            // many unknown bytes: one whole encode is cheaper than many small ones
+            if unknown_bytes * 4 > text.len() {
+                return None;
+            }
+            for p in unknown {
+                let memo = if p.len() <= SHARED_PIECE_MAX {
+                    &mut *shared
+                } else {
+                    &mut *local
+                };
+                let n = match memo.get(p) {
+                    Some(&n) => n,
+                    None => {
+                        let n = enc.count(p);
+                        memo.insert(p.into(), n);
+                        n
+                    }
+                };
+                total += n;
+            }
+            Some(total)
+        });
+        match known {
+            Some(n) => n,
+            None => self.count_whole(slot, text),
+        }
+    }
+
+    /// Encode the whole text once and learn the count of each piece from the
+    /// token byte lengths (tokens never straddle a cut). If they ever did, the
+    /// pieces are simply not memoised: the returned count is the whole count.
+    fn count_whole(&mut self, slot: usize, text: &str) -> usize {
+        let ids = self.enc.encode_ordinary(text);
+        let mut learned: Vec<(&str, usize)> = Vec::new();
+        let (mut ti, mut off, mut end) = (0usize, 0usize, 0usize);
+        for p in pieces(text) {
+            end += p.len();
+            let mut n = 0;
+            while off < end && ti < ids.len() {
+                let len = token_len(slot, ids[ti]);
+                if len == 0 {
+                    return ids.len();
+                }
+                off += len;
+                ti += 1;
+                n += 1;
+            }
+            if off != end {
+                return ids.len();
+            }
+            learned.push((p, n));
+        }
+        if ti != ids.len() {
+            return ids.len();
+        }
+        let local = &mut self.local;
+        SHARED.with(|shared| {
+            let mut shared = shared.borrow_mut();
+            let shared = &mut shared[slot];
+            if shared.len() >= SHARED_CAPACITY {
+                shared.clear();
+            }
+            for (p, n) in learned {
+                let memo = if p.len() <= SHARED_PIECE_MAX {
+                    &mut *shared
+                } else {
+                    &mut *local
+                };
+                if !memo.contains_key(p) {
+                    memo.insert(p.into(), n);
+                }
+            }
+        });
+        ids.len()
+    }
+}
+
+/// `text` cut at the positions where every supported pre-tokeniser splits.
+pub fn pieces(text: &str) -> impl Iterator<Item = &str> {
+    let b = text.as_bytes();
+    let mut start = 0;
+    let mut p = 1;
+    std::iter::from_fn(move || {
+        while p < b.len() {
+            let cut = match b[p] {
+                b' ' => b[p - 1].is_ascii_graphic(),
+                0x21..=0x7e => b[p - 1] == b'\n' && b[p] != b'/',
+                _ => false,
+            };
+            p += 1;
+            if cut {
+                let s = &text[start..p - 1];
+                start = p - 1;
+                return Some(s);
+            }
+        }
+        if start < b.len() {
+            let s = &text[start..];
+            start = b.len();
+            return Some(s);
+        }
+        None
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::encoding;
+
+    #[test]
+    fn chunked_counts_equal_whole_counts() {
+        let texts = [
+            "Hello world, this is a test.\nNext line here\n  indented\n- item\n/path\n.\n/x",
+            "a b c d e f\n\n\nx y\r\nz  w \n\u{a0}q\n\u{3000}r",
+            "I'm sure they'll say \"don't\" 123 456789 HTTPServer isn't DONE yet\n\tTab",
+            "{\n  \"a\": [1, 2],\n  \"b\": \"x y\"\n}\n```python\ndef f(x):\n    return x  # ok\n```\n",
+            "日本語 テキスト and English mixed\nλόγος words\n",
+            "a. b) c' d's e 12 ab #$ ab ?! x\n' y\n\" z\n... w ,, v \u{2019} u '' t 'x s",
+            "Hello, world! It's (really) great: \"yes\" - no; ok\n1. item\n- item\n> quote",
+        ];
+        for name in EncodingName::ALL {
+            let enc = encoding(name);
+            let mut c = ChunkCounter::new(enc);
+            for t in texts {
+                assert_eq!(c.count(t), enc.count(t), "{name:?} {t:?}");
+                if c.slot.is_some() {
+                    let sum: usize = pieces(t).map(|p| enc.count(p)).sum();
+                    assert_eq!(sum, enc.count(t), "{name:?} {t:?}");
+                }
+            }
+            for t in texts.iter().rev() {
+                assert_eq!(c.count(t), enc.count(t), "{name:?} {t:?}");
+            }
+            for t in texts {
+                let mut fresh = ChunkCounter::new(enc);
+                assert_eq!(fresh.count(t), enc.count(t), "{name:?} {t:?}");
+                let edited = t.replace(' ', "  ").replace("a", "the");
+                assert_eq!(
+                    fresh.count(&edited),
+                    enc.count(&edited),
+                    "{name:?} {edited:?}"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::prompt::{compress, Level, Step};
+    use crate::tokens::encoding;
+    use std::time::Instant;
+
+    /// `cargo test --release --lib timing -- --ignored --nocapture` with
+    /// /tmp/prompts.json (a JSON list of strings): where compression spends its time.
+    #[test]
+    #[ignore]
+    fn where_the_time_goes() {
+        let Ok(raw) = std::fs::read_to_string("/tmp/prompts.json") else {
+            return;
+        };
+        let prompts: Vec<String> = serde_json::from_str(&raw).unwrap_or_default();
+        let enc = encoding(EncodingName::O200kBase);
+        enc.count("warm up");
+        for _ in 0..2 {
+            let t = Instant::now();
+            let n: usize = prompts.iter().map(|p| enc.count(p)).sum();
+            println!("whole count {n}: {:?}", t.elapsed());
+            let t = Instant::now();
+            let n: usize = prompts
+                .iter()
+                .map(|p| ChunkCounter::new(enc).count(p))
+                .sum();
+            println!("memo piece count {n}: {:?}", t.elapsed());
+            for step in Step::ALL {
+                let t = Instant::now();
+                let n: usize = prompts.iter().map(|p| step.apply(p).len()).sum();
+                println!("rule {:>10} {n}: {:?}", step.name(), t.elapsed());
+            }
+            for level in [Level::Lossless, Level::Balanced, Level::Aggressive] {
+                let t = Instant::now();
+                let n: usize = prompts
+                    .iter()
+                    .map(|p| {
+                        let mut c = ChunkCounter::new(enc);
+                        compress(p, level, None, |s| c.count(s)).tokens_after
+                    })
+                    .sum();
+                println!("compress {level:?} {n}: {:?}", t.elapsed());
+            }
+        }
+    }
+}

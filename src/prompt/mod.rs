@@ -1,0 +1,186 @@
+//! Prompt compression: rule-based, deterministic, and safe for code.
+//!
+//! Steps run in order of increasing loss: `json`, `whitespace`, `duplicates`
+//! (lossless), `markdown`, `fillers` (balanced), `stopwords` (aggressive).
+//! Every step leaves fenced code blocks (```json fences aside, which the JSON
+//! step minifies), inline code, URLs, numbers, quoted strings and template
+//! placeholders byte-for-byte unchanged, and a step whose result has more
+//! tokens than its input is discarded, so compression never costs tokens.
+//!
+//! `benches/baselines/prompt.py` states the same rules in Python; the two
+//! produce identical text for every input (tests/test_prompt_optimizer.py
+//! checks this with hypothesis).
+
+pub mod count;
+pub mod json;
+pub mod phrases;
+pub mod rules;
+pub mod text;
+
+use phrases::PhraseSet;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Json,
+    Whitespace,
+    Duplicates,
+    Markdown,
+    Fillers,
+    StopWords,
+}
+
+impl Step {
+    pub const ALL: [Step; 6] = [
+        Step::Json,
+        Step::Whitespace,
+        Step::Duplicates,
+        Step::Markdown,
+        Step::Fillers,
+        Step::StopWords,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Json => "json",
+            Step::Whitespace => "whitespace",
+            Step::Duplicates => "duplicates",
+            Step::Markdown => "markdown",
+            Step::Fillers => "fillers",
+            Step::StopWords => "stopwords",
+        }
+    }
+
+    pub fn apply(self, text: &str) -> String {
+        match self {
+            Step::Json => rules::minify_json(text),
+            Step::Whitespace => rules::whitespace(text),
+            Step::Duplicates => rules::duplicates(text),
+            Step::Markdown => rules::markdown(text),
+            Step::Fillers => PhraseSet::fillers().apply(text),
+            Step::StopWords => PhraseSet::stop_words().apply(text),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Lossless,
+    Balanced,
+    Aggressive,
+}
+
+impl Level {
+    pub const NAMES: [&'static str; 3] = ["lossless", "balanced", "aggressive"];
+
+    pub fn parse(s: &str) -> Option<Level> {
+        match s {
+            "lossless" => Some(Level::Lossless),
+            "balanced" => Some(Level::Balanced),
+            "aggressive" => Some(Level::Aggressive),
+            _ => None,
+        }
+    }
+
+    pub fn steps(self) -> &'static [Step] {
+        match self {
+            Level::Lossless => &Step::ALL[..3],
+            Level::Balanced => &Step::ALL[..5],
+            Level::Aggressive => &Step::ALL[..],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compressed {
+    pub text: String,
+    pub tokens_before: usize,
+    pub tokens_after: usize,
+    pub steps: Vec<&'static str>,
+}
+
+impl Compressed {
+    pub fn saved_ratio(&self) -> f64 {
+        if self.tokens_before == 0 {
+            0.0
+        } else {
+            (self.tokens_before - self.tokens_after) as f64 / self.tokens_before as f64
+        }
+    }
+}
+
+/// Apply the steps of `level` in order. With `target` (a fraction in (0, 1)),
+/// stop before the next step once the saved fraction reaches it.
+pub fn compress(
+    text: &str,
+    level: Level,
+    target: Option<f64>,
+    mut count: impl FnMut(&str) -> usize,
+) -> Compressed {
+    let before = count(text);
+    let mut cur = text.to_string();
+    let mut tokens = before;
+    let mut steps = Vec::new();
+    for &step in level.steps() {
+        if let Some(t) = target {
+            if before > 0 && (before - tokens) as f64 / before as f64 >= t {
+                break;
+            }
+        }
+        let next = step.apply(&cur);
+        if next == cur {
+            continue;
+        }
+        let n = count(&next);
+        if n <= tokens {
+            cur = next;
+            tokens = n;
+            steps.push(step.name());
+        }
+    }
+    Compressed {
+        text: cur,
+        tokens_before: before,
+        tokens_after: tokens,
+        steps,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> usize {
+        s.split_whitespace().count() + s.len() / 100
+    }
+
+    #[test]
+    fn levels_add_steps() {
+        let t = "Please note that   the **answer** is 42.\n\n\n\nThe answer is 42, the answer.";
+        let l = compress(t, Level::Lossless, None, words);
+        assert_eq!(
+            l.text,
+            "Please note that the **answer** is 42.\n\nThe answer is 42, the answer."
+        );
+        let b = compress(t, Level::Balanced, None, words);
+        assert_eq!(b.text, "The answer is 42.\n\nThe answer is 42, the answer.");
+        assert_eq!(b.steps, vec!["whitespace", "markdown", "fillers"]);
+        let a = compress(t, Level::Aggressive, None, words);
+        assert_eq!(a.text, "Answer 42.\n\nAnswer 42, answer.");
+    }
+
+    #[test]
+    fn a_step_that_costs_tokens_is_discarded() {
+        // a counter that penalises the absence of double spaces
+        let odd = |s: &str| 100 - s.matches("  ").count();
+        let r = compress("a  b", Level::Lossless, None, odd);
+        assert_eq!(r.text, "a  b");
+        assert!(r.steps.is_empty());
+    }
+
+    #[test]
+    fn target_stops_early() {
+        let t = "a   b\n\n\n\nplease c";
+        let r = compress(t, Level::Aggressive, Some(0.01), |s: &str| s.len());
+        assert_eq!(r.steps, vec!["whitespace"]);
+    }
+}
