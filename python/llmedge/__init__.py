@@ -10,12 +10,14 @@ from llmedge import _core
 from llmedge._core import (
     Tokenizer,
     count_tokens,
+    count_tokens_batch,
 )
 from llmedge.errors import (
     ContextOverflowError,
     LlmEdgeError,
     UnknownEncodingError,
     UnknownModelError,
+    UnknownTokenError,
 )
 
 __version__: str = _core.__version__
@@ -26,8 +28,10 @@ __all__ = [
     "LlmEdgeError",
     "UnknownModelError",
     "UnknownEncodingError",
+    "UnknownTokenError",
     "ContextOverflowError",
     # tokens
     "Tokenizer",
     "count_tokens",
+    "count_tokens_batch",
 ]
