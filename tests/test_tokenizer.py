@@ -381,3 +381,10 @@ def test_shared_across_threads_with_exact_results():
 def test_exported():
     for name in ("Tokenizer", "count_tokens", "count_tokens_batch", "UnknownTokenError"):
         assert name in llmedge.__all__
+
+
+def test_readme_tokens_example_runs():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Tokens", 1)[1].split("\n## ", 1)[0]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "README.md#tokens", "exec"), {})

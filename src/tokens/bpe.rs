@@ -11,31 +11,75 @@ use std::collections::BinaryHeap;
 
 use ahash::AHashMap;
 
+/// Pieces shorter than this are merged with tiktoken's quadratic algorithm.
+pub(super) const SMALL: usize = 64;
+
 /// Mergeable ranks: token bytes -> id.
+///
+/// Tokens are keyed by their bytes packed into an integer with the length in
+/// the top byte (`u64` up to 7 bytes, `u128` up to 15): one hash of a register
+/// and an integer compare, no pointer chasing or `memcmp`, and the table of
+/// short tokens, which merging looks up most, stays small enough for the
+/// caches.
 pub(super) struct Ranks {
-    map: AHashMap<Box<[u8]>, u32>,
+    short: AHashMap<u64, u32>,
+    mid: AHashMap<u128, u32>,
+    long: AHashMap<Box<[u8]>, u32>,
+}
+
+#[inline]
+fn pack64(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    buf[7] = bytes.len() as u8;
+    u64::from_le_bytes(buf)
+}
+
+#[inline]
+fn pack128(bytes: &[u8]) -> u128 {
+    let mut buf = [0u8; 16];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    buf[15] = bytes.len() as u8;
+    u128::from_le_bytes(buf)
 }
 
 impl Ranks {
     pub(super) fn new(tokens: impl IntoIterator<Item = (Vec<u8>, u32)>) -> Self {
-        Ranks {
-            map: tokens
-                .into_iter()
-                .map(|(b, r)| (b.into_boxed_slice(), r))
-                .collect(),
+        let mut r = Ranks {
+            short: AHashMap::new(),
+            mid: AHashMap::new(),
+            long: AHashMap::new(),
+        };
+        for (bytes, rank) in tokens {
+            match bytes.len() {
+                0..=7 => {
+                    r.short.insert(pack64(&bytes), rank);
+                }
+                8..=15 => {
+                    r.mid.insert(pack128(&bytes), rank);
+                }
+                _ => {
+                    r.long.insert(bytes.into_boxed_slice(), rank);
+                }
+            }
         }
+        r
     }
 
     #[inline]
     pub(super) fn get(&self, bytes: &[u8]) -> Option<u32> {
-        self.map.get(bytes).copied()
+        match bytes.len() {
+            0..=7 => self.short.get(&pack64(bytes)).copied(),
+            8..=15 => self.mid.get(&pack128(bytes)).copied(),
+            _ => self.long.get(bytes).copied(),
+        }
     }
 
     /// Appends the tokens of one pre-tokenised piece to `out`.
     pub(super) fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {
         if let Some(r) = self.get(piece) {
             out.push(r);
-        } else if piece.len() < 64 {
+        } else if piece.len() < SMALL {
             self.merge_small(piece, out);
         } else {
             self.merge_large(piece, out);
@@ -45,11 +89,14 @@ impl Ranks {
     /// Number of tokens of one piece.
     pub(super) fn count_piece(&self, piece: &[u8], scratch: &mut Vec<u32>) -> usize {
         if self.get(piece).is_some() {
-            return 1;
+            1
+        } else if piece.len() < SMALL {
+            self.count_small(piece)
+        } else {
+            scratch.clear();
+            self.merge_large(piece, scratch);
+            scratch.len()
         }
-        scratch.clear();
-        self.encode_piece(piece, scratch);
-        scratch.len()
     }
 
     /// The rank of every byte: each single byte is a token in these vocabularies.
@@ -57,24 +104,30 @@ impl Ranks {
         self.get(&[b]).unwrap_or(u32::MAX)
     }
 
-    /// tiktoken's quadratic merge: cheapest for short pieces.
-    fn merge_small(&self, piece: &[u8], out: &mut Vec<u32>) {
+    /// tiktoken's quadratic merge on the stack: cheapest for short pieces.
+    /// Calls `emit` with the byte range of each final part.
+    fn merge_small_parts(&self, piece: &[u8], mut emit: impl FnMut(&[u8])) {
+        debug_assert!(piece.len() < SMALL);
         // parts[i] = (start of part i, rank of merging part i with part i+1)
-        let rank_at = |parts: &[(usize, u32)], i: usize| -> u32 {
-            if i + 2 < parts.len() {
-                self.get(&piece[parts[i].0..parts[i + 2].0])
+        let mut parts = [(0u32, u32::MAX); SMALL + 1];
+        let mut len = piece.len() + 1;
+        for (i, p) in parts[..len].iter_mut().enumerate() {
+            p.0 = i as u32;
+        }
+        let rank_at = |parts: &[(u32, u32)], len: usize, i: usize| -> u32 {
+            if i + 2 < len {
+                self.get(&piece[parts[i].0 as usize..parts[i + 2].0 as usize])
                     .unwrap_or(u32::MAX)
             } else {
                 u32::MAX
             }
         };
-        let mut parts: Vec<(usize, u32)> = (0..=piece.len()).map(|i| (i, u32::MAX)).collect();
-        for i in 0..parts.len().saturating_sub(2) {
-            parts[i].1 = rank_at(&parts, i);
+        for i in 0..len.saturating_sub(2) {
+            parts[i].1 = rank_at(&parts, len, i);
         }
         loop {
             let mut min = (u32::MAX, usize::MAX);
-            for (i, &(_, r)) in parts[..parts.len() - 1].iter().enumerate() {
+            for (i, &(_, r)) in parts[..len - 1].iter().enumerate() {
                 if r < min.0 {
                     min = (r, i);
                 }
@@ -83,19 +136,37 @@ impl Ranks {
                 break;
             }
             let i = min.1;
-            parts.remove(i + 1);
-            parts[i].1 = rank_at(&parts, i);
+            parts.copy_within(i + 2..len, i + 1);
+            len -= 1;
+            parts[i].1 = rank_at(&parts, len, i);
             if i > 0 {
-                parts[i - 1].1 = rank_at(&parts, i - 1);
+                parts[i - 1].1 = rank_at(&parts, len, i - 1);
             }
         }
-        for w in parts.windows(2) {
-            let bytes = &piece[w[0].0..w[1].0];
+        for w in parts[..len].windows(2) {
+            emit(&piece[w[0].0 as usize..w[1].0 as usize]);
+        }
+    }
+
+    fn merge_small(&self, piece: &[u8], out: &mut Vec<u32>) {
+        self.merge_small_parts(piece, |bytes| {
             out.push(match self.get(bytes) {
                 Some(r) => r,
                 None => self.byte_rank(bytes[0]),
-            });
-        }
+            })
+        });
+    }
+
+    /// Token count of a piece shorter than [`SMALL`] bytes.
+    pub(super) fn count_small(&self, piece: &[u8]) -> usize {
+        let mut n = 0;
+        self.merge_small_parts(piece, |_| n += 1);
+        n
+    }
+
+    /// Tokens of a piece shorter than [`SMALL`] bytes.
+    pub(super) fn encode_small(&self, piece: &[u8], out: &mut Vec<u32>) {
+        self.merge_small(piece, out);
     }
 
     /// The same merge order with a heap and a linked list: O(n log n).

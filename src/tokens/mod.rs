@@ -149,6 +149,9 @@ impl Engine {
             return 1;
         }
         match self.fast {
+            // short pieces: tiktoken's own merge on the stack beats the
+            // backtracking encoder's allocations; long ones stay linear
+            Some(_) if piece.len() < bpe::SMALL => self.ranks.count_small(piece),
             Some(fast) => fast.bpe.count(piece),
             None => self.ranks.count_piece(piece, scratch),
         }
@@ -161,6 +164,7 @@ impl Engine {
             return;
         }
         match self.fast {
+            Some(_) if piece.len() < bpe::SMALL => self.ranks.encode_small(piece, out),
             Some(fast) => out.extend(fast.bpe.encode_via_backtracking(piece)),
             None => self.ranks.encode_piece(piece, out),
         }
