@@ -142,11 +142,33 @@ struct Engine {
     fast: Option<&'static bpe_openai::Tokenizer>,
 }
 
+/// Per-thread memo of the token counts of short multi-token pieces: words
+/// recur, and one lookup in this small table replaces a merge that makes
+/// several lookups in the large rank table. Cleared when full.
+type PieceMemo = ahash::AHashMap<Box<[u8]>, u32>;
+const PIECE_MEMO_CAP: usize = 1 << 15;
+
+thread_local! {
+    static PIECE_MEMO: std::cell::RefCell<[Option<PieceMemo>; 5]> =
+        const { std::cell::RefCell::new([None, None, None, None, None]) };
+}
+
 impl Engine {
     #[inline]
-    fn count_piece(&self, piece: &[u8], scratch: &mut Vec<u32>) -> usize {
+    fn count_piece(&self, piece: &[u8], memo: &mut PieceMemo, scratch: &mut Vec<u32>) -> usize {
         if self.ranks.get(piece).is_some() {
             return 1;
+        }
+        if piece.len() < bpe::SMALL {
+            if let Some(n) = memo.get(piece) {
+                return *n as usize;
+            }
+            let n = self.ranks.count_small(piece);
+            if memo.len() >= PIECE_MEMO_CAP {
+                memo.clear();
+            }
+            memo.insert(piece.into(), n as u32);
+            return n;
         }
         match self.fast {
             // short pieces: tiktoken's own merge on the stack beats the
@@ -319,9 +341,24 @@ impl Encoding {
         let engine = self.engine();
         let mut scratch = Vec::new();
         let mut n = 0;
-        engine.pre.for_each_piece(text, |p| {
-            n += engine.count_piece(p.as_bytes(), &mut scratch)
-        });
+        let mut run = |memo: &mut PieceMemo| {
+            engine.pre.for_each_piece(text, |p| {
+                n += engine.count_piece(p.as_bytes(), memo, &mut scratch)
+            });
+        };
+        let slot = self.name.index();
+        let done = PIECE_MEMO
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut memos) => {
+                    run(memos[slot].get_or_insert_with(PieceMemo::default));
+                    true
+                }
+                Err(_) => false,
+            })
+            .unwrap_or(false);
+        if !done {
+            run(&mut PieceMemo::default());
+        }
         n
     }
 
