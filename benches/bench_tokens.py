@@ -18,10 +18,11 @@ import csv
 import os
 from pathlib import Path
 
-import llmedge
 import pytest
 from baselines.tokens import PythonBPE, offline_tiktoken_cache, tiktoken_assets
 from conftest import data_path, record
+
+import llmedge
 
 FALLBACK_2KB = (
     "You are a helpful assistant for a FastAPI backend. Answer briefly and cite the "

@@ -15,8 +15,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import llmedge
 import pytest
+
+import llmedge
 
 ENCODINGS = ["cl100k_base", "o200k_base"]
 KINDS = ["small", "mixed", "utf8"]

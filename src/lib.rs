@@ -4,8 +4,11 @@
 //! bindings. This file only assembles the `llmedge._core` module.
 
 pub mod cache;
+pub mod cost;
+pub mod messages;
 pub mod models;
 pub mod py;
+pub mod resilience;
 pub mod tokens;
 
 use pyo3::prelude::*;
@@ -14,5 +17,12 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::tokenizer::register(m)?;
+    py::models::register(m)?;
+    py::messages::register(m)?;
+    py::cost::register(m)?;
+    py::circuit_breaker::register(m)?;
+    py::rate_limiter::register(m)?;
+    py::guard::register(m)?;
+    py::hashing_embedder::register(m)?;
     Ok(())
 }

@@ -8,16 +8,34 @@ from __future__ import annotations
 
 from llmedge import _core
 from llmedge._core import (
+    CostTracker,
+    HashingEmbedder,
     Tokenizer,
+    count_messages,
     count_tokens,
     count_tokens_batch,
+    estimate_cost,
+    fit_messages,
+    guard_check,
+    list_models,
+    model_info,
+    register_model,
 )
 from llmedge.errors import (
+    CircuitOpenError,
     ContextOverflowError,
     LlmEdgeError,
+    RateLimitExceeded,
     UnknownEncodingError,
     UnknownModelError,
     UnknownTokenError,
+)
+from llmedge.resilience import (
+    CircuitBreaker,
+    MultiRateLimiter,
+    RateLimiter,
+    breakers,
+    get_breaker,
 )
 
 __version__: str = _core.__version__
@@ -34,4 +52,23 @@ __all__ = [
     "Tokenizer",
     "count_tokens",
     "count_tokens_batch",
+    # models, messages and cost
+    "register_model",
+    "model_info",
+    "list_models",
+    "count_messages",
+    "fit_messages",
+    "estimate_cost",
+    "CostTracker",
+    # resilience
+    "CircuitBreaker",
+    "RateLimiter",
+    "MultiRateLimiter",
+    "breakers",
+    "get_breaker",
+    "CircuitOpenError",
+    "RateLimitExceeded",
+    # cache: guard and built-in embedder
+    "HashingEmbedder",
+    "guard_check",
 ]

@@ -15,6 +15,8 @@ __all__ = [
     "UnknownEncodingError",
     "UnknownTokenError",
     "ContextOverflowError",
+    "CircuitOpenError",
+    "RateLimitExceeded",
 ]
 
 
@@ -66,3 +68,32 @@ class ContextOverflowError(LlmEdgeError, ValueError):
         super().__init__(message)
         self.required = required
         self.available = available
+
+
+class CircuitOpenError(LlmEdgeError):
+    """A circuit breaker rejected the call without running it.
+
+    ``name`` is the breaker's name, ``state`` its state (``"open"``,
+    ``"half_open"`` when every probe slot is taken, or ``"forced_open"``) and
+    ``retry_after`` the seconds until it admits a call again (a hint: 0.0 while
+    half-open probes run, the recovery timeout when forced open).
+    """
+
+    def __init__(self, message: str, name: str = "", state: str = "open", retry_after: float = 0.0):
+        super().__init__(message)
+        self.name = name
+        self.state = state
+        self.retry_after = retry_after
+
+
+class RateLimitExceeded(LlmEdgeError):
+    """A rate limiter could not grant the request (now, or within the timeout).
+
+    ``retry_after`` is the seconds until the same request would be granted,
+    ``key`` the limiter key it was charged to.
+    """
+
+    def __init__(self, message: str, retry_after: float = 0.0, key: str = ""):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.key = key

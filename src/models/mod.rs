@@ -147,9 +147,50 @@ pub fn lookup(model: &str) -> Result<ModelInfo, UnknownModel> {
     })
 }
 
+impl ModelInfo {
+    /// Check the invariants a registered model must hold; the message names
+    /// the offending field and value.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("name: expected a non-empty model name".into());
+        }
+        if self.context_window == 0 {
+            return Err("context_window: expected a positive number of tokens, got 0".into());
+        }
+        if self.max_output_tokens > self.context_window {
+            return Err(format!(
+                "max_output_tokens: {} exceeds context_window {}",
+                self.max_output_tokens, self.context_window
+            ));
+        }
+        let prices = [
+            ("input_price", Some(self.input_price)),
+            ("output_price", Some(self.output_price)),
+            ("cached_input_price", self.cached_input_price),
+        ];
+        for (field, price) in prices {
+            if let Some(p) = price {
+                if !p.is_finite() || p < 0.0 {
+                    return Err(format!(
+                        "{field}: expected a finite, non-negative USD price per million tokens, got {p}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Add or replace a model for the rest of the process.
 pub fn register(info: ModelInfo) {
     table().write().insert(info.name.clone(), info);
+}
+
+/// Validate, then add or replace a model; the table is unchanged on error.
+pub fn try_register(info: ModelInfo) -> Result<(), String> {
+    info.validate()?;
+    register(info);
+    Ok(())
 }
 
 /// All known model names, sorted.
@@ -175,6 +216,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -190,6 +232,54 @@ mod tests {
         let info = lookup("gpt-4o-mini-2024-07-18").unwrap();
         assert_eq!(info.input_price, 0.15);
         assert_eq!(lookup("gpt-4o-2024-08-06").unwrap().input_price, 2.5);
+    }
+
+    #[test]
+    fn shipped_models_are_valid_and_cover_the_families() {
+        for name in names() {
+            let info = lookup(&name).unwrap();
+            info.validate().unwrap();
+        }
+        for name in [
+            "gpt-5",
+            "gpt-5-mini",
+            "gpt-4.1",
+            "gpt-4.1-nano",
+            "gpt-4o",
+            "o1",
+            "o3",
+            "o4-mini",
+            "gpt-4-turbo",
+            "gpt-4",
+            "gpt-3.5-turbo",
+            "gpt-oss-20b",
+            "text-embedding-3-large",
+            "text-embedding-ada-002",
+        ] {
+            assert!(lookup(name).is_ok(), "{name}");
+        }
+        assert_eq!(
+            lookup("gpt-oss-120b").unwrap().encoding,
+            EncodingName::O200kHarmony
+        );
+        assert_eq!(
+            lookup("gpt-4-turbo-2024-04-09").unwrap().context_window,
+            128000
+        );
+        assert_eq!(lookup("gpt-4-0613").unwrap().context_window, 8192);
+        assert_eq!(lookup("gpt-4o-2024-05-13").unwrap().input_price, 5.0);
+    }
+
+    #[test]
+    fn validation_rejects_bad_entries() {
+        let mut info = lookup("gpt-4o").unwrap();
+        info.name = "custom-x".into();
+        info.input_price = -1.0;
+        assert!(info.validate().unwrap_err().contains("input_price"));
+        info.input_price = 1.0;
+        info.max_output_tokens = info.context_window + 1;
+        assert!(try_register(info).is_err());
+        assert!(lookup("custom-x").is_err(), "table unchanged on error");
     }
 
     #[test]
