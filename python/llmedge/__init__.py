@@ -15,6 +15,7 @@ from llmedge._core import (
     Tokenizer,
     count_messages,
     count_tokens,
+    count_tokens_batch,
     estimate_cost,
     fit_messages,
     guard_check,
@@ -29,6 +30,7 @@ from llmedge.errors import (
     RateLimitExceeded,
     UnknownEncodingError,
     UnknownModelError,
+    UnknownTokenError,
 )
 from llmedge.resilience import (
     CircuitBreaker,
@@ -46,10 +48,12 @@ __all__ = [
     "LlmEdgeError",
     "UnknownModelError",
     "UnknownEncodingError",
+    "UnknownTokenError",
     "ContextOverflowError",
     # tokens
     "Tokenizer",
     "count_tokens",
+    "count_tokens_batch",
     # models, messages and cost
     "register_model",
     "model_info",

@@ -1,8 +1,8 @@
 # Hand-written stubs for the Rust extension `llmedge._core`.
 # tests/test_stubs.py and `python -m mypy.stubtest llmedge._core` keep them honest.
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, final
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from typing import Any, Literal, final
 
 from typing_extensions import disjoint_base
 
@@ -12,14 +12,48 @@ __version__: str
 
 @final
 class Tokenizer:
+    """An OpenAI encoding (ids identical to tiktoken), loaded once per process."""
+
     def __new__(cls, encoding: str) -> Tokenizer: ...
     @staticmethod
     def for_model(model: str) -> Tokenizer: ...
     @property
     def name(self) -> str: ...
+    @property
+    def n_vocab(self) -> int: ...
+    @property
+    def special_tokens(self) -> dict[str, int]: ...
     def count(self, text: str) -> int: ...
+    def count_batch(self, texts: Sequence[str]) -> list[int]: ...
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | Collection[str] = ...,
+        disallowed_special: Literal["all"] | Collection[str] = ...,
+    ) -> list[int]: ...
+    def encode_ordinary(self, text: str) -> list[int]: ...
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        *,
+        allowed_special: Literal["all"] | Collection[str] = ...,
+        disallowed_special: Literal["all"] | Collection[str] = ...,
+    ) -> list[list[int]]: ...
+    def encode_ordinary_batch(self, texts: Sequence[str]) -> list[list[int]]: ...
+    def decode(self, ids: Iterable[int]) -> str: ...
+    def decode_bytes(self, ids: Iterable[int]) -> bytes: ...
+    def truncate(
+        self,
+        text: str,
+        max_tokens: int,
+        *,
+        side: Literal["end", "start", "middle"] = "end",
+        marker: str | None = None,
+    ) -> str: ...
 
 def count_tokens(text: str, model: str = "gpt-4o") -> int: ...
+def count_tokens_batch(texts: Sequence[str], model: str = "gpt-4o") -> list[int]: ...
 
 # ---- models, messages and cost ---------------------------------------------
 

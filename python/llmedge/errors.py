@@ -13,6 +13,7 @@ __all__ = [
     "LlmEdgeError",
     "UnknownModelError",
     "UnknownEncodingError",
+    "UnknownTokenError",
     "ContextOverflowError",
     "CircuitOpenError",
     "RateLimitExceeded",
@@ -40,6 +41,21 @@ class UnknownModelError(LlmEdgeError, KeyError):
 
 class UnknownEncodingError(LlmEdgeError, ValueError):
     """An encoding name that llmedge does not ship."""
+
+
+class UnknownTokenError(LlmEdgeError, KeyError, ValueError):
+    """A token id that the encoding does not define (raised by ``Tokenizer.decode``).
+
+    A ``KeyError`` as tiktoken raises for unknown ids, and a ``ValueError``.
+    ``token`` holds the offending id.
+    """
+
+    def __init__(self, message: str, token: int = -1):
+        super().__init__(message)
+        self.token = token
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
 
 
 class ContextOverflowError(LlmEdgeError, ValueError):
