@@ -14,5 +14,6 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     py::tokenizer::register(m)?;
+    py::semantic_cache::register(m)?;
     Ok(())
 }

@@ -11,7 +11,9 @@ from llmedge._core import (
     Tokenizer,
     count_tokens,
 )
+from llmedge.cache import CacheHit, SemanticCache, partition_key
 from llmedge.errors import (
+    CacheSnapshotError,
     ContextOverflowError,
     LlmEdgeError,
     UnknownEncodingError,
@@ -30,4 +32,9 @@ __all__ = [
     # tokens
     "Tokenizer",
     "count_tokens",
+    # semantic cache
+    "SemanticCache",
+    "CacheHit",
+    "partition_key",
+    "CacheSnapshotError",
 ]

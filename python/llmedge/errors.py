@@ -14,6 +14,7 @@ __all__ = [
     "UnknownModelError",
     "UnknownEncodingError",
     "ContextOverflowError",
+    "CacheSnapshotError",
 ]
 
 
@@ -50,3 +51,9 @@ class ContextOverflowError(LlmEdgeError, ValueError):
         super().__init__(message)
         self.required = required
         self.available = available
+
+
+class CacheSnapshotError(LlmEdgeError, ValueError):
+    """A semantic cache snapshot that cannot be loaded: made with another
+    embedder or dimension, truncated, corrupted, or not a snapshot at all.
+    The cache it was loaded into is left unchanged."""
