@@ -4,7 +4,7 @@
 
 use usearch::{Index as UIndex, IndexOptions, MetricKind, ScalarKind};
 
-use super::VectorIndex;
+use super::{dot, VectorIndex};
 
 /// Graph parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +63,24 @@ impl HnswIndex {
                 expansion_search: self.params.expansion_search,
                 multi: false,
             };
-            self.inner = UIndex::new(&options).ok();
+            self.inner = UIndex::new(&options).ok().map(|mut index| {
+                // usearch built without its SIMD kernels (numkong: a long C
+                // build) falls back to scalar loops; our dot product picks
+                // AVX2+FMA at run time and is several times faster.
+                let dim = self.dim;
+                index.change_metric::<f32>(Box::new(move |a: *const f32, b: *const f32| {
+                    // SAFETY: usearch passes pointers to two stored or query
+                    // vectors of the index's `dim` floats.
+                    let (a, b) = unsafe {
+                        (
+                            std::slice::from_raw_parts(a, dim),
+                            std::slice::from_raw_parts(b, dim),
+                        )
+                    };
+                    1.0 - dot(a, b)
+                }));
+                index
+            });
         }
         self.inner.as_ref()
     }
