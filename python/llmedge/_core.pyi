@@ -3,7 +3,7 @@
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
-from typing import Any
+from typing import Any, final
 
 __version__: str
 
@@ -21,6 +21,7 @@ def count_tokens(text: str, model: str = "gpt-4o") -> int: ...
 
 # ---- semantic cache ---------------------------------------------------------
 
+@final
 class CacheHit:
     @property
     def response(self) -> Any: ...
@@ -42,7 +43,7 @@ class SemanticCache:
         embedder: Callable[[list[str]], Any] | None = None,
         dim: int | None = None,
         threshold: float = 0.85,
-        ttl: float | None = 3600.0,
+        ttl: float | None = ...,  # 3600.0
         max_entries: int = 10_000,
         max_memory_mb: float = 100.0,
         guard: bool = True,

@@ -106,7 +106,8 @@ impl VectorIndex for HnswIndex {
             let _ = i.remove(key);
         }
         if i.size() + 1 > i.capacity() {
-            let _ = i.reserve((i.capacity() * 2).max(64));
+            // Grow by a quarter: reserved but unused slots are memory too.
+            let _ = i.reserve(i.capacity() + (i.capacity() / 4).max(64));
         }
         let _ = i.add(key, v);
     }

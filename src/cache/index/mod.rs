@@ -97,7 +97,7 @@ fn has_avx2_fma() -> bool {
 /// The body of both dot products: sixteen independent accumulators over
 /// contiguous f32, which the compiler turns into two or four SIMD registers.
 macro_rules! dot_body {
-    ($a:expr, $b:expr, $madd:expr) => {{
+    ($a:expr, $b:expr) => {{
         let n = $a.len().min($b.len());
         let (a, b) = (&$a[..n], &$b[..n]);
         let mut acc = [0f32; 16];
@@ -105,7 +105,7 @@ macro_rules! dot_body {
         let mut cb = b.chunks_exact(16);
         for (x, y) in (&mut ca).zip(&mut cb) {
             for j in 0..16 {
-                acc[j] = $madd(x[j], y[j], acc[j]);
+                acc[j] += x[j] * y[j];
             }
         }
         let mut s = 0f32;
@@ -123,11 +123,44 @@ macro_rules! dot_body {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_body!(a, b, |x: f32, y: f32, acc: f32| x.mul_add(y, acc))
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every load reads 8 floats at `i + 8k`, below `n` by the loop
+    // bounds; unaligned loads are allowed.
+    unsafe {
+        while i + 32 <= n {
+            for (k, lane) in acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(pa.add(i + 8 * k));
+                let y = _mm256_loadu_ps(pb.add(i + 8 * k));
+                *lane = _mm256_fmadd_ps(x, y, *lane);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
+        let mut s = lanes.iter().sum::<f32>();
+        while i < n {
+            s += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        s
+    }
 }
 
 fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    dot_body!(a, b, |x: f32, y: f32, acc: f32| acc + x * y)
+    dot_body!(a, b)
 }
 
 /// A partition's index: flat or HNSW, switched by size under `Auto`.
