@@ -44,6 +44,7 @@ class _Batcher:
         self.pending: list[tuple[tuple[str, Any, Any], asyncio.Future[Any]]] = []
         self.in_flight = False
         self.scheduled = False
+        self.task: asyncio.Task[None] | None = None
 
     def submit(self, request: tuple[str, Any, Any]) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = self.loop.create_future()
@@ -61,8 +62,8 @@ class _Batcher:
             return
         batch, self.pending = self.pending[:_MAX_BATCH], self.pending[_MAX_BATCH:]
         self.in_flight = True
-        task = self.loop.create_task(self._run(batch))
-        task.add_done_callback(lambda _t: None)
+        # Keep a reference: the loop holds tasks only weakly.
+        self.task = self.loop.create_task(self._run(batch))
 
     async def _run(self, batch: list[tuple[tuple[str, Any, Any], asyncio.Future[Any]]]) -> None:
         try:

@@ -240,6 +240,19 @@ impl Store {
             + self.index_bytes_per_entry()
     }
 
+    /// The most memory inserting `entry` can need: the entry itself and,
+    /// if its partition is new, the partition's bookkeeping. An entry above
+    /// `max_memory_bytes` is refused.
+    pub fn required_bytes(&self, entry: &NewEntry) -> usize {
+        self.entry_bytes(
+            &entry.prompt,
+            entry.response.len(),
+            entry.metadata.as_ref().map_or(0, |m| m.len()),
+            &entry.tags,
+        ) + PARTITION_OVERHEAD
+            + 2 * entry.partition.len()
+    }
+
     fn entry(&self, slot: u32) -> Option<&Entry> {
         self.slots.get(slot as usize).and_then(Option::as_ref)
     }
@@ -529,13 +542,7 @@ impl CacheTier for Store {
                 expected: self.cfg.dim,
             });
         }
-        let bytes = self.entry_bytes(
-            &entry.prompt,
-            entry.response.len(),
-            entry.metadata.as_ref().map_or(0, |m| m.len()),
-            &entry.tags,
-        ) + PARTITION_OVERHEAD
-            + 2 * entry.partition.len();
+        let bytes = self.required_bytes(&entry);
         if bytes > self.cfg.max_memory_bytes {
             return Err(StoreError::TooLarge {
                 bytes,

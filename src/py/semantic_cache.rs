@@ -712,12 +712,7 @@ impl SemanticCache {
             let mut store = self.store.lock();
             // Check every entry before changing anything: all or nothing.
             for e in &entries {
-                let bytes = store.entry_bytes(
-                    &e.prompt,
-                    e.response.len(),
-                    e.metadata.as_ref().map_or(0, |m| m.len()),
-                    &e.tags,
-                );
+                let bytes = store.required_bytes(e);
                 if bytes > store.config().max_memory_bytes {
                     return Err(StoreError::TooLarge {
                         bytes,
