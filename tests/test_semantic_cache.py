@@ -548,3 +548,18 @@ def test_hashing_embedder_default_finds_near_duplicates():
     c.set("How do I reset my password on the website?", "Click 'forgot password'.")
     hit = c.get("how do i reset my password on the website ?")
     assert hit is not None
+
+
+def test_hnsw_churn_does_not_grow_memory():
+    rng = np.random.default_rng(3)
+    c = SemanticCache(dim=16, index="hnsw", threshold=0.999, max_entries=100_000)
+    c.warm([(f"p{i}", i) for i in range(400)], embeddings=rng.normal(size=(400, 16)))
+    first = c.stats()
+    for r in range(15):
+        for i in range(200):
+            assert c.invalidate(f"p{i}" if r == 0 else f"r{r - 1}-{i}")
+        c.warm([(f"r{r}-{i}", i) for i in range(200)], embeddings=rng.normal(size=(200, 16)))
+    s = c.stats()
+    assert s["entries"] == len(c) == 400
+    assert s["memory_bytes"] <= first["memory_bytes"] * 1.05
+    assert s["index_slack_bytes"] <= first["index_slack_bytes"] + first["memory_bytes"]
