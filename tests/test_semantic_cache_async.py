@@ -243,13 +243,12 @@ def test_stress_threads_and_tasks_keep_invariants():
     lookups_lock = threading.Lock()
     errors: list[BaseException] = []
 
-    def check_hit(hit, part_idx: int, now: float) -> None:
-        if hit is None:
-            return
-        resp = hit.response
-        # response encodes its partition and its absolute deadline
-        assert resp["p"] == part_idx, "cross-partition hit"
-        assert resp["deadline"] > now - 1e-9 or resp["deadline"] > clock(), "expired hit"
+    def check_hit(hit, p: int) -> None:
+        # The response records its partition and its ttl; the hit's age is
+        # measured by the cache between the entry's set and this lookup, so an
+        # expired hit would show age >= ttl.
+        assert hit.response["p"] == p, "cross-partition hit"
+        assert hit.age < hit.response["ttl"], "expired hit"
 
     def op(rng: random.Random) -> None:
         nonlocal lookups
@@ -258,24 +257,20 @@ def test_stress_threads_and_tasks_keep_invariants():
         vec = base[k] + np.float32(0.01) * rng.random()
         r = rng.random()
         if r < 0.45:
-            now = clock()
             ttl = rng.choice([None, 1.0, 3.0])
-            deadline = now + (ttl if ttl is not None else 5.0)
             c.set(
                 f"prompt {k}",
-                {"p": p, "k": k, "deadline": deadline, "pad": "x" * rng.randrange(500)},
+                {"p": p, "k": k, "ttl": ttl or 5.0, "pad": "x" * rng.randrange(500)},
                 partition=partitions[p],
                 embedding=vec,
                 ttl=ttl,
             )
         elif r < 0.9:
-            before = clock()
             hit = c.get(f"query {k} {rng.random()}", partition=partitions[p], embedding=vec)
             with lookups_lock:
                 lookups += 1
             if hit is not None:
-                assert hit.response["p"] == p
-                assert hit.response["deadline"] > before
+                check_hit(hit, p)
         elif r < 0.95:
             c.invalidate(f"prompt {k}", partition=partitions[p])
         else:
@@ -300,16 +295,14 @@ def test_stress_threads_and_tasks_keep_invariants():
             nonlocal n
             p = rng.randrange(4)
             k = rng.randrange(60)
-            before = clock()
             hit = await c.aget(f"async {i}", partition=partitions[p], embedding=base[k])
             n += 1
             if hit is not None:
-                assert hit.response["p"] == p
-                assert hit.response["deadline"] > before
+                check_hit(hit, p)
             if i % 3 == 0:
                 await c.aset(
                     f"prompt {k}",
-                    {"p": p, "k": k, "deadline": clock() + 5.0},
+                    {"p": p, "k": k, "ttl": 5.0},
                     partition=partitions[p],
                     embedding=base[k],
                 )
