@@ -3,8 +3,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import llmedge
 import pytest
+
+import llmedge
 from llmedge import _core
 
 
@@ -47,18 +48,10 @@ def test_bench_report_formats_ratios():
 
     data = {
         "benchmarks": [
-            {
-                "group": "tokens: count",
-                "name": "a",
-                "stats": {"median": 1e-6},
-                "extra_info": {"impl": "llmedge", "correct": True},
-            },
-            {
-                "group": "tokens: count",
-                "name": "b",
-                "stats": {"median": 3e-6},
-                "extra_info": {"impl": "tiktoken", "correct": False},
-            },
+            {"group": "tokens: count", "name": "a", "stats": {"median": 1e-6},
+             "extra_info": {"impl": "llmedge", "correct": True}},
+            {"group": "tokens: count", "name": "b", "stats": {"median": 3e-6},
+             "extra_info": {"impl": "tiktoken", "correct": False}},
         ]
     }
     report = format_report(data)

@@ -52,16 +52,6 @@ def test_stub_classes_declare_exactly_the_runtime_members():
 
 
 _DUNDERS = {
-    "__len__",
-    "__contains__",
-    "__iter__",
-    "__enter__",
-    "__exit__",
-    "__aenter__",
-    "__aexit__",
-    "__call__",
-    "__getitem__",
-    "__eq__",
-    "__hash__",
-    "__bool__",
+    "__len__", "__contains__", "__iter__", "__enter__", "__exit__", "__aenter__",
+    "__aexit__", "__call__", "__getitem__", "__eq__", "__hash__", "__bool__",
 }

@@ -45,10 +45,14 @@ def format_report(data: dict[str, Any]) -> str:
     for component in sorted(by_component):
         lines.append("")
         lines.append(f"== {component} ==")
-        lines.append(f"{'case':<44} {'implementation':<18} {'median':>12} {'relative':>10}  agree")
+        lines.append(
+            f"{'case':<44} {'implementation':<18} {'median':>12} {'relative':>10}  agree"
+        )
         for group in by_component[component]:
             rows = groups[group]
-            base = next((r for r in rows if r.get("extra_info", {}).get("impl") == "llmedge"), None)
+            base = next(
+                (r for r in rows if r.get("extra_info", {}).get("impl") == "llmedge"), None
+            )
             base_median = base["stats"]["median"] if base else None
             rows = sorted(rows, key=lambda r: r["stats"]["median"])
             case = group.split(":", 1)[-1].strip()
@@ -64,10 +68,8 @@ def format_report(data: dict[str, Any]) -> str:
                 )
                 case = ""
     lines.append("")
-    lines.append(
-        "relative: the implementation's median time divided by llmedge's (higher = "
-        "llmedge faster); agree: its result matched the reference."
-    )
+    lines.append("relative: the implementation's median time divided by llmedge's (higher = "
+                 "llmedge faster); agree: its result matched the reference.")
     return "\n".join(lines)
 
 
@@ -102,10 +104,8 @@ def run(
         f = benches / f"bench_{c}.py"
         if not f.is_file():
             known = sorted(p.stem.removeprefix("bench_") for p in benches.glob("bench_*.py"))
-            print(
-                f"llmedge bench: unknown component {c!r}; known: {', '.join(known)}",
-                file=sys.stderr,
-            )
+            print(f"llmedge bench: unknown component {c!r}; known: {', '.join(known)}",
+                  file=sys.stderr)
             return 2
         targets.append(str(f))
     if not targets:
@@ -117,23 +117,12 @@ def run(
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(json_path) if json_path else Path(tmp) / "bench.json"
         cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            *targets,
-            "-p",
-            "no:cacheprovider",
-            "-q",
-            "--benchmark-enable",
-            "--benchmark-only",
+            sys.executable, "-m", "pytest", *targets,
+            "-p", "no:cacheprovider", "-q",
+            "--benchmark-enable", "--benchmark-only",
             f"--benchmark-json={out}",
-            "-o",
-            "addopts=",
-            "-W",
-            "default",
-            "--timeout=0",
-            "--rootdir",
-            str(benches.parent),
+            "-o", "addopts=", "-W", "default", "--timeout=0",
+            "--rootdir", str(benches.parent),
         ]
         proc = subprocess.run(cmd, env=env, cwd=str(benches.parent))
         if not out.is_file():

@@ -132,8 +132,10 @@ pub fn lookup(model: &str) -> Result<ModelInfo, UnknownModel> {
         info.name = model.to_string();
         return Ok(info);
     }
-    let mut scored: Vec<(usize, &String)> =
-        table.keys().map(|k| (edit_distance(model, k), k)).collect();
+    let mut scored: Vec<(usize, &String)> = table
+        .keys()
+        .map(|k| (edit_distance(model, k), k))
+        .collect();
     scored.sort();
     let limit = (model.chars().count() / 2).max(3);
     Err(UnknownModel {

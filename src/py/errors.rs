@@ -14,11 +14,7 @@ pub fn error_class<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'
     let module = MODULE.get_or_try_init(py, || {
         PyModule::import(py, "llmedge.errors").map(Bound::unbind)
     })?;
-    module
-        .bind(py)
-        .getattr(name)?
-        .cast_into::<PyType>()
-        .map_err(Into::into)
+    module.bind(py).getattr(name)?.cast_into::<PyType>().map_err(Into::into)
 }
 
 /// A `PyErr` of class `llmedge.errors.<name>` built from `args`.

@@ -17,10 +17,7 @@ fn parse_encoding(py: Python<'_>, name: &str) -> PyResult<EncodingName> {
         new_error(
             py,
             "UnknownEncodingError",
-            (format!(
-                "unknown encoding {name:?}; expected one of {}",
-                allowed.join(", ")
-            ),),
+            (format!("unknown encoding {name:?}; expected one of {}", allowed.join(", ")),),
         )
     })
 }
@@ -29,17 +26,13 @@ fn parse_encoding(py: Python<'_>, name: &str) -> PyResult<EncodingName> {
 impl Tokenizer {
     #[new]
     fn new(py: Python<'_>, encoding: &str) -> PyResult<Self> {
-        Ok(Tokenizer {
-            enc: tokens::encoding(parse_encoding(py, encoding)?),
-        })
+        Ok(Tokenizer { enc: tokens::encoding(parse_encoding(py, encoding)?) })
     }
 
     #[staticmethod]
     fn for_model(py: Python<'_>, model: &str) -> PyResult<Self> {
         let info = models::lookup(model).map_err(|e| unknown_model(py, e))?;
-        Ok(Tokenizer {
-            enc: tokens::encoding(info.encoding),
-        })
+        Ok(Tokenizer { enc: tokens::encoding(info.encoding) })
     }
 
     #[getter]
