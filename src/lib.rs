@@ -26,5 +26,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::guard::register(m)?;
     py::hashing_embedder::register(m)?;
     py::prompt_optimizer::register(m)?;
+    py::semantic_cache::register(m)?;
     Ok(())
 }

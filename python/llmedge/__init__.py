@@ -23,7 +23,9 @@ from llmedge._core import (
     model_info,
     register_model,
 )
+from llmedge.cache import CacheHit, SemanticCache, partition_key
 from llmedge.errors import (
+    CacheSnapshotError,
     CircuitOpenError,
     ContextOverflowError,
     LlmEdgeError,
@@ -76,4 +78,9 @@ __all__ = [
     # prompt
     "PromptOptimizer",
     "CompressionResult",
+    # semantic cache
+    "SemanticCache",
+    "CacheHit",
+    "partition_key",
+    "CacheSnapshotError",
 ]

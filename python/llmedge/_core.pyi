@@ -2,6 +2,7 @@
 # tests/test_stubs.py and `python -m mypy.stubtest llmedge._core` keep them honest.
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from os import PathLike
 from typing import Any, Literal, final
 
 from typing_extensions import disjoint_base
@@ -285,3 +286,95 @@ class PromptOptimizer:
         allow_partial: bool = False,
         tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[dict[str, Any]]: ...
+
+# ---- semantic cache ---------------------------------------------------------
+
+@final
+class CacheHit:
+    @property
+    def response(self) -> Any: ...
+    @property
+    def score(self) -> float: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def matched_prompt(self) -> str: ...
+    @property
+    def age(self) -> float: ...
+    @property
+    def metadata(self) -> Any: ...
+
+class SemanticCache:
+    def __new__(
+        cls,
+        *,
+        embedder: Callable[[list[str]], Any] | None = None,
+        dim: int | None = None,
+        threshold: float = 0.85,
+        ttl: float | None = ...,  # 3600.0
+        max_entries: int = 10_000,
+        max_memory_mb: float = 100.0,
+        guard: bool = True,
+        index: str = "auto",
+        clock: Callable[[], float] | None = None,
+    ) -> SemanticCache: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def threshold(self) -> float: ...
+    @property
+    def ttl(self) -> float | None: ...
+    @property
+    def max_entries(self) -> int: ...
+    @property
+    def max_memory_mb(self) -> float: ...
+    @property
+    def guard(self) -> bool: ...
+    @property
+    def index(self) -> str: ...
+    @property
+    def embedder_identity(self) -> str: ...
+    def get(
+        self,
+        prompt: str,
+        *,
+        partition: Mapping[str, Any] | str | None = None,
+        embedding: Any = None,
+    ) -> CacheHit | None: ...
+    def get_many(self, requests: Iterable[tuple[str, Any, Any]]) -> list[Any]: ...
+    def set(
+        self,
+        prompt: str,
+        response: Any,
+        *,
+        partition: Mapping[str, Any] | str | None = None,
+        embedding: Any = None,
+        ttl: float | None = None,
+        metadata: Any = None,
+        tags: Sequence[str] | None = None,
+    ) -> None: ...
+    def warm(
+        self,
+        pairs: Iterable[tuple[str, Any]] | Mapping[str, Any],
+        *,
+        partition: Mapping[str, Any] | str | None = None,
+        embeddings: Any = None,
+        ttl: float | None = None,
+        tags: Sequence[str] | None = None,
+    ) -> int: ...
+    def invalidate(
+        self, prompt: str, *, partition: Mapping[str, Any] | str | None = None
+    ) -> bool: ...
+    def invalidate_partition(self, partition: Mapping[str, Any] | str | None) -> int: ...
+    def invalidate_tag(self, tag: str) -> int: ...
+    def clear(self) -> None: ...
+    def __len__(self) -> int: ...
+    def flight_key(
+        self, prompt: str, *, partition: Mapping[str, Any] | str | None = None
+    ) -> str: ...
+    def stats(self) -> dict[str, Any]: ...
+    def reset_stats(self) -> None: ...
+    def save(self, path: str | PathLike[str]) -> int: ...
+    def load_snapshot(self, path: str | PathLike[str]) -> int: ...
+
+def partition_key(model: str | None = None, **params: Any) -> str: ...

@@ -17,6 +17,7 @@ __all__ = [
     "ContextOverflowError",
     "CircuitOpenError",
     "RateLimitExceeded",
+    "CacheSnapshotError",
 ]
 
 
@@ -97,3 +98,9 @@ class RateLimitExceeded(LlmEdgeError):
         super().__init__(message)
         self.retry_after = retry_after
         self.key = key
+
+
+class CacheSnapshotError(LlmEdgeError, ValueError):
+    """A semantic cache snapshot that cannot be loaded: made with another
+    embedder or dimension, truncated, corrupted, or not a snapshot at all.
+    The cache it was loaded into is left unchanged."""

@@ -3,3 +3,8 @@
 
 pub mod guard;
 pub mod hashing;
+pub mod index;
+pub mod partition;
+pub mod snapshot;
+pub mod stats;
+pub mod store;

@@ -1,5 +1,6 @@
 //! Thin PyO3 bindings: one file per Python class or function group.
 
+pub mod cache_hit;
 pub mod circuit_breaker;
 pub mod cost;
 pub mod errors;
@@ -9,4 +10,5 @@ pub mod messages;
 pub mod models;
 pub mod prompt_optimizer;
 pub mod rate_limiter;
+pub mod semantic_cache;
 pub mod tokenizer;

@@ -1,0 +1,395 @@
+//! The binary snapshot format of a cache.
+//!
+//! ```text
+//! magic "LLMSCACH" | version u32 | identity str | dim u32 | count u64
+//! count x entry { partition str | prompt str | response bytes | has_meta u8
+//!                 [meta bytes] | ntags u32 | ntags x str | age f64 |
+//!                 remaining f64 | dim x f32 }
+//! crc32 u32 (of everything before it)
+//! ```
+//! Integers and floats little-endian; `str`/`bytes` are a u32 length and the
+//! bytes. Entries are written least recently used first so that loading them
+//! in order restores the LRU order. Ages and remaining lifetimes are relative,
+//! so a snapshot survives the monotonic clock of another process.
+
+use std::io::Write;
+use std::path::Path;
+
+pub const MAGIC: &[u8; 8] = b"LLMSCACH";
+pub const VERSION: u32 = 1;
+
+/// One entry as stored in a snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapEntry {
+    /// The partition key without the embedder identity.
+    pub partition: String,
+    pub prompt: String,
+    pub response: Vec<u8>,
+    pub metadata: Option<Vec<u8>>,
+    pub tags: Vec<String>,
+    pub age: f64,
+    pub remaining: f64,
+    pub vector: Vec<f32>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum SnapshotError {
+    Io(String),
+    NotASnapshot,
+    Truncated,
+    Corrupted,
+    Version(u32),
+    Identity { found: String, expected: String },
+    Dimension { found: u32, expected: usize },
+}
+
+impl std::fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotError::Io(e) => write!(f, "{e}"),
+            SnapshotError::NotASnapshot => {
+                write!(f, "not an llmedge cache snapshot (bad magic bytes)")
+            }
+            SnapshotError::Truncated => write!(f, "snapshot is truncated"),
+            SnapshotError::Corrupted => write!(f, "snapshot is corrupted (checksum mismatch)"),
+            SnapshotError::Version(v) => {
+                write!(
+                    f,
+                    "snapshot format version {v} is not supported (expected {VERSION})"
+                )
+            }
+            SnapshotError::Identity { found, expected } => write!(
+                f,
+                "snapshot was made with embedder {found:?}, this cache uses {expected:?}"
+            ),
+            SnapshotError::Dimension { found, expected } => {
+                write!(
+                    f,
+                    "snapshot has dimension {found}, this cache uses {expected}"
+                )
+            }
+        }
+    }
+}
+
+pub struct Writer {
+    buf: Vec<u8>,
+    count_at: usize,
+    count: u64,
+    dim: usize,
+}
+
+impl Writer {
+    pub fn new(identity: &str, dim: usize) -> Self {
+        let mut w = Writer {
+            buf: Vec::new(),
+            count_at: 0,
+            count: 0,
+            dim,
+        };
+        w.buf.extend_from_slice(MAGIC);
+        w.buf.extend_from_slice(&VERSION.to_le_bytes());
+        w.bytes(identity.as_bytes());
+        w.buf.extend_from_slice(&(dim as u32).to_le_bytes());
+        w.count_at = w.buf.len();
+        w.buf.extend_from_slice(&0u64.to_le_bytes());
+        w
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.buf.extend_from_slice(b);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn entry(
+        &mut self,
+        partition: &str,
+        prompt: &str,
+        response: &[u8],
+        metadata: Option<&[u8]>,
+        tags: &[Box<str>],
+        age: f64,
+        remaining: f64,
+        vector: &[f32],
+    ) {
+        self.bytes(partition.as_bytes());
+        self.bytes(prompt.as_bytes());
+        self.bytes(response);
+        match metadata {
+            Some(m) => {
+                self.buf.push(1);
+                self.bytes(m);
+            }
+            None => self.buf.push(0),
+        }
+        self.buf
+            .extend_from_slice(&(tags.len() as u32).to_le_bytes());
+        for t in tags {
+            self.bytes(t.as_bytes());
+        }
+        self.buf.extend_from_slice(&age.to_le_bytes());
+        self.buf.extend_from_slice(&remaining.to_le_bytes());
+        debug_assert_eq!(vector.len(), self.dim);
+        for x in vector {
+            self.buf.extend_from_slice(&x.to_le_bytes());
+        }
+        self.count += 1;
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        let at = self.count_at;
+        self.buf[at..at + 8].copy_from_slice(&self.count.to_le_bytes());
+        let crc = crc32fast::hash(&self.buf);
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.buf
+    }
+}
+
+/// Write `data` to `path` atomically: a temporary file beside it, fsync,
+/// rename over the target, fsync of the directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
+    let io = |e: std::io::Error| SnapshotError::Io(format!("cannot write {}: {e}", path.display()));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], SnapshotError> {
+        let end = self.pos.checked_add(n).ok_or(SnapshotError::Corrupted)?;
+        let s = self
+            .data
+            .get(self.pos..end)
+            .ok_or(SnapshotError::Corrupted)?;
+        self.pos = end;
+        Ok(s)
+    }
+    fn u32(&mut self) -> Result<u32, SnapshotError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, SnapshotError> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn f64(&mut self) -> Result<f64, SnapshotError> {
+        Ok(f64::from_bits(self.u64()?))
+    }
+    fn bytes(&mut self) -> Result<&'a [u8], SnapshotError> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    fn string(&mut self) -> Result<String, SnapshotError> {
+        String::from_utf8(self.bytes()?.to_vec()).map_err(|_| SnapshotError::Corrupted)
+    }
+}
+
+/// Parse and verify a snapshot made by an embedder of `identity` and `dim`.
+pub fn decode(data: &[u8], identity: &str, dim: usize) -> Result<Vec<SnapEntry>, SnapshotError> {
+    if data.len() < MAGIC.len() {
+        return Err(if MAGIC.starts_with(data) {
+            SnapshotError::Truncated
+        } else {
+            SnapshotError::NotASnapshot
+        });
+    }
+    if &data[..8] != MAGIC {
+        return Err(SnapshotError::NotASnapshot);
+    }
+    // magic, version, identity length, dim, count, crc
+    if data.len() < 8 + 4 + 4 + 4 + 8 + 4 {
+        return Err(SnapshotError::Truncated);
+    }
+    let (body, crc) = data.split_at(data.len() - 4);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let mut r = Reader { data: body, pos: 8 };
+    let version = r.u32()?;
+    if version != VERSION {
+        return Err(SnapshotError::Version(version));
+    }
+    if crc32fast::hash(body) != stored {
+        // A shorter file than its header promises is the common case.
+        return Err(truncated_or_corrupted(body));
+    }
+    let found = r.string()?;
+    let d = r.u32()?;
+    if d as usize != dim {
+        return Err(SnapshotError::Dimension {
+            found: d,
+            expected: dim,
+        });
+    }
+    if found != identity {
+        return Err(SnapshotError::Identity {
+            found,
+            expected: identity.to_string(),
+        });
+    }
+    let count = r.u64()?;
+    let mut out = Vec::with_capacity(count.min(1 << 20) as usize);
+    for _ in 0..count {
+        let partition = r.string()?;
+        let prompt = r.string()?;
+        let response = r.bytes()?.to_vec();
+        let metadata = match r.take(1)?[0] {
+            0 => None,
+            1 => Some(r.bytes()?.to_vec()),
+            _ => return Err(SnapshotError::Corrupted),
+        };
+        let ntags = r.u32()?;
+        let mut tags = Vec::new();
+        for _ in 0..ntags {
+            tags.push(r.string()?);
+        }
+        let age = r.f64()?;
+        let remaining = r.f64()?;
+        let raw = r.take(dim * 4)?;
+        let vector: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if !(age.is_finite() && age >= 0.0) || remaining.is_nan() {
+            return Err(SnapshotError::Corrupted);
+        }
+        out.push(SnapEntry {
+            partition,
+            prompt,
+            response,
+            metadata,
+            tags,
+            age,
+            remaining,
+            vector,
+        });
+    }
+    if r.pos != body.len() {
+        return Err(SnapshotError::Corrupted);
+    }
+    Ok(out)
+}
+
+/// Walk the entries without checking the CRC: if the data runs out, the file
+/// was cut short; otherwise its bytes were changed.
+fn truncated_or_corrupted(body: &[u8]) -> SnapshotError {
+    let mut r = Reader {
+        data: body,
+        pos: 12,
+    };
+    let walk = (|| -> Result<(), SnapshotError> {
+        r.string()?;
+        let dim = r.u32()? as usize;
+        let count = r.u64()?;
+        for _ in 0..count {
+            r.bytes()?;
+            r.bytes()?;
+            r.bytes()?;
+            if r.take(1)?[0] == 1 {
+                r.bytes()?;
+            }
+            for _ in 0..r.u32()? {
+                r.bytes()?;
+            }
+            r.take(16 + dim * 4)?;
+        }
+        Ok(())
+    })();
+    match walk {
+        Err(_) if r.pos <= body.len() => SnapshotError::Truncated,
+        _ => SnapshotError::Corrupted,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<u8> {
+        let mut w = Writer::new("emb", 2);
+        w.entry(
+            "p",
+            "hello",
+            b"\x00hi",
+            Some(b"{}"),
+            &["t".into()],
+            1.5,
+            f64::INFINITY,
+            &[0.6, 0.8],
+        );
+        w.entry("", "bye", b"\x01x", None, &[], 0.0, 3.0, &[1.0, 0.0]);
+        w.finish()
+    }
+
+    #[test]
+    fn roundtrip() {
+        let e = decode(&sample(), "emb", 2).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].prompt, "hello");
+        assert_eq!(e[0].metadata.as_deref(), Some(&b"{}"[..]));
+        assert_eq!(e[0].remaining, f64::INFINITY);
+        assert_eq!(e[1].vector, vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn refuses_bad_files() {
+        let s = sample();
+        assert_eq!(
+            decode(&s, "other", 2),
+            Err(SnapshotError::Identity {
+                found: "emb".into(),
+                expected: "other".into()
+            })
+        );
+        assert_eq!(
+            decode(&s, "emb", 3),
+            Err(SnapshotError::Dimension {
+                found: 2,
+                expected: 3
+            })
+        );
+        for cut in [3, 20, s.len() / 2, s.len() - 1] {
+            assert!(
+                matches!(decode(&s[..cut], "emb", 2), Err(SnapshotError::Truncated)),
+                "cut at {cut}: {:?}",
+                decode(&s[..cut], "emb", 2)
+            );
+        }
+        let mut bad = s.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x40;
+        assert_eq!(decode(&bad, "emb", 2), Err(SnapshotError::Corrupted));
+        assert_eq!(
+            decode(b"PK\x03\x04junkjunkjunkjunkjunkjunk", "emb", 2),
+            Err(SnapshotError::NotASnapshot)
+        );
+    }
+}

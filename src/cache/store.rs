@@ -1,0 +1,793 @@
+//! The in-process cache tier: entries, partitions with their own exact map and
+//! vector index, LRU order, TTL expiry, memory accounting and statistics.
+//!
+//! Pure Rust, no Python: the bindings convert values before calling in and
+//! hold the store's lock only around these calls.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+use super::guard::GuardReason;
+use super::index::{HnswParams, Index, IndexKind, VectorIndex};
+use super::partition::{normalize_prompt, prompt_hash};
+use super::stats::Stats;
+
+const NIL: u32 = u32::MAX;
+
+/// The guard's signature: `Some(reason)` rejects a (query, candidate) pair.
+pub type GuardFn = dyn Fn(&str, &str) -> Option<GuardReason> + Sync;
+/// Semantic candidates above the threshold tried, best first, before a
+/// lookup whose candidates the guard rejected is declared a miss.
+pub const SEMANTIC_CANDIDATES: usize = 4;
+/// Bookkeeping bytes of one partition besides its entries.
+const PARTITION_OVERHEAD: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub dim: usize,
+    pub max_entries: usize,
+    pub max_memory_bytes: usize,
+    pub index: IndexKind,
+    pub hnsw: HnswParams,
+}
+
+/// An entry to insert. `vector` must be L2-normalised and `dim` long.
+pub struct NewEntry {
+    /// Scoped partition key (embedder identity included).
+    pub partition: String,
+    pub prompt: String,
+    pub vector: Vec<f32>,
+    pub response: Arc<[u8]>,
+    pub metadata: Option<Arc<[u8]>>,
+    pub tags: Vec<String>,
+    /// Seconds to live; `f64::INFINITY` never expires.
+    pub ttl: f64,
+    /// Seconds the entry has already lived (restored snapshots).
+    pub age: f64,
+}
+
+/// What a lookup found.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub response: Arc<[u8]>,
+    pub metadata: Option<Arc<[u8]>>,
+    pub prompt: String,
+    pub score: f32,
+    pub age: f64,
+    pub exact: bool,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum StoreError {
+    /// One entry alone is larger than the memory bound.
+    TooLarge { bytes: usize, limit: usize },
+    /// The vector's length is not the store's dimension.
+    Dimension { got: usize, expected: usize },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::TooLarge { bytes, limit } => write!(
+                f,
+                "entry needs {bytes} bytes, more than max_memory_mb allows ({limit} bytes)"
+            ),
+            StoreError::Dimension { got, expected } => {
+                write!(f, "embedding has dimension {got}, expected {expected}")
+            }
+        }
+    }
+}
+
+/// One view of an entry, for snapshots (oldest first in LRU order).
+pub struct EntryView<'a> {
+    pub partition: &'a str,
+    pub prompt: &'a str,
+    pub vector: Vec<f32>,
+    pub response: &'a [u8],
+    pub metadata: Option<&'a [u8]>,
+    pub tags: &'a [Box<str>],
+    pub age: f64,
+    pub remaining: f64,
+}
+
+/// The storage interface the Python class drives; a shared tier (Redis) can
+/// implement it to back or replace the in-process one.
+pub trait CacheTier: Send {
+    fn lookup_exact(&mut self, partition: &str, prompt: &str, now: f64) -> Option<Found>;
+    /// Best unexpired candidate with similarity >= `threshold` that `guard`
+    /// accepts; the reasons of the candidates it rejected.
+    fn lookup_semantic(
+        &mut self,
+        partition: &str,
+        prompt: &str,
+        query: &[f32],
+        threshold: f32,
+        guard: Option<&GuardFn>,
+        now: f64,
+    ) -> (Option<Found>, Vec<GuardReason>);
+    fn insert(&mut self, entry: NewEntry, now: f64) -> Result<(), StoreError>;
+    fn invalidate(&mut self, partition: &str, prompt: &str) -> bool;
+    fn invalidate_partition(&mut self, partition: &str) -> usize;
+    fn invalidate_tag(&mut self, tag: &str) -> usize;
+    fn clear(&mut self);
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn memory_bytes(&self) -> usize;
+}
+
+struct Entry {
+    partition: u32,
+    hash: u64,
+    seq: u64,
+    prompt: Box<str>,
+    response: Arc<[u8]>,
+    metadata: Option<Arc<[u8]>>,
+    tags: Box<[Box<str>]>,
+    created: f64,
+    expires: f64,
+    prev: u32,
+    next: u32,
+    bytes: usize,
+}
+
+struct Partition {
+    key: Box<str>,
+    exact: HashMap<u64, u32>,
+    index: Index,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct Deadline(f64);
+impl Eq for Deadline {}
+impl PartialOrd for Deadline {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Deadline {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+pub struct Store {
+    cfg: StoreConfig,
+    slots: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    seq: u64,
+    /// Most recently used.
+    head: u32,
+    /// Least recently used: evicted first.
+    tail: u32,
+    len: usize,
+    partitions: Vec<Option<Partition>>,
+    partition_free: Vec<u32>,
+    partition_ids: HashMap<Box<str>, u32>,
+    tags: HashMap<Box<str>, HashSet<u32>>,
+    expiry: BinaryHeap<Reverse<(Deadline, u32, u64)>>,
+    live_bytes: usize,
+    pub stats: Stats,
+}
+
+impl Store {
+    pub fn new(cfg: StoreConfig) -> Self {
+        Store {
+            cfg,
+            slots: Vec::new(),
+            free: Vec::new(),
+            seq: 0,
+            head: NIL,
+            tail: NIL,
+            len: 0,
+            partitions: Vec::new(),
+            partition_free: Vec::new(),
+            partition_ids: HashMap::new(),
+            tags: HashMap::new(),
+            expiry: BinaryHeap::new(),
+            live_bytes: 0,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+
+    pub fn partition_count(&self) -> usize {
+        self.partition_ids.len()
+    }
+
+    /// Heap bytes held by indexes beyond their live entries (HNSW slots of
+    /// removed entries awaiting reuse or compaction).
+    pub fn index_slack_bytes(&self) -> usize {
+        self.partitions
+            .iter()
+            .flatten()
+            .map(|p| match &p.index {
+                Index::Hnsw(h) => h.slack_bytes(),
+                Index::Flat(_) => 0,
+            })
+            .sum()
+    }
+
+    /// Vector and link bytes one entry costs in the largest index kind.
+    fn index_bytes_per_entry(&self) -> usize {
+        let flat = self.cfg.dim * 4 + 16;
+        let hnsw = self.cfg.hnsw.bytes_per_entry(self.cfg.dim);
+        flat.max(hnsw)
+    }
+
+    /// The bytes `entry` will be accounted for.
+    pub fn entry_bytes(
+        &self,
+        prompt: &str,
+        response: usize,
+        metadata: usize,
+        tags: &[String],
+    ) -> usize {
+        std::mem::size_of::<Option<Entry>>()
+            + prompt.len()
+            + response
+            + 16
+            + if metadata > 0 { metadata + 16 } else { 0 }
+            + tags.iter().map(|t| t.len() + 16 + 48).sum::<usize>()
+            + 24 // exact map slot
+            + 32 // expiry heap item
+            + self.index_bytes_per_entry()
+    }
+
+    /// The most memory inserting `entry` can need: the entry itself and,
+    /// if its partition is new, the partition's bookkeeping. An entry above
+    /// `max_memory_bytes` is refused.
+    pub fn required_bytes(&self, entry: &NewEntry) -> usize {
+        self.entry_bytes(
+            &entry.prompt,
+            entry.response.len(),
+            entry.metadata.as_ref().map_or(0, |m| m.len()),
+            &entry.tags,
+        ) + PARTITION_OVERHEAD
+            + 2 * entry.partition.len()
+    }
+
+    fn entry(&self, slot: u32) -> Option<&Entry> {
+        self.slots.get(slot as usize).and_then(Option::as_ref)
+    }
+
+    fn unlink(&mut self, slot: u32) {
+        let (prev, next) = match self.entry(slot) {
+            Some(e) => (e.prev, e.next),
+            None => return,
+        };
+        match prev {
+            NIL => self.head = next,
+            p => {
+                if let Some(Some(e)) = self.slots.get_mut(p as usize) {
+                    e.next = next;
+                }
+            }
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => {
+                if let Some(Some(e)) = self.slots.get_mut(n as usize) {
+                    e.prev = prev;
+                }
+            }
+        }
+    }
+
+    fn push_front(&mut self, slot: u32) {
+        let old_head = self.head;
+        if let Some(Some(e)) = self.slots.get_mut(slot as usize) {
+            e.prev = NIL;
+            e.next = old_head;
+        }
+        if old_head != NIL {
+            if let Some(Some(e)) = self.slots.get_mut(old_head as usize) {
+                e.prev = slot;
+            }
+        } else {
+            self.tail = slot;
+        }
+        self.head = slot;
+    }
+
+    fn touch(&mut self, slot: u32) {
+        if self.head != slot {
+            self.unlink(slot);
+            self.push_front(slot);
+        }
+    }
+
+    fn partition_id(&self, key: &str) -> Option<u32> {
+        self.partition_ids.get(key).copied()
+    }
+
+    fn partition_mut(&mut self, pid: u32) -> Option<&mut Partition> {
+        self.partitions
+            .get_mut(pid as usize)
+            .and_then(Option::as_mut)
+    }
+
+    fn get_or_create_partition(&mut self, key: &str) -> u32 {
+        if let Some(pid) = self.partition_id(key) {
+            return pid;
+        }
+        let p = Partition {
+            key: key.into(),
+            exact: HashMap::new(),
+            index: Index::new(self.cfg.index, self.cfg.dim, self.cfg.hnsw),
+        };
+        let pid = match self.partition_free.pop() {
+            Some(pid) => {
+                self.partitions[pid as usize] = Some(p);
+                pid
+            }
+            None => {
+                self.partitions.push(Some(p));
+                (self.partitions.len() - 1) as u32
+            }
+        };
+        self.partition_ids.insert(key.into(), pid);
+        self.live_bytes += PARTITION_OVERHEAD + 2 * key.len();
+        pid
+    }
+
+    /// Remove the entry in `slot` (no counters touched).
+    fn remove_slot(&mut self, slot: u32) -> bool {
+        if self.entry(slot).is_none() {
+            return false;
+        }
+        self.unlink(slot);
+        let Some(e) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return false;
+        };
+        self.free.push(slot);
+        self.len -= 1;
+        self.live_bytes -= e.bytes;
+        for t in e.tags.iter() {
+            if let Some(set) = self.tags.get_mut(t) {
+                set.remove(&slot);
+                if set.is_empty() {
+                    self.tags.remove(t);
+                }
+            }
+        }
+        let (kind, dim, params) = (self.cfg.index, self.cfg.dim, self.cfg.hnsw);
+        let mut drop_partition = false;
+        if let Some(p) = self.partition_mut(e.partition) {
+            if p.exact.get(&e.hash) == Some(&slot) {
+                p.exact.remove(&e.hash);
+            }
+            p.index.remove(slot);
+            if p.exact.is_empty() && p.index.is_empty() {
+                drop_partition = true;
+            } else {
+                p.index.adapt(kind, dim, params, p.exact.values());
+            }
+        }
+        if drop_partition {
+            if let Some(p) = self
+                .partitions
+                .get_mut(e.partition as usize)
+                .and_then(Option::take)
+            {
+                self.partition_ids.remove(&p.key);
+                self.live_bytes -= PARTITION_OVERHEAD + 2 * p.key.len();
+                self.partition_free.push(e.partition);
+            }
+        }
+        if self.len == 0 {
+            // Nothing live: drop whatever the heap still holds.
+            self.expiry.clear();
+        }
+        true
+    }
+
+    /// Remove every entry whose deadline is at or before `now`.
+    pub fn purge_expired(&mut self, now: f64) {
+        while let Some(Reverse((Deadline(t), slot, seq))) = self.expiry.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.expiry.pop();
+            if self.entry(slot).is_some_and(|e| e.seq == seq) && self.remove_slot(slot) {
+                self.stats.expirations += 1;
+            }
+        }
+        // Stale heap items (of replaced or removed entries) are skipped above;
+        // rebuild when they outnumber the live ones so the heap cannot grow
+        // without bound.
+        if self.expiry.len() > 2 * self.len + 64 {
+            let items: Vec<_> = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, e)| e.as_ref().map(|e| (i as u32, e)))
+                .filter(|(_, e)| e.expires.is_finite())
+                .map(|(i, e)| Reverse((Deadline(e.expires), i, e.seq)))
+                .collect();
+            self.expiry = BinaryHeap::from(items);
+        }
+    }
+
+    fn evict_to_bounds(&mut self, keep: u32) {
+        while self.len > self.cfg.max_entries || self.live_bytes > self.cfg.max_memory_bytes {
+            let victim = self.tail;
+            if victim == NIL || victim == keep {
+                break;
+            }
+            if self.remove_slot(victim) {
+                self.stats.evictions += 1;
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn found(&self, slot: u32, score: f32, exact: bool, now: f64) -> Option<Found> {
+        let e = self.entry(slot)?;
+        Some(Found {
+            response: e.response.clone(),
+            metadata: e.metadata.clone(),
+            prompt: e.prompt.to_string(),
+            score: score.clamp(-1.0, 1.0),
+            age: (now - e.created).max(0.0),
+            exact,
+        })
+    }
+
+    fn exact_slot(&self, partition: &str, normalized: &str, hash: u64) -> Option<u32> {
+        let pid = self.partition_id(partition)?;
+        let p = self.partitions.get(pid as usize)?.as_ref()?;
+        let slot = *p.exact.get(&hash)?;
+        let e = self.entry(slot)?;
+        (normalize_prompt(&e.prompt) == normalized).then_some(slot)
+    }
+
+    /// Visit entries from least to most recently used.
+    pub fn for_each_oldest_first(&self, now: f64, mut f: impl FnMut(EntryView<'_>)) {
+        let mut slot = self.tail;
+        while slot != NIL {
+            let Some(e) = self.entry(slot) else { break };
+            let p = self
+                .partitions
+                .get(e.partition as usize)
+                .and_then(Option::as_ref);
+            if let Some(p) = p {
+                if let Some(v) = p.index.vector(slot) {
+                    if e.expires > now {
+                        f(EntryView {
+                            partition: &p.key,
+                            prompt: &e.prompt,
+                            vector: v,
+                            response: &e.response,
+                            metadata: e.metadata.as_deref(),
+                            tags: &e.tags,
+                            age: (now - e.created).max(0.0),
+                            remaining: e.expires - now,
+                        });
+                    }
+                }
+            }
+            slot = e.prev;
+        }
+    }
+
+    /// Name of the index kind each partition currently uses, by scoped key.
+    pub fn index_kinds(&self) -> Vec<(String, &'static str, usize)> {
+        self.partitions
+            .iter()
+            .flatten()
+            .map(|p| (p.key.to_string(), p.index.kind_name(), p.index.len()))
+            .collect()
+    }
+}
+
+impl CacheTier for Store {
+    fn lookup_exact(&mut self, partition: &str, prompt: &str, now: f64) -> Option<Found> {
+        self.purge_expired(now);
+        let normalized = normalize_prompt(prompt);
+        let slot = self.exact_slot(partition, &normalized, prompt_hash(&normalized))?;
+        if self.entry(slot)?.expires <= now {
+            return None;
+        }
+        self.touch(slot);
+        self.found(slot, 1.0, true, now)
+    }
+
+    fn lookup_semantic(
+        &mut self,
+        partition: &str,
+        prompt: &str,
+        query: &[f32],
+        threshold: f32,
+        guard: Option<&GuardFn>,
+        now: f64,
+    ) -> (Option<Found>, Vec<GuardReason>) {
+        self.purge_expired(now);
+        let mut rejected = Vec::new();
+        let Some(pid) = self.partition_id(partition) else {
+            return (None, rejected);
+        };
+        let Some(p) = self.partition_mut(pid) else {
+            return (None, rejected);
+        };
+        let candidates = p.index.search(query, SEMANTIC_CANDIDATES, threshold);
+        for (slot, score) in candidates {
+            let Some(e) = self.entry(slot) else { continue };
+            if e.expires <= now || e.partition != pid {
+                continue;
+            }
+            if let Some(check) = guard {
+                if let Some(reason) = check(prompt, &e.prompt) {
+                    rejected.push(reason);
+                    continue;
+                }
+            }
+            self.touch(slot);
+            return (self.found(slot, score, false, now), rejected);
+        }
+        (None, rejected)
+    }
+
+    fn insert(&mut self, entry: NewEntry, now: f64) -> Result<(), StoreError> {
+        if entry.vector.len() != self.cfg.dim {
+            return Err(StoreError::Dimension {
+                got: entry.vector.len(),
+                expected: self.cfg.dim,
+            });
+        }
+        let bytes = self.required_bytes(&entry);
+        if bytes > self.cfg.max_memory_bytes {
+            return Err(StoreError::TooLarge {
+                bytes,
+                limit: self.cfg.max_memory_bytes,
+            });
+        }
+        let bytes = bytes - PARTITION_OVERHEAD - 2 * entry.partition.len();
+        self.purge_expired(now);
+        let normalized = normalize_prompt(&entry.prompt);
+        let hash = prompt_hash(&normalized);
+        let pid = self.get_or_create_partition(&entry.partition);
+        // The same prompt (after normalisation) replaces the old entry; a
+        // 64-bit hash collision does too, which costs one cached answer.
+        let previous = self
+            .partitions
+            .get(pid as usize)
+            .and_then(Option::as_ref)
+            .and_then(|p| p.exact.get(&hash).copied());
+        if let Some(old) = previous {
+            self.remove_slot(old);
+        }
+        // The replaced entry may have been the partition's last one.
+        let pid = self.get_or_create_partition(&entry.partition);
+
+        self.seq += 1;
+        let expires = now - entry.age.max(0.0) + entry.ttl;
+        let e = Entry {
+            partition: pid,
+            hash,
+            seq: self.seq,
+            prompt: entry.prompt.into_boxed_str(),
+            response: entry.response,
+            metadata: entry.metadata,
+            tags: entry.tags.iter().map(|t| t.as_str().into()).collect(),
+            created: now - entry.age.max(0.0),
+            expires,
+            prev: NIL,
+            next: NIL,
+            bytes,
+        };
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(e);
+                s
+            }
+            None => {
+                self.slots.push(Some(e));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.len += 1;
+        self.live_bytes += bytes;
+        self.push_front(slot);
+        for t in &entry.tags {
+            self.tags.entry(t.as_str().into()).or_default().insert(slot);
+        }
+        if expires.is_finite() {
+            self.expiry
+                .push(Reverse((Deadline(expires), slot, self.seq)));
+        }
+        let (kind, dim, params) = (self.cfg.index, self.cfg.dim, self.cfg.hnsw);
+        if let Some(p) = self.partition_mut(pid) {
+            p.exact.insert(hash, slot);
+            p.index.add(slot, &entry.vector);
+            p.index.adapt(kind, dim, params, p.exact.values());
+        }
+        self.stats.inserts += 1;
+        if expires <= now {
+            // Restored already expired: never visible.
+            self.remove_slot(slot);
+            self.stats.expirations += 1;
+            return Ok(());
+        }
+        self.evict_to_bounds(slot);
+        Ok(())
+    }
+
+    fn invalidate(&mut self, partition: &str, prompt: &str) -> bool {
+        let normalized = normalize_prompt(prompt);
+        match self.exact_slot(partition, &normalized, prompt_hash(&normalized)) {
+            Some(slot) => {
+                let removed = self.remove_slot(slot);
+                if removed {
+                    self.stats.invalidations += 1;
+                }
+                removed
+            }
+            None => false,
+        }
+    }
+
+    fn invalidate_partition(&mut self, partition: &str) -> usize {
+        let Some(pid) = self.partition_id(partition) else {
+            return 0;
+        };
+        let slots: Vec<u32> = match self.partitions.get(pid as usize).and_then(Option::as_ref) {
+            Some(p) => p.exact.values().copied().collect(),
+            None => return 0,
+        };
+        let mut n = 0;
+        for s in slots {
+            if self.remove_slot(s) {
+                n += 1;
+            }
+        }
+        self.stats.invalidations += n as u64;
+        n
+    }
+
+    fn invalidate_tag(&mut self, tag: &str) -> usize {
+        let slots: Vec<u32> = match self.tags.get(tag) {
+            Some(s) => s.iter().copied().collect(),
+            None => return 0,
+        };
+        let mut n = 0;
+        for s in slots {
+            if self.remove_slot(s) {
+                n += 1;
+            }
+        }
+        self.stats.invalidations += n as u64;
+        n
+    }
+
+    fn clear(&mut self) {
+        let stats = std::mem::take(&mut self.stats);
+        *self = Store::new(self.cfg.clone());
+        self.stats = stats;
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn memory_bytes(&self) -> usize {
+        self.live_bytes
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn cfg(max_entries: usize, max_memory_bytes: usize, index: IndexKind) -> StoreConfig {
+        StoreConfig {
+            dim: 4,
+            max_entries,
+            max_memory_bytes,
+            index,
+            hnsw: HnswParams::default(),
+        }
+    }
+
+    fn unit(v: [f32; 4]) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    fn entry(p: &str, prompt: &str, v: [f32; 4], ttl: f64) -> NewEntry {
+        NewEntry {
+            partition: p.into(),
+            prompt: prompt.into(),
+            vector: unit(v),
+            response: Arc::from(prompt.as_bytes()),
+            metadata: None,
+            tags: vec!["t".into()],
+            ttl,
+            age: 0.0,
+        }
+    }
+
+    #[test]
+    fn exact_and_semantic_within_partition() {
+        let mut s = Store::new(cfg(100, 1 << 20, IndexKind::Flat));
+        s.insert(entry("a", "Hello  World", [1.0, 0.0, 0.0, 0.0], 10.0), 0.0)
+            .unwrap();
+        assert!(s.lookup_exact("a", "hello world", 1.0).is_some());
+        assert!(s.lookup_exact("b", "hello world", 1.0).is_none());
+        let (hit, _) = s.lookup_semantic("a", "hi", &unit([1.0, 0.1, 0.0, 0.0]), 0.9, None, 1.0);
+        assert!(hit.is_some_and(|h| !h.exact && h.score > 0.9));
+        let (hit, _) = s.lookup_semantic("b", "hi", &unit([1.0, 0.1, 0.0, 0.0]), 0.9, None, 1.0);
+        assert!(hit.is_none());
+    }
+
+    #[test]
+    fn expiry_and_lru_bounds() {
+        let mut s = Store::new(cfg(2, 1 << 20, IndexKind::Flat));
+        s.insert(entry("a", "one", [1.0, 0.0, 0.0, 0.0], 10.0), 0.0)
+            .unwrap();
+        s.insert(entry("a", "two", [0.0, 1.0, 0.0, 0.0], 10.0), 0.0)
+            .unwrap();
+        assert!(s.lookup_exact("a", "one", 1.0).is_some()); // "two" is now LRU
+        s.insert(entry("a", "three", [0.0, 0.0, 1.0, 0.0], 10.0), 1.0)
+            .unwrap();
+        assert_eq!(s.len(), 2);
+        assert!(s.lookup_exact("a", "two", 1.0).is_none());
+        assert_eq!(s.stats.evictions, 1);
+        assert!(s.lookup_exact("a", "one", 11.0).is_none());
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.stats.expirations, 2);
+        assert_eq!(s.partition_count(), 0);
+        assert_eq!(s.memory_bytes(), 0);
+    }
+
+    #[test]
+    fn memory_bound_holds_and_tags_invalidate() {
+        let one =
+            Store::new(cfg(100, 1 << 20, IndexKind::Flat)).entry_bytes("p0", 2, 0, &["t".into()]);
+        let mut s = Store::new(cfg(100, 3 * one + 600, IndexKind::Flat));
+        for i in 0..10 {
+            s.insert(
+                entry("a", &format!("p{i}"), [1.0, i as f32, 0.0, 0.0], 10.0),
+                0.0,
+            )
+            .unwrap();
+            assert!(s.memory_bytes() <= 3 * one + 600);
+        }
+        assert!(s.len() >= 2 && s.len() <= 3);
+        assert_eq!(s.invalidate_tag("t"), s.stats.invalidations as usize);
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.memory_bytes(), 0);
+    }
+
+    #[test]
+    fn too_large_is_refused_without_change() {
+        let mut s = Store::new(cfg(100, 500, IndexKind::Flat));
+        let mut e = entry("a", "x", [1.0, 0.0, 0.0, 0.0], 10.0);
+        e.response = Arc::from(vec![0u8; 1000]);
+        assert!(matches!(s.insert(e, 0.0), Err(StoreError::TooLarge { .. })));
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.memory_bytes(), 0);
+    }
+
+    #[test]
+    fn replace_same_prompt() {
+        let mut s = Store::new(cfg(100, 1 << 20, IndexKind::Flat));
+        s.insert(entry("a", "x", [1.0, 0.0, 0.0, 0.0], 10.0), 0.0)
+            .unwrap();
+        s.insert(entry("a", "X ", [0.0, 1.0, 0.0, 0.0], 10.0), 0.0)
+            .unwrap();
+        assert_eq!(s.len(), 1);
+        assert_eq!(&*s.lookup_exact("a", "x", 0.0).unwrap().response, b"X ");
+        assert!(s.invalidate("a", "x"));
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.memory_bytes(), 0);
+    }
+}
