@@ -217,15 +217,13 @@ class CircuitBreaker(_core.CircuitBreaker):
         self.__exit__(exc_type, exc, tb)
 
 
-class _GuardedStream(Iterator[T]):
-    """A generator guarded as one call: success when it is exhausted (or closed
-    by the consumer after it started), failure when it raises."""
+class _StreamPermit:
+    """The permit of a guarded stream: settled once, as one call."""
 
-    __slots__ = ("_breaker", "_gen", "_permit", "_started")
+    __slots__ = ("_breaker", "_permit", "_started")
 
-    def __init__(self, breaker: CircuitBreaker, gen: Iterator[T], permit: _Permit):
+    def __init__(self, breaker: CircuitBreaker, permit: _Permit):
         self._breaker = breaker
-        self._gen = gen
         self._permit: _Permit | None = permit
         self._started = False
 
@@ -237,6 +235,34 @@ class _GuardedStream(Iterator[T]):
             self._breaker._on_success(permit)
         else:
             self._breaker._on_error(permit, exc)
+
+    def _release(self) -> None:
+        permit, self._permit = self._permit, None
+        if permit is not None:
+            self._breaker._release(permit)
+
+    def _finish(self) -> None:
+        """Closed by the consumer: a success once started, else the permit back."""
+        if self._started:
+            self._settle(None)
+        else:
+            self._release()
+
+    def __del__(self) -> None:
+        # Abandoned by its consumer (a `break`, a dropped response): like close().
+        if getattr(self, "_permit", None) is not None:
+            self._finish()
+
+
+class _GuardedStream(_StreamPermit, Iterator[T]):
+    """A generator guarded as one call: success when it is exhausted (or closed
+    by the consumer after it started), failure when it raises."""
+
+    __slots__ = ("_gen",)
+
+    def __init__(self, breaker: CircuitBreaker, gen: Iterator[T], permit: _Permit):
+        super().__init__(breaker, permit)
+        self._gen = gen
 
     def __iter__(self) -> _GuardedStream[T]:
         return self
@@ -275,44 +301,17 @@ class _GuardedStream(Iterator[T]):
         except BaseException as exc:
             self._settle(exc)
             raise
-        if self._started:
-            self._settle(None)
-        else:
-            self._release()
-
-    def _release(self) -> None:
-        permit, self._permit = self._permit, None
-        if permit is not None:
-            self._breaker._release(permit)
-
-    def __del__(self) -> None:
-        # Abandoned by its consumer (a `break`, a dropped response): like close().
-        if getattr(self, "_permit", None) is not None:
-            if self._started:
-                self._settle(None)
-            else:
-                self._release()
+        self._finish()
 
 
-class _GuardedAsyncStream(AsyncIterator[T]):
+class _GuardedAsyncStream(_StreamPermit, AsyncIterator[T]):
     """An async generator guarded as one call (see _GuardedStream)."""
 
-    __slots__ = ("_breaker", "_agen", "_permit", "_started")
+    __slots__ = ("_agen",)
 
     def __init__(self, breaker: CircuitBreaker, agen: AsyncIterator[T], permit: _Permit):
-        self._breaker = breaker
+        super().__init__(breaker, permit)
         self._agen = agen
-        self._permit: _Permit | None = permit
-        self._started = False
-
-    def _settle(self, exc: BaseException | None) -> None:
-        permit, self._permit = self._permit, None
-        if permit is None:
-            return
-        if exc is None:
-            self._breaker._on_success(permit)
-        else:
-            self._breaker._on_error(permit, exc)
 
     def __aiter__(self) -> _GuardedAsyncStream[T]:
         return self
@@ -351,23 +350,7 @@ class _GuardedAsyncStream(AsyncIterator[T]):
         except BaseException as exc:
             self._settle(exc)
             raise
-        if self._started:
-            self._settle(None)
-        else:
-            self._release()
-
-    def _release(self) -> None:
-        permit, self._permit = self._permit, None
-        if permit is not None:
-            self._breaker._release(permit)
-
-    def __del__(self) -> None:
-        # Abandoned by its consumer (a `break`, a dropped response): like close().
-        if getattr(self, "_permit", None) is not None:
-            if self._started:
-                self._settle(None)
-            else:
-                self._release()
+        self._finish()
 
 
 def _check_timeout(timeout: float | None) -> None:
