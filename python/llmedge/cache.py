@@ -147,6 +147,19 @@ class SemanticCache(_core.SemanticCache):
 
     # ---- single flight -------------------------------------------------
 
+    def _join_flight(self, key: Any) -> tuple[Future, bool]:
+        """The in-flight computation for ``key``, and whether this caller leads it."""
+        with self._flights_lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[key] = Future()
+            return flight, True
+
+    def _end_flight(self, key: Any) -> None:
+        with self._flights_lock:
+            self._flights.pop(key, None)
+
     def get_or_set(
         self,
         prompt: str,
@@ -165,13 +178,7 @@ class SemanticCache(_core.SemanticCache):
         if hit is not None:
             return hit.response
         key = self.flight_key(prompt, partition=partition)
-        with self._flights_lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if leader:
-                flight = Future()
-                self._flights[key] = flight
-        assert flight is not None
+        flight, leader = self._join_flight(key)
         if not leader:
             return flight.result()
         try:
@@ -196,8 +203,7 @@ class SemanticCache(_core.SemanticCache):
             flight.set_exception(e)
             raise
         finally:
-            with self._flights_lock:
-                self._flights.pop(key, None)
+            self._end_flight(key)
 
     async def aget_or_set(
         self,
@@ -216,13 +222,7 @@ class SemanticCache(_core.SemanticCache):
         if hit is not None:
             return hit.response
         key = self.flight_key(prompt, partition=partition)
-        with self._flights_lock:
-            flight = self._flights.get(key)
-            leader = flight is None
-            if leader:
-                flight = Future()
-                self._flights[key] = flight
-        assert flight is not None
+        flight, leader = self._join_flight(key)
         if not leader:
             return await asyncio.wrap_future(flight)
         try:
@@ -249,8 +249,7 @@ class SemanticCache(_core.SemanticCache):
             flight.exception()
             raise
         finally:
-            with self._flights_lock:
-                self._flights.pop(key, None)
+            self._end_flight(key)
 
     def cached(
         self,
