@@ -7,26 +7,16 @@ import math
 import threading
 
 import pytest
+from conftest import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmedge import LlmEdgeError, MultiRateLimiter, RateLimiter, RateLimitExceeded
 
 
-class FakeClock:
-    def __init__(self, now: float = 500.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(500.0)
 
 
 def test_burst_then_refill(clock):
