@@ -1,0 +1,22 @@
+"""The README's mock LLM example runs as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_mock_example_runs(capsys):
+    pytest.importorskip("uvicorn")
+    if not README.is_file():
+        pytest.skip("README.md not found beside the tests")
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## The mock LLM")
+    section = text[start : text.index("\n## ", start + 1)]
+    (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    exec(block, {})
+    assert capsys.readouterr().out.strip() == "{'200': 3, '503': 2}"
