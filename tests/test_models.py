@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import llmedge
 from llmedge import UnknownEncodingError, UnknownModelError, list_models, model_info
@@ -108,6 +110,49 @@ def test_snapshots_resolve_to_their_own_family(name, resolves_to):
 def test_variants_never_fall_back_to_the_base_model(name):
     with pytest.raises(UnknownModelError):
         model_info(name)
+
+
+def _expected_base(name: str) -> str | None:
+    """The documented rule, written independently: an exact entry, else the
+    longest entry that `name` extends with '-' and a run of digits ending the
+    name or followed by '-'."""
+    if name in TABLE:
+        return name
+    best = None
+    for base in TABLE:
+        rest = name[len(base) :]
+        if not name.startswith(base) or not rest.startswith("-"):
+            continue
+        stamp = rest[1:].split("-", 1)[0]
+        if stamp.isascii() and stamp.isdigit() and (best is None or len(base) > len(best)):
+            best = base
+    return best
+
+
+@given(
+    base=st.sampled_from(sorted(TABLE)),
+    suffix=st.lists(
+        st.one_of(
+            st.from_regex(r"[0-9]{1,8}", fullmatch=True),
+            st.sampled_from(["mini", "nano", "pro", "preview", "32k", "latest", "x"]),
+        ),
+        max_size=3,
+    ),
+)
+def test_resolution_matches_the_documented_rule(base, suffix):
+    name = "-".join([base, *suffix])
+    expected = _expected_base(name)
+    if expected is None:
+        with pytest.raises(UnknownModelError):
+            model_info(name)
+    else:
+        info = model_info(name)
+        assert info["name"] == name
+        raw = TABLE[expected]
+        assert (info["input_price"], info["context_window"]) == (
+            raw["input"],
+            raw["context_window"],
+        )
 
 
 def test_new_models_have_distinct_limits_and_prices():
