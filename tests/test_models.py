@@ -32,7 +32,7 @@ def test_every_shipped_model_is_listed_and_resolves():
     [
         "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro",
         "gpt-5.3-codex", "gpt-5.2", "gpt-5.2-pro", "gpt-5.2-chat-latest", "gpt-5.2-codex",
-        "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-max",
+        "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-max", "gpt-5.1-codex-mini",
         "gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano",
         "gpt-4o", "gpt-4o-mini", "o1", "o3", "o3-mini", "o4-mini", "gpt-4-turbo", "gpt-4",
         "gpt-3.5-turbo", "gpt-oss-120b", "gpt-oss-20b", "text-embedding-3-small",
