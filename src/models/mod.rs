@@ -1,7 +1,9 @@
 //! The model table: encoding, context window, output limit and prices per model.
 //!
 //! Shipped as package data (`python/llmedge/data/models.json`, embedded here at
-//! build time) and extensible at run time with [`register`].
+//! build time) and extensible at run time with [`register`]. Every shipped
+//! value's source and as-of date is in `python/llmedge/data/MODELS_SOURCES.md`
+//! (a Python test checks that each model has a row there).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
