@@ -57,8 +57,13 @@ fn paragraphs(lines: &[&str], fenced: &[bool]) -> Vec<(usize, usize)> {
 /// starting with `{`/`[` to the last line ending with `}`/`]`). A paragraph
 /// block is left alone if minifying would break a protected span of its lines.
 pub fn minify_json(text: &str) -> String {
-    // every candidate (a fence body or a paragraph line) starts with `{` or `[`
-    if !text.bytes().any(|b| b == b'{' || b == b'[') {
+    // every candidate (a fence body or a paragraph) has a line whose first
+    // byte after spaces, tabs and carriage returns is `{` or `[`
+    let candidate = text.split('\n').any(|l| {
+        l.trim_start_matches([' ', '\t', '\r'])
+            .starts_with(['{', '['])
+    });
+    if !candidate {
         return text.to_string();
     }
     let lines = lines_of(text);

@@ -164,7 +164,7 @@ impl Default for CountState {
     fn default() -> Self {
         CountState {
             memo: PieceMemo::default(),
-            hot: hot::HotCounts::new(14),
+            hot: hot::HotCounts::new(14, 13),
         }
     }
 }
