@@ -18,9 +18,9 @@
 //!   newline ends in whitespace that `\s*[\r\n]+` claims before the
 //!   lookahead pattern `\s+(?!\S)` is tried, in the piece as in the whole text).
 //!
-//! When more than a quarter of a text's bytes are in pieces not yet
-//! memoised, the text is encoded whole, once, and the count of each piece is
-//! read off the token byte lengths, so a cold start costs one ordinary encode.
+//! A piece not remembered yet is counted by the encoding (whose own per-thread
+//! caches know the pre-tokens of common words), so a cold start costs about
+//! one ordinary count.
 //!
 //! BPE never merges across pre-tokens, so the sum is exact; the unit tests and
 //! tests/test_prompt_optimizer.py compare it with whole-text counts. Other
@@ -29,9 +29,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 
+use crate::tokens::hot::{self, HotCounts};
 use crate::tokens::{Encoding, EncodingName};
 
 /// Pieces up to this many bytes are remembered per thread across calls (most
@@ -42,9 +41,27 @@ const SHARED_CAPACITY: usize = 1 << 16;
 
 type Memo = HashMap<Box<str>, usize, ahash::RandomState>;
 
+/// A thread's remembered piece counts for one encoding: a bounded map, and
+/// in front of it, for pieces up to 15 bytes (nearly all of them), a cache of
+/// 32,768 (384 KiB) that stays close to the CPU (a map lookup is a few cache
+/// misses).
+struct Shared {
+    hot: HotCounts,
+    map: Memo,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            hot: HotCounts::new(14, 14),
+            map: Memo::default(),
+        }
+    }
+}
+
 thread_local! {
-    /// word-sized piece -> token count, one map per encoding
-    static SHARED: RefCell<[Memo; 5]> = RefCell::new(Default::default());
+    /// word-sized piece -> token count, one per encoding with safe cuts
+    static SHARED: RefCell<[Option<Shared>; 3]> = const { RefCell::new([None, None, None]) };
 }
 
 pub struct ChunkCounter {
@@ -52,37 +69,6 @@ pub struct ChunkCounter {
     slot: Option<usize>,
     local: Memo,
 }
-
-/// Byte length of ordinary token `id` in the encoding in `slot` (0 for ids
-/// that are not ordinary tokens), looked up once per id and process.
-fn token_len(slot: usize, id: u32) -> usize {
-    static CELLS: [OnceLock<Vec<AtomicU32>>; 3] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    const UNKNOWN: u32 = u32::MAX;
-    let lens = CELLS[slot].get_or_init(|| {
-        (0..TOKEN_ID_LIMIT)
-            .map(|_| AtomicU32::new(UNKNOWN))
-            .collect()
-    });
-    let Some(cell) = lens.get(id as usize) else {
-        return 0;
-    };
-    let cached = cell.load(Ordering::Relaxed);
-    if cached != UNKNOWN {
-        return cached as usize;
-    }
-    let bpe = match slot {
-        0 => tiktoken_rs::o200k_base_singleton(),
-        1 => tiktoken_rs::o200k_harmony_singleton(),
-        _ => tiktoken_rs::cl100k_base_singleton(),
-    };
-    let len = bpe.decode_bytes(&[id]).map_or(0, |b| b.len() as u32);
-    cell.store(len, Ordering::Relaxed);
-    len as usize
-}
-
-/// Above every ordinary token id of the supported encodings.
-const TOKEN_ID_LIMIT: u32 = 201_000;
 
 impl ChunkCounter {
     pub fn new(enc: &'static Encoding) -> Self {
@@ -99,42 +85,30 @@ impl ChunkCounter {
         }
     }
 
+    /// Exact token count of `text`: the sum of the counts of its pieces, each
+    /// remembered or counted by the encoding on first sight.
     pub fn count(&mut self, text: &str) -> usize {
         let Some(slot) = self.slot else {
             return self.enc.count(text);
         };
         let enc = self.enc;
         let local = &mut self.local;
-        let known = SHARED.with(|shared| {
-            let mut shared = shared.borrow_mut();
-            let shared = &mut shared[slot];
-            if shared.len() >= SHARED_CAPACITY {
-                shared.clear();
+        let mut run = |shared: &mut Shared| {
+            if shared.map.len() >= SHARED_CAPACITY {
+                shared.map.clear();
             }
             let mut total = 0usize;
-            let mut unknown: Vec<&str> = Vec::new();
-            let mut unknown_bytes = 0usize;
+            let bytes = text.as_bytes();
+            let mut start = 0;
             for p in pieces(text) {
-                let memo = if p.len() <= SHARED_PIECE_MAX {
-                    &*shared
-                } else {
-                    &*local
-                };
-                match memo.get(p) {
-                    Some(&n) => total += n,
-                    None => {
-                        unknown_bytes += p.len();
-                        unknown.push(p);
-                    }
+                let key = hot::key_at(bytes, start, p.len());
+                start += p.len();
+                if let Some(n) = key.and_then(|k| shared.hot.get(k)) {
+                    total += n;
+                    continue;
                 }
-            }
-            // many unknown bytes: one whole encode is cheaper than many small ones
-            if unknown_bytes * 4 > text.len() {
-                return None;
-            }
-            for p in unknown {
                 let memo = if p.len() <= SHARED_PIECE_MAX {
-                    &mut *shared
+                    &mut shared.map
                 } else {
                     &mut *local
                 };
@@ -146,62 +120,21 @@ impl ChunkCounter {
                         n
                     }
                 };
+                if let Some(k) = key {
+                    shared.hot.put(k, n);
+                }
                 total += n;
             }
-            Some(total)
-        });
-        match known {
-            Some(n) => n,
-            None => self.count_whole(slot, text),
-        }
-    }
-
-    /// Encode the whole text once and learn the count of each piece from the
-    /// token byte lengths (tokens never straddle a cut). If they ever did, the
-    /// pieces are simply not memoised: the returned count is the whole count.
-    fn count_whole(&mut self, slot: usize, text: &str) -> usize {
-        let ids = self.enc.encode_ordinary(text);
-        let mut learned: Vec<(&str, usize)> = Vec::new();
-        let (mut ti, mut off, mut end) = (0usize, 0usize, 0usize);
-        for p in pieces(text) {
-            end += p.len();
-            let mut n = 0;
-            while off < end && ti < ids.len() {
-                let len = token_len(slot, ids[ti]);
-                if len == 0 {
-                    return ids.len();
-                }
-                off += len;
-                ti += 1;
-                n += 1;
-            }
-            if off != end {
-                return ids.len();
-            }
-            learned.push((p, n));
-        }
-        if ti != ids.len() {
-            return ids.len();
-        }
-        let local = &mut self.local;
-        SHARED.with(|shared| {
-            let mut shared = shared.borrow_mut();
-            let shared = &mut shared[slot];
-            if shared.len() >= SHARED_CAPACITY {
-                shared.clear();
-            }
-            for (p, n) in learned {
-                let memo = if p.len() <= SHARED_PIECE_MAX {
-                    &mut *shared
-                } else {
-                    &mut *local
-                };
-                if !memo.contains_key(p) {
-                    memo.insert(p.into(), n);
-                }
-            }
-        });
-        ids.len()
+            total
+        };
+        SHARED
+            .try_with(|cell| match cell.try_borrow_mut() {
+                Ok(mut all) => Some(run(all[slot].get_or_insert_with(Shared::default))),
+                Err(_) => None,
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| run(&mut Shared::default()))
     }
 }
 

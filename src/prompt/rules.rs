@@ -57,6 +57,15 @@ fn paragraphs(lines: &[&str], fenced: &[bool]) -> Vec<(usize, usize)> {
 /// starting with `{`/`[` to the last line ending with `}`/`]`). A paragraph
 /// block is left alone if minifying would break a protected span of its lines.
 pub fn minify_json(text: &str) -> String {
+    // every candidate (a fence body or a paragraph) has a line whose first
+    // byte after spaces, tabs and carriage returns is `{` or `[`
+    let candidate = text.split('\n').any(|l| {
+        l.trim_start_matches([' ', '\t', '\r'])
+            .starts_with(['{', '['])
+    });
+    if !candidate {
+        return text.to_string();
+    }
     let lines = lines_of(text);
     let blocks = fences(&lines);
     let mut fenced = vec![false; lines.len()];
@@ -139,6 +148,9 @@ fn minified_container(body: &str) -> Option<String> {
 /// indentation to one space, drop trailing spaces and tabs, and collapse runs
 /// of blank lines to one.
 pub fn whitespace(text: &str) -> String {
+    if whitespace_is_noop(text) {
+        return text.to_string();
+    }
     let lines = lines_of(text);
     let fenced = fence_mask(&lines);
     let mut out = String::with_capacity(text.len());
@@ -191,6 +203,40 @@ pub fn whitespace(text: &str) -> String {
     out
 }
 
+/// True when [`whitespace`] certainly leaves `text` as it is: after each
+/// line's indentation no tab and no two spaces in a row, no space or tab
+/// before a line end or at the end of the text, and no two blank lines in a
+/// row (protected spans and code are not told apart: a conservative test).
+fn whitespace_is_noop(text: &str) -> bool {
+    let mut prev = b'\n';
+    let mut in_indent = true;
+    let mut line_blank = true;
+    let mut prev_line_blank = false;
+    for &c in text.as_bytes() {
+        match c {
+            b'\n' => {
+                if matches!(prev, b' ' | b'\t') || (line_blank && prev_line_blank) {
+                    return false;
+                }
+                prev_line_blank = line_blank;
+                line_blank = true;
+                in_indent = true;
+            }
+            b' ' | b'\t' if in_indent => {}
+            b'\t' => return false,
+            b' ' if prev == b' ' => return false,
+            b' ' => {}
+            b'\r' => in_indent = false,
+            _ => {
+                in_indent = false;
+                line_blank = false;
+            }
+        }
+        prev = c;
+    }
+    !(matches!(prev, b' ' | b'\t') || (line_blank && prev_line_blank))
+}
+
 // ---- duplicates -------------------------------------------------------------
 
 fn substantial(s: &str) -> bool {
@@ -205,20 +251,24 @@ fn substantial(s: &str) -> bool {
 pub fn duplicates(text: &str) -> String {
     let lines = lines_of(text);
     let fenced = fence_mask(&lines);
+    // byte offset of each line: a paragraph's lines joined with `\n` are the
+    // text between the start of its first line and the end of its last
+    let mut starts = Vec::with_capacity(lines.len());
+    let mut off = 0;
+    for l in &lines {
+        starts.push(off);
+        off += l.len() + 1;
+    }
     let mut delete = vec![false; lines.len()];
-    let mut seen_paras: HashSet<String> = HashSet::new();
-    let mut seen_lines: HashSet<&str> = HashSet::new();
+    let mut seen_paras: HashSet<&str, ahash::RandomState> = HashSet::default();
+    let mut seen_lines: HashSet<&str, ahash::RandomState> = HashSet::default();
     let mut any = false;
     for (s, e) in paragraphs(&lines, &fenced) {
-        let joined = lines[s..e].join("\n");
+        let joined = &text[starts[s]..starts[e - 1] + lines[e - 1].len()];
         let mut gone = false;
-        if substantial(&joined) {
-            if seen_paras.contains(&joined) {
-                delete[s..e].iter_mut().for_each(|d| *d = true);
-                gone = true;
-            } else {
-                seen_paras.insert(joined);
-            }
+        if substantial(joined) && !seen_paras.insert(joined) {
+            delete[s..e].iter_mut().for_each(|d| *d = true);
+            gone = true;
         }
         if !gone {
             for i in s..e {
@@ -267,6 +317,18 @@ fn thematic_break(line: &str) -> bool {
     matches!(c, '-' | '*' | '_')
         && t.chars().all(|x| x == c || x == ' ' || x == '\t')
         && t.chars().filter(|&x| x == c).count() >= 3
+}
+
+/// True when [`markdown`] certainly leaves `text` as it is: no `**`, no `__`
+/// and no line that is a thematic break.
+fn markdown_is_noop(text: &str) -> bool {
+    !text.contains("**")
+        && !text.contains("__")
+        && !text.split('\n').any(|l| {
+            l.trim_start_matches([' ', '\t'])
+                .starts_with(['-', '*', '_'])
+                && thematic_break(l)
+        })
 }
 
 /// `**x**` -> `x` (x not starting or ending with a space); `__x y__` -> `x y`
@@ -322,6 +384,9 @@ fn emphasis_at(seg: &str, i: usize, d: u8) -> Option<(usize, usize)> {
 /// Drop thematic breaks (`---`, `***`, `___`; a blank line right after a dropped
 /// break is dropped too when the previous kept line is blank) and emphasis markers.
 pub fn markdown(text: &str) -> String {
+    if markdown_is_noop(text) {
+        return text.to_string();
+    }
     let lines = lines_of(text);
     let fenced = fence_mask(&lines);
     let mut out = String::with_capacity(text.len());

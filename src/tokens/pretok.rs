@@ -115,10 +115,14 @@ impl Pretokenizer {
     /// Calls `f` with each piece of `text`, in order; the pieces cover all of it.
     pub(super) fn for_each_piece(&self, text: &str, mut f: impl FnMut(&str)) {
         let slot = self.kind as usize;
+        let bytes = text.as_bytes();
         let mut run = |cache: &mut Cache| {
             let mut pos = 0;
             while pos < text.len() {
-                let end = self.piece_end(cache, text, pos);
+                let end = match self.ascii_piece_end(bytes, pos) {
+                    Some(end) => end,
+                    None => self.piece_end(cache, text, pos),
+                };
                 f(&text[pos..end]);
                 pos = end;
             }
@@ -149,6 +153,68 @@ impl Pretokenizer {
             pos += p.len();
         });
         out
+    }
+
+    /// The end of the piece at `pos` without the DFA, for the pieces most
+    /// text is made of, when the bytes around them are ASCII and the answer
+    /// is certain: an ASCII word (with at most one leading ASCII character
+    /// that is not a letter, digit, `\r`, `\n` or `'`) or a run of one to
+    /// three ASCII digits, in `o200k` and `cl100k`. `None` leaves the piece to
+    /// the DFA (a non-ASCII or `'` byte right after the word could extend it).
+    ///
+    /// Why this is exact: at a letter (or lead character and letter) the
+    /// first alternative that can match is the letters pattern, and the
+    /// patterns are tried in order. cl100k's takes the lead and every
+    /// following letter. o200k's first takes upper case letters then lower
+    /// case ones and needs at least one lower case letter; failing that its
+    /// second takes the upper case letters; either stops at the first ASCII
+    /// byte that is not a letter of the case it expects. At a digit, the
+    /// letters patterns cannot match (a digit is no lead) and `\p{N}{1,3}`
+    /// takes up to three digits.
+    #[inline]
+    fn ascii_piece_end(&self, b: &[u8], pos: usize) -> Option<usize> {
+        if self.kind == Kind::Gpt2 {
+            return None;
+        }
+        let c = b[pos];
+        if c.is_ascii_digit() {
+            let mut j = pos + 1;
+            while j < b.len() && j - pos < 3 && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            if j - pos < 3 && b.get(j).is_some_and(|&x| x >= 0x80) {
+                return None;
+            }
+            return Some(j);
+        }
+        let start = if c.is_ascii_alphabetic() {
+            pos
+        } else {
+            if c >= 0x80 || matches!(c, b'\r' | b'\n' | b'\'') {
+                return None;
+            }
+            if !b.get(pos + 1).is_some_and(u8::is_ascii_alphabetic) {
+                return None;
+            }
+            pos + 1
+        };
+        let mut j = start;
+        if self.kind == Kind::O200k {
+            while j < b.len() && b[j].is_ascii_uppercase() {
+                j += 1;
+            }
+            while j < b.len() && b[j].is_ascii_lowercase() {
+                j += 1;
+            }
+        } else {
+            while j < b.len() && b[j].is_ascii_alphabetic() {
+                j += 1;
+            }
+        }
+        match b.get(j) {
+            Some(&x) if x >= 0x80 || x == b'\'' => None,
+            _ => Some(j),
+        }
     }
 
     fn piece_end(&self, cache: &mut Cache, text: &str, pos: usize) -> usize {
@@ -193,6 +259,32 @@ mod tests {
         assert_eq!(p.pieces("it's 12 !!"), vec!["it", "'s", " 12", " !!"]);
         let huge = " ".repeat(1_000_000) + "x";
         assert_eq!(p.pieces(&huge).len(), 2);
+    }
+
+    #[test]
+    fn ascii_fast_path_agrees_with_the_dfa() {
+        let texts = [
+            "Hello WORLD's 12345 x  \n  HTTPServer isn't (word) \tTab\x0bv 9a a9 ",
+            "camelCase ABCdef abcDEF A a I'M i'm 'quote' \"q\" x'y 1234567 12é 123é",
+            "café naïve Zoë ÉCOLE über 日本語 word日本 ab\u{300}c \r\nline\rcr",
+            "a.b,c;d:e!f?g-h_i/j\\k|l@m#n$o%p^q&r*s(t)u[v]w{x}y<z>~`",
+        ];
+        for kind in [Kind::O200k, Kind::Cl100k] {
+            let p = pretokenizer(kind);
+            let mut cache = p.dfa.create_cache();
+            for t in texts {
+                let b = t.as_bytes();
+                for pos in (0..b.len()).filter(|&i| t.is_char_boundary(i)) {
+                    if let Some(end) = p.ascii_piece_end(b, pos) {
+                        assert_eq!(
+                            end,
+                            p.piece_end(&mut cache, t, pos),
+                            "{kind:?} {t:?} at {pos}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
