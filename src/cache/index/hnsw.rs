@@ -389,6 +389,15 @@ mod tests {
             eprint!("ef {ef} rerank {} ", h.params.rerank);
             let mut lat = Vec::new();
             let mut ok = 0;
+            let reps: usize = std::env::var("REPS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(1);
+            for _ in 1..reps {
+                for q in &qs {
+                    std::hint::black_box(h.search(q, 4, 0.5));
+                }
+            }
             for (q, t) in qs.iter().zip(&truth) {
                 let t0 = std::time::Instant::now();
                 let r = h.search(q, 4, 0.5);
