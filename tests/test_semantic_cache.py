@@ -458,6 +458,45 @@ def test_index_kinds_agree():
     assert agree >= 48
 
 
+def test_hnsw_scores_are_exact_cosines_of_the_clustered_nearest_neighbour():
+    # The graph is walked on sign codes; the returned entry and score come
+    # from an exact re-rank (half-precision rows: scores within 1e-3).
+    rng = np.random.default_rng(5)
+    dim, n = 96, 3000
+    centers = rng.normal(size=(n // 20, dim))
+    data = centers[rng.integers(0, len(centers), size=n)] + rng.normal(scale=0.6, size=(n, dim))
+    data = (data / np.linalg.norm(data, axis=1)[:, None]).astype(np.float32)
+    c = SemanticCache(dim=dim, index="hnsw", threshold=0.5, guard=False, max_entries=n)
+    c.warm([(f"p{i}", i) for i in range(n)], embeddings=data)
+    src = rng.choice(n, size=100, replace=False)
+    queries = data[src] + rng.normal(scale=0.3 / np.sqrt(dim), size=(100, dim))
+    queries = (queries / np.linalg.norm(queries, axis=1)[:, None]).astype(np.float32)
+    agree = 0
+    for q in queries:
+        scores = data @ q
+        hit = c.get("query", embedding=q)
+        assert hit is not None
+        assert abs(hit.score - float(scores[hit.response])) < 1e-3
+        agree += hit.response == int(np.argmax(scores))
+    assert agree >= 99
+
+
+def test_hnsw_snapshot_round_trip(tmp_path):
+    rng = np.random.default_rng(6)
+    data = rng.normal(size=(400, 32)).astype(np.float32)
+    c = SemanticCache(dim=32, index="hnsw", threshold=0.99, guard=False)
+    c.warm([(f"p{i}", i) for i in range(400)], embeddings=data)
+    path = tmp_path / "hnsw.bin"
+    assert c.save(path) == 400
+    d = SemanticCache.load(path, dim=32, index="hnsw", threshold=0.99, guard=False)
+    assert len(d) == 400
+    assert d.stats()["indexes"] == {"flat": 0, "hnsw": 1}
+    for i in range(0, 400, 7):
+        hit = d.get("q", embedding=data[i])
+        assert hit is not None and hit.response == i
+        assert hit.score == pytest.approx(1.0, abs=1e-3)
+
+
 def test_auto_index_switches_with_partition_size():
     rng = np.random.default_rng(1)
     n = 4200

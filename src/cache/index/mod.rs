@@ -4,6 +4,7 @@
 
 pub mod flat;
 pub mod hnsw;
+pub mod quant;
 
 pub use flat::FlatIndex;
 pub use hnsw::{HnswIndex, HnswParams};
