@@ -31,6 +31,8 @@ Configuration (environment):
 ``LLMEDGE_TOTAL_TIMEOUT``      seconds for a whole non-streamed answer (30.0)
 ``LLMEDGE_BREAKER_FAILURES``   consecutive failures that open a breaker (5)
 ``LLMEDGE_BREAKER_RECOVERY``   seconds a breaker stays open (5.0)
+``LLMEDGE_BREAKER_FAILURE_RATE`` failure rate over the last 20 calls (at least
+                               10) that opens it too (0.5; 0: off; llmedge only)
 ``LLMEDGE_RATE_LIMIT``         ``RATE/PER[/BURST]`` per key, or ``off`` (100/1/200)
 ``LLMEDGE_TOKENS_PER_MINUTE``  estimated tokens per minute per key (0: off)
 ``LLMEDGE_CACHE_THRESHOLD``    cosine similarity of a semantic hit (0.85)
@@ -102,6 +104,7 @@ class Settings:
     total_timeout: float = 30.0
     breaker_failures: int = 5
     breaker_recovery: float = 5.0
+    breaker_failure_rate: float | None = 0.5
     rate_limit: tuple[float, float, int] | None = (100.0, 1.0, 200)
     tokens_per_minute: int = 0
     cache_threshold: float = 0.85
@@ -148,6 +151,7 @@ class Settings:
             total_timeout=_env_float("LLMEDGE_TOTAL_TIMEOUT", 30.0),
             breaker_failures=int(_env_float("LLMEDGE_BREAKER_FAILURES", 5)),
             breaker_recovery=_env_float("LLMEDGE_BREAKER_RECOVERY", 5.0),
+            breaker_failure_rate=_env_float("LLMEDGE_BREAKER_FAILURE_RATE", 0.5) or None,
             rate_limit=rate,
             tokens_per_minute=int(_env_float("LLMEDGE_TOKENS_PER_MINUTE", 0)),
             cache_threshold=_env_float("LLMEDGE_CACHE_THRESHOLD", 0.85),
@@ -168,6 +172,9 @@ class Settings:
         for name in ("connect_timeout", "read_timeout", "total_timeout", "breaker_recovery"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        rate = self.breaker_failure_rate
+        if rate is not None and not 0.0 < rate <= 1.0:
+            raise ValueError(f"breaker_failure_rate must be in (0, 1] or None, got {rate!r}")
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
         llmedge.model_info(self.model)
@@ -277,6 +284,9 @@ class Upstream:
             exclude=(UpstreamClientError,),
             failure_threshold=service.settings.breaker_failures,
             recovery_timeout=service.settings.breaker_recovery,
+            failure_rate_threshold=service.settings.breaker_failure_rate,
+            window_size=20,
+            minimum_calls=10,
         )
         self.stream = self.breaker.stream(self._stream)
 
@@ -300,14 +310,13 @@ class Upstream:
         return data
 
     async def _stream(self, body: dict[str, Any], usage: dict[str, Any]) -> AsyncIterator[Any]:
-        """None once the upstream accepted the request, then the text deltas."""
+        """The text deltas of the upstream's stream."""
         client = self.service.client
         try:
             async with client.stream("POST", self.url, json=body) as r:
                 if r.status_code >= 400:
                     raw = await r.aread()
                     raise _status_error(r, self.base_url, _error_json(raw))
-                yield None
                 async for text in parse_openai_stream(r.aiter_lines(), on_usage=usage.update):
                     yield text
         except httpx.TimeoutException as exc:
@@ -514,17 +523,19 @@ class Service:
             except llmedge.CircuitOpenError as exc:
                 open_retry.append(exc.retry_after)
                 continue
+            # Wait for the first token before committing to this upstream: one
+            # that accepts the request but stalls is left for the next, and the
+            # token is forwarded as soon as the response starts.
             try:
-                await agen.__anext__()
+                first: str | None = await agen.__anext__()
             except UpstreamError as exc:
                 errors.append(exc)
                 continue
             except UpstreamClientError as exc:
                 raise _Passthrough(JSONResponse(exc.body, status_code=exc.status)) from None
-            except StopAsyncIteration:
-                errors.append(UpstreamError(f"{up.base_url} closed the stream at once"))
-                continue
-            return agen, up, usage
+            except StopAsyncIteration:  # a complete, empty answer
+                first = None
+            return _prepend(first, agen), up, usage
         raise _all_failed(open_retry, errors)
 
     async def respond(self, p: Prepared, fmt: Literal["chat", "openai"]) -> Response:
@@ -611,6 +622,19 @@ class Service:
                 "usage": usage,
             }
         return JSONResponse(body, headers=headers)
+
+
+async def _prepend(first: str | None, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    if first is None:
+        return
+    try:
+        yield first
+        async for text in rest:
+            yield text
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class _Passthrough(Exception):
