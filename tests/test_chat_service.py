@@ -195,9 +195,17 @@ async def test_a_cut_stream_is_not_cached(svc, upstreams):
     r = await svc.client.post("/chat", json={"question": q, "stream": True})
     assert r.status_code == 200
     assert "event: error" in r.text and "data: [DONE]\n\n" not in r.text
+    msgs = [{"role": "user", "content": "Tell me about lakes."}]
+    r = await svc.client.post(
+        "/v1/chat/completions", json={"model": "gpt-4o", "messages": msgs, "stream": True}
+    )
+    assert r.status_code == 200
+    assert "event: error" in r.text and "data: [DONE]\n\n" not in r.text
     upstreams[0].clear_faults()
     r = await svc.client.post("/chat", json={"question": q})
     assert r.json()["cached"] == "none"
+    r = await svc.client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": msgs})
+    assert r.headers["x-llmedge-cache"] == "none"
 
 
 @pytest.mark.asyncio
@@ -236,6 +244,34 @@ async def test_openai_compatible_endpoint(svc, upstreams):
     other = [{"role": "system", "content": "Be verbose."}, msgs[1]]
     r = await svc.client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": other})
     assert r.headers["x-llmedge-cache"] == "none"
+
+
+@pytest.mark.asyncio
+async def test_openai_live_stream_is_passed_through_and_cached_when_complete(svc, upstreams):
+    msgs = [{"role": "user", "content": "Stream me something."}]
+    body = {"model": "gpt-4o", "messages": msgs, "stream": True}
+    r = await svc.client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200 and r.headers["x-llmedge-cache"] == "none"
+    events = sse_data(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    # usage was not asked for: the usage chunk the service requested is not forwarded
+    assert all(c["choices"] for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert content == mock_answer("gpt-4o", msgs, ANSWER_TOKENS)
+    # the cost was recorded from the upstream's usage all the same
+    assert svc.service.costs.summary()["models"]["gpt-4o"]["output_tokens"] > 0
+
+    body["stream_options"] = {"include_usage": True}
+    msgs2 = [{"role": "user", "content": "Stream me something else."}]
+    r = await svc.client.post("/v1/chat/completions", json={**body, "messages": msgs2})
+    chunks = sse_data(r.text)[:-1]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+
+    r = await svc.client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": msgs})
+    assert r.headers["x-llmedge-cache"] == "exact"
+    assert r.json()["choices"][0]["message"]["content"] == content
 
 
 @pytest.mark.asyncio
