@@ -416,20 +416,21 @@ class Service:
         be = self.backend
         try:
             fitted = be.fit(model, messages, reserve)
+            prompt_tokens = be.count_messages(model, fitted)
+            removed = 0
+            if len(fitted) < len(messages):
+                removed = be.count_messages(model, messages) - prompt_tokens
         except llmedge.ContextOverflowError as exc:
             raise OpenAIError(
                 400,
-                f"the messages need {exc.required} tokens, the model's budget is {exc.available}",
+                f"{exc} (the prompt needs {exc.required} tokens, {exc.available} are available)",
                 code="context_length_exceeded",
                 param="messages",
             ) from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise OpenAIError(400, f"invalid messages: {exc}", param="messages") from None
-        prompt_tokens = be.count_messages(model, fitted)
-        if len(fitted) < len(messages):
-            removed = be.count_messages(model, messages) - prompt_tokens
-            if removed > 0:
-                self.saved_by_optimizer.record(model, removed, 0)
+        if removed > 0:
+            self.saved_by_optimizer.record(model, removed, 0)
         last = fitted[-1] if fitted else {}
         cacheable = (
             last.get("role") == "user"
