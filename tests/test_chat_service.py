@@ -212,6 +212,22 @@ async def test_a_cut_stream_is_not_cached(svc, upstreams):
 
 
 @pytest.mark.asyncio
+async def test_a_stream_cut_before_its_first_token_falls_back(svc, upstreams):
+    first, second = upstreams
+    first.configure(answer_tokens=1)  # cut "half-way" through one token: before it
+    first.set_faults(break_rate=1.0)
+    try:
+        r = await svc.client.post("/chat", json={"question": "cut early", "stream": True})
+    finally:
+        first.configure(answer_tokens=ANSWER_TOKENS)
+    assert r.status_code == 200 and r.headers["x-llmedge-upstream"] == "1"
+    events = sse_data(r.text)
+    assert events[-1] == "[DONE]"
+    assert "".join(e["content"] for e in events[:-2]) == expected("gpt-4o-mini", "cut early")
+    assert first.stats()["breaks"] == 1
+
+
+@pytest.mark.asyncio
 async def test_openai_compatible_endpoint(svc, upstreams):
     msgs = [
         {"role": "system", "content": "Be terse."},

@@ -66,6 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import llmedge
 from llmedge.fastapi import (
+    IncompleteStreamError,
     Monitor,
     OpenAIError,
     RateLimit,
@@ -327,8 +328,8 @@ class Upstream:
                     await events.aclose()
         except httpx.TimeoutException as exc:
             raise UpstreamError(f"{self.base_url} timed out: {exc!r}", timeout=True) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"{self.base_url} failed: {exc!r}") from exc
+        except (httpx.HTTPError, IncompleteStreamError) as exc:
+            raise UpstreamError(f"{self.base_url} failed: {exc}") from exc
 
 
 def _all_failed(open_retry: list[float], errors: list[UpstreamError]) -> OpenAIError:
