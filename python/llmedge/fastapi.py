@@ -38,7 +38,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -150,7 +157,9 @@ def estimate_request_tokens(body: Any, model: str) -> int:
     not a chat request (validation rejects it later anyway)."""
     if not isinstance(body, dict):
         return 0
-    model = body.get("model") if isinstance(body.get("model"), str) else model
+    named = body.get("model")
+    if isinstance(named, str):
+        model = named
     messages = body.get("messages")
     if messages is None and isinstance(body.get("question"), str):
         history = body.get("history") or []
@@ -1013,7 +1022,7 @@ async def parse_openai_events(
     lines: AsyncIterable[str],
     *,
     on_usage: Callable[[dict[str, Any]], Any] | None = None,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """The parsed events (``chat.completion.chunk`` dicts) of an upstream
     OpenAI SSE stream, read from its lines (``httpx.Response.aiter_lines()``).
 
