@@ -136,6 +136,24 @@ async def test_chat_answers_then_hits_exact_and_paraphrase(svc, upstreams):
 
 
 @pytest.mark.asyncio
+async def test_concurrent_requests_exact_totals(svc, upstreams):
+    questions = [f"Concurrent question number {i} about the sea?" for i in range(40)]
+    bodies = [{"question": q, "stream": i % 2 == 1} for i, q in enumerate(questions)]
+    rs = await asyncio.gather(*(svc.client.post("/chat", json=b) for b in bodies))
+    assert [r.status_code for r in rs] == [200] * 40
+    assert upstreams[0].stats()["requests"] == 40
+    stats = (await svc.client.get("/health")).json()["caches"]["chat"]
+    assert stats["entries"] == 40 and stats["misses"] == 40
+    # all of them again, concurrently: 40 exact hits, no upstream call
+    rs = await asyncio.gather(*(svc.client.post("/chat", json={"question": q}) for q in questions))
+    assert [r.json()["cached"] for r in rs] == ["exact"] * 40
+    assert [r.json()["answer"] for r in rs] == [expected("gpt-4o-mini", q) for q in questions]
+    assert upstreams[0].stats()["requests"] == 40
+    assert svc.service.costs.summary()["total"]["requests"] == 40
+    assert svc.service.saved_by_cache.summary()["total"]["requests"] == 40
+
+
+@pytest.mark.asyncio
 async def test_no_cache_hit_across_models_or_sampling(svc, upstreams):
     q = "How do vaccines work?"
     a = (await svc.client.post("/chat", json={"question": q})).json()

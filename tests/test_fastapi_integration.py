@@ -127,6 +127,17 @@ async def test_tokens_per_minute_charged_with_estimate_and_too_large_is_413():
     assert limit.rejections == {"requests": 0, "tokens": 2}
 
 
+@pytest.mark.asyncio
+async def test_concurrent_requests_get_exactly_the_burst():
+    limit = RateLimit(requests=(1, 3600.0, 10), clock=FakeClock())  # no refill in the test
+    async with client_for(limited_app(limit)) as c:
+        headers = {"x-api-key": "hammer"}
+        rs = await asyncio.gather(*(c.post("/chat", json={}, headers=headers) for _ in range(50)))
+    codes = [r.status_code for r in rs]
+    assert codes.count(200) == 10 and codes.count(429) == 40
+    assert limit.granted == 10 and limit.rejections == {"requests": 40}
+
+
 def test_estimate_request_tokens_counts_both_request_shapes():
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     n = llmedge.count_messages(msgs, "gpt-4o")
