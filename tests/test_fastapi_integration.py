@@ -365,12 +365,16 @@ async def test_coalesce_flushes_first_chunk_sentences_and_every_n():
     every=st.integers(1, 6),
     sentence=st.booleans(),
     first=st.booleans(),
+    max_delay=st.sampled_from([None, 60.0]),
 )
-def test_coalesce_keeps_the_text(chunks, every, sentence, first):
-    out = asyncio.run(
-        collect(coalesce(agen(chunks), every=every, sentence=sentence, first_immediately=first))
+def test_coalesce_keeps_the_text(chunks, every, sentence, first, max_delay):
+    it = coalesce(
+        agen(chunks), every=every, sentence=sentence, first_immediately=first, max_delay=max_delay
     )
+    out = asyncio.run(collect(it))
     assert "".join(out) == "".join(chunks)
+    plain = coalesce(agen(chunks), every=every, sentence=sentence, first_immediately=first)
+    assert out == asyncio.run(collect(plain))  # a delay that never fires changes nothing
     assert all(out) and len(out) <= len([c for c in chunks if c])
     assert all(len(o) <= sum(len(c) for c in chunks) for o in out)
 

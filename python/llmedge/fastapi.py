@@ -789,20 +789,27 @@ async def coalesce(
     deadline: float | None = None
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(it))
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            done, _ = await asyncio.wait({pending}, timeout=timeout)
-            if not done:  # buffered too long: flush, keep waiting for the same chunk
-                yield "".join(buf)
-                buf.clear()
-                deadline = None
-                continue
-            fut, pending = pending, None
-            try:
-                chunk = fut.result()
-            except StopAsyncIteration:
-                break
+            if deadline is None and pending is None:
+                # nothing buffered, so nothing to flush on time: no task needed
+                try:
+                    chunk = await anext(it)
+                except StopAsyncIteration:
+                    break
+            else:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(it))
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait({pending}, timeout=timeout)
+                if not done:  # buffered too long: flush, keep waiting for the same chunk
+                    yield "".join(buf)
+                    buf.clear()
+                    deadline = None
+                    continue
+                fut, pending = pending, None
+                try:
+                    chunk = fut.result()
+                except StopAsyncIteration:
+                    break
             if not chunk:
                 continue
             if first:
