@@ -138,6 +138,22 @@ async def test_concurrent_requests_get_exactly_the_burst():
     assert limit.granted == 10 and limit.rejections == {"requests": 40}
 
 
+@pytest.mark.asyncio
+async def test_without_the_error_handler_fastapi_still_answers_429_with_retry_after():
+    limit = RateLimit(requests=(1, 60.0, 1), clock=FakeClock())
+    app = FastAPI()  # no Monitor.install, no install_error_handler
+
+    @app.get("/x", dependencies=[Depends(limit)])
+    async def x() -> dict:
+        return {}
+
+    async with client_for(app) as c:
+        assert (await c.get("/x")).status_code == 200
+        r = await c.get("/x")
+    assert r.status_code == 429 and r.headers["Retry-After"] == "60"
+    assert r.json()["detail"]["error"]["code"] == "rate_limit_exceeded"
+
+
 def test_estimate_request_tokens_counts_both_request_shapes():
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     n = llmedge.count_messages(msgs, "gpt-4o")
