@@ -24,6 +24,7 @@ pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
+import llmedge  # noqa: E402
 from llmedge.testing import MockLLM, mock_answer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -484,6 +485,12 @@ def test_bad_service_configuration():
         chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], backend="rust"))
     with pytest.raises(ValueError, match="read_timeout must be > 0"):
         chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], read_timeout=0))
+    with pytest.raises(ValueError, match="LLMEDGE_SSE_EVERY.*0"):
+        chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], sse_every=0))
+    with pytest.raises(ValueError, match="breaker_failure_rate"):
+        chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], breaker_failure_rate=2))
+    with pytest.raises(llmedge.UnknownModelError):
+        chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], model="gpt4o"))
 
 
 def test_settings_from_env(monkeypatch):

@@ -178,6 +178,8 @@ class Settings:
         rate = self.breaker_failure_rate
         if rate is not None and not 0.0 < rate <= 1.0:
             raise ValueError(f"breaker_failure_rate must be in (0, 1] or None, got {rate!r}")
+        if self.sse_every < 1:
+            raise ValueError(f"sse_every (LLMEDGE_SSE_EVERY) must be >= 1, got {self.sse_every!r}")
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
         llmedge.model_info(self.model)

@@ -65,6 +65,7 @@ __all__ = [
     "client_key",
     "estimate_request_tokens",
     "Monitor",
+    "LatencyMiddleware",
     "process_memory",
     "coalesce",
     "replay",
