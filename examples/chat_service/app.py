@@ -1,0 +1,715 @@
+"""The reference chat service: llmedge in front of OpenAI-compatible upstreams.
+
+Run it::
+
+    LLMEDGE_UPSTREAMS=http://127.0.0.1:8001/v1 uvicorn app:app --app-dir examples/chat_service
+    LLMEDGE_UPSTREAMS=... gunicorn -k uvicorn.workers.UvicornWorker -w 2 \\
+        --chdir examples/chat_service app:app
+
+Endpoints: ``POST /chat`` (``{"question", "history", "stream", "model"}``),
+``POST /v1/chat/completions`` (OpenAI-compatible, streaming and not),
+``GET /health``, ``GET /metrics``. Every worker process keeps its own cache,
+breakers, limiter and counters.
+
+Per request: rate limit (per API key, else per client address), history cut
+to the last 4 messages and to the model's context budget, a semantic cache
+lookup partitioned by model, sampling parameters and system prompt, then the
+upstreams in order of preference, each behind its own circuit breaker (5xx,
+429, timeouts and connection errors are failures and move on to the next
+upstream; other 4xx are the caller's and are passed back). Streams forward the
+first token as soon as it arrives and are cached only when they completed.
+
+Configuration (environment):
+
+=============================  ==============================================
+``LLMEDGE_UPSTREAMS``          comma-separated base URLs (``http://h:p/v1``)
+``LLMEDGE_SERVICE_BACKEND``    ``llmedge`` (default) or ``baseline``
+``LLMEDGE_MODEL``              default model (``gpt-4o-mini``)
+``LLMEDGE_SYSTEM_PROMPT``      system prompt of ``/chat``
+``LLMEDGE_CONNECT_TIMEOUT``    seconds to connect to an upstream (1.0)
+``LLMEDGE_READ_TIMEOUT``       seconds to the first byte, and between bytes (5.0)
+``LLMEDGE_TOTAL_TIMEOUT``      seconds for a whole non-streamed answer (30.0)
+``LLMEDGE_BREAKER_FAILURES``   consecutive failures that open a breaker (5)
+``LLMEDGE_BREAKER_RECOVERY``   seconds a breaker stays open (5.0)
+``LLMEDGE_RATE_LIMIT``         ``RATE/PER[/BURST]`` per key, or ``off`` (100/1/200)
+``LLMEDGE_TOKENS_PER_MINUTE``  estimated tokens per minute per key (0: off)
+``LLMEDGE_CACHE_THRESHOLD``    cosine similarity of a semantic hit (0.85)
+``LLMEDGE_CACHE_TTL``          seconds (3600)
+``LLMEDGE_SSE_EVERY``          chunks coalesced per SSE event at most (8)
+``LLMEDGE_SSE_MAX_DELAY``      seconds a chunk may wait in the coalescer (0.05)
+=============================  ==============================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+import llmedge
+from llmedge.fastapi import (
+    Monitor,
+    OpenAIError,
+    RateLimit,
+    cache_on_complete,
+    openai_error_body,
+    parse_openai_stream,
+    replay,
+    sse_response,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from backends import make_backend  # noqa: E402
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {raw!r}")
+    return value
+
+
+@dataclasses.dataclass
+class Settings:
+    upstreams: list[str]
+    backend: str = "llmedge"
+    model: str = "gpt-4o-mini"
+    system_prompt: str = "You are a helpful assistant. Answer briefly."
+    connect_timeout: float = 1.0
+    read_timeout: float = 5.0
+    total_timeout: float = 30.0
+    breaker_failures: int = 5
+    breaker_recovery: float = 5.0
+    rate_limit: tuple[float, float, int] | None = (100.0, 1.0, 200)
+    tokens_per_minute: int = 0
+    cache_threshold: float = 0.85
+    cache_ttl: float = 3600.0
+    sse_every: int = 8
+    sse_max_delay: float | None = 0.05
+    reserve_output_tokens: int = 1024
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        ups = [
+            u.strip().rstrip("/")
+            for u in os.environ.get("LLMEDGE_UPSTREAMS", "http://127.0.0.1:8001/v1").split(",")
+        ]
+        ups = [u for u in ups if u]
+        rate: tuple[float, float, int] | None
+        raw_rate = os.environ.get("LLMEDGE_RATE_LIMIT", "100/1/200").strip()
+        if raw_rate.lower() in ("off", "0", ""):
+            rate = None
+        else:
+            parts = raw_rate.split("/")
+            try:
+                nums = [float(p) for p in parts]
+                if len(nums) == 2:
+                    nums.append(max(1.0, math.floor(nums[0])))
+                if len(nums) != 3 or min(nums) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(
+                    f"LLMEDGE_RATE_LIMIT must be RATE/PER[/BURST] with positive numbers or "
+                    f"'off', got {raw_rate!r}"
+                ) from None
+            rate = (nums[0], nums[1], int(nums[2]))
+        delay = _env_float("LLMEDGE_SSE_MAX_DELAY", 0.05)
+        return cls(
+            upstreams=ups,
+            backend=os.environ.get("LLMEDGE_SERVICE_BACKEND", "llmedge").strip() or "llmedge",
+            model=os.environ.get("LLMEDGE_MODEL", "gpt-4o-mini"),
+            system_prompt=os.environ.get(
+                "LLMEDGE_SYSTEM_PROMPT", "You are a helpful assistant. Answer briefly."
+            ),
+            connect_timeout=_env_float("LLMEDGE_CONNECT_TIMEOUT", 1.0),
+            read_timeout=_env_float("LLMEDGE_READ_TIMEOUT", 5.0),
+            total_timeout=_env_float("LLMEDGE_TOTAL_TIMEOUT", 30.0),
+            breaker_failures=int(_env_float("LLMEDGE_BREAKER_FAILURES", 5)),
+            breaker_recovery=_env_float("LLMEDGE_BREAKER_RECOVERY", 5.0),
+            rate_limit=rate,
+            tokens_per_minute=int(_env_float("LLMEDGE_TOKENS_PER_MINUTE", 0)),
+            cache_threshold=_env_float("LLMEDGE_CACHE_THRESHOLD", 0.85),
+            cache_ttl=_env_float("LLMEDGE_CACHE_TTL", 3600.0),
+            sse_every=int(_env_float("LLMEDGE_SSE_EVERY", 8)),
+            sse_max_delay=delay if delay > 0 else None,
+        )
+
+    def validate(self) -> None:
+        if not self.upstreams:
+            raise ValueError("LLMEDGE_UPSTREAMS lists no upstream base URL")
+        for u in self.upstreams:
+            if not u.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"LLMEDGE_UPSTREAMS entries must be http(s) base URLs such as "
+                    f"http://127.0.0.1:8001/v1, got {u!r}"
+                )
+        for name in ("connect_timeout", "read_timeout", "total_timeout", "breaker_recovery"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.breaker_failures < 1:
+            raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
+        llmedge.model_info(self.model)
+
+
+# ---------------------------------------------------------------------------
+# Request bodies
+# ---------------------------------------------------------------------------
+
+
+class HistoryMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatBody(BaseModel):
+    """The documents' API: ``{"question", "history", "stream"}`` (+ model)."""
+
+    model_config = ConfigDict(extra="forbid")
+    question: str = Field(min_length=1)
+    history: list[HistoryMessage] = Field(default_factory=list)
+    stream: bool = False
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+
+
+class CompletionBody(BaseModel):
+    """An OpenAI chat completion request; unknown fields are passed upstream."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1)
+
+
+_UNCACHEABLE = (
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+)
+
+
+# ---------------------------------------------------------------------------
+# Upstreams
+# ---------------------------------------------------------------------------
+
+
+class UpstreamError(Exception):
+    """A failure of one upstream (5xx, 429, timeout, connection): try the next."""
+
+    def __init__(self, message: str, status: int | None = None, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.timeout = timeout
+
+
+class UpstreamClientError(Exception):
+    """A 4xx other than 429: the caller's fault, passed back, not a breaker failure."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.body = body
+
+
+def _status_error(r: httpx.Response, url: str, body: Any) -> Exception:
+    if r.status_code >= 500 or r.status_code == 429:
+        return UpstreamError(f"{url} answered {r.status_code}", status=r.status_code)
+    return UpstreamClientError(r.status_code, body)
+
+
+def _error_json(raw: bytes) -> Any:
+    try:
+        import json
+
+        return json.loads(raw)
+    except ValueError:
+        return openai_error_body(raw.decode("utf-8", "replace")[:500], "upstream_error")
+
+
+class Upstream:
+    def __init__(self, index: int, base_url: str, service: Service) -> None:
+        self.index = index
+        self.base_url = base_url
+        self.url = base_url + "/chat/completions"
+        self.service = service
+        self.breaker = service.backend.breaker(
+            f"upstream-{index}:{base_url}",
+            exclude=(UpstreamClientError,),
+            failure_threshold=service.settings.breaker_failures,
+            recovery_timeout=service.settings.breaker_recovery,
+        )
+        self.stream = self.breaker.stream(self._stream)
+
+    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        client = self.service.client
+        try:
+            r = await asyncio.wait_for(
+                client.post(self.url, json=body), self.service.settings.total_timeout
+            )
+        except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+            raise UpstreamError(f"{self.base_url} timed out: {exc!r}", timeout=True) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{self.base_url} failed: {exc!r}") from exc
+        if r.status_code >= 400:
+            raise _status_error(r, self.base_url, _error_json(r.content))
+        try:
+            data = r.json()
+            data["choices"][0]["message"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UpstreamError(f"{self.base_url} sent a malformed completion") from exc
+        return data
+
+    async def _stream(self, body: dict[str, Any], usage: dict[str, Any]) -> AsyncIterator[Any]:
+        """None once the upstream accepted the request, then the text deltas."""
+        client = self.service.client
+        try:
+            async with client.stream("POST", self.url, json=body) as r:
+                if r.status_code >= 400:
+                    raw = await r.aread()
+                    raise _status_error(r, self.base_url, _error_json(raw))
+                yield None
+                async for text in parse_openai_stream(r.aiter_lines(), on_usage=usage.update):
+                    yield text
+        except httpx.TimeoutException as exc:
+            raise UpstreamError(f"{self.base_url} timed out: {exc!r}", timeout=True) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{self.base_url} failed: {exc!r}") from exc
+
+
+def _all_failed(open_retry: list[float], errors: list[UpstreamError]) -> OpenAIError:
+    if not errors:
+        seconds = max(1, math.ceil(min(open_retry))) if open_retry else 1
+        return OpenAIError(
+            503,
+            "every upstream is unavailable (circuit open); retry later",
+            type="upstream_unavailable",
+            code="circuit_open",
+            headers={"Retry-After": str(seconds)},
+        )
+    last = errors[-1]
+    status = 504 if last.timeout else 502
+    return OpenAIError(
+        status,
+        "every upstream failed: " + "; ".join(str(e) for e in errors),
+        type="upstream_error",
+        code="upstream_timeout" if last.timeout else "upstream_failed",
+    )
+
+
+# ---------------------------------------------------------------------------
+# The shared request logic
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Prepared:
+    model: str
+    messages: list[dict[str, Any]]
+    upstream_body: dict[str, Any]
+    prompt: str | None  # the cache key (last user message), None: not cacheable
+    partition: str
+    prompt_tokens: int
+    stream: bool
+    include_usage: bool
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        settings.validate()
+        self.settings = settings
+        self.backend = make_backend(
+            settings.backend, threshold=settings.cache_threshold, ttl=settings.cache_ttl
+        )
+        self.client: httpx.AsyncClient = None  # type: ignore[assignment]  # set in the lifespan
+        self.upstreams = [Upstream(i, u, self) for i, u in enumerate(settings.upstreams)]
+        self.costs = self.backend.cost_tracker()
+        self.saved_by_cache = self.backend.cost_tracker()
+        self.saved_by_optimizer = self.backend.cost_tracker()
+        limits: dict[str, Any] = {}
+        if settings.rate_limit is not None:
+            limits["requests"] = settings.rate_limit
+        if settings.tokens_per_minute > 0:
+            tpm = settings.tokens_per_minute
+            limits["tokens"] = (float(tpm), 60.0, tpm)
+        self.rate_limit = (
+            RateLimit(limiter=self.backend.limiter(**limits), model=settings.model, name="chat")
+            if limits
+            else None
+        )
+
+    def prepare(
+        self,
+        *,
+        model: str,
+        messages: list[dict[str, Any]],
+        stream: bool,
+        params: dict[str, Any],
+        include_usage: bool,
+    ) -> Prepared:
+        try:
+            llmedge.model_info(model)
+        except llmedge.UnknownModelError as exc:
+            hint = f"; did you mean {exc.suggestions[0]!r}?" if exc.suggestions else ""
+            raise OpenAIError(
+                404,
+                f"The model {model!r} does not exist{hint}",
+                code="model_not_found",
+                param="model",
+            ) from None
+        max_out = params.get("max_completion_tokens") or params.get("max_tokens")
+        reserve = int(max_out) if max_out else self.settings.reserve_output_tokens
+        be = self.backend
+        try:
+            fitted = be.fit(model, messages, reserve)
+        except llmedge.ContextOverflowError as exc:
+            raise OpenAIError(
+                400,
+                f"the messages need {exc.required} tokens, the model's budget is {exc.available}",
+                code="context_length_exceeded",
+                param="messages",
+            ) from None
+        except (TypeError, ValueError) as exc:
+            raise OpenAIError(400, f"invalid messages: {exc}", param="messages") from None
+        prompt_tokens = be.count_messages(model, fitted)
+        if len(fitted) < len(messages):
+            removed = be.count_messages(model, messages) - prompt_tokens
+            if removed > 0:
+                self.saved_by_optimizer.record(model, removed, 0)
+        last = fitted[-1] if fitted else {}
+        cacheable = (
+            last.get("role") == "user"
+            and isinstance(last.get("content"), str)
+            and not any(params.get(k) is not None for k in _UNCACHEABLE)
+            and (params.get("n") or 1) == 1
+        )
+        system = "\n".join(
+            m["content"]
+            for m in fitted
+            if m.get("role") in ("system", "developer") and isinstance(m.get("content"), str)
+        )
+        partition = llmedge.partition_key(
+            model=model,
+            temperature=params.get("temperature"),
+            top_p=params.get("top_p"),
+            max_tokens=max_out,
+            system=hashlib.sha256(system.encode()).hexdigest()[:16] if system else None,
+        )
+        body = {k: v for k, v in params.items() if v is not None}
+        body.update(model=model, messages=fitted, stream=stream)
+        if stream:
+            body["stream_options"] = {**(params.get("stream_options") or {}), "include_usage": True}
+        return Prepared(
+            model=model,
+            messages=fitted,
+            upstream_body=body,
+            prompt=last["content"] if cacheable else None,
+            partition=partition,
+            prompt_tokens=prompt_tokens,
+            stream=stream,
+            include_usage=include_usage,
+        )
+
+    async def lookup(self, p: Prepared) -> tuple[str, str] | None:
+        if p.prompt is None:
+            return None
+        found = await self.backend.cache.get(p.prompt, p.partition)
+        if found is None or not isinstance(found[0], str):
+            return None
+        return found
+
+    def _usage(self, prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+
+    def record(self, p: Prepared, usage: dict[str, Any] | None, answer: str) -> tuple[dict, float]:
+        if usage and "prompt_tokens" in usage:
+            u = self._usage(int(usage["prompt_tokens"]), int(usage.get("completion_tokens", 0)))
+            cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        else:
+            u = self._usage(p.prompt_tokens, self.backend.count_tokens(p.model, answer))
+            cached = 0
+        cost = self.costs.record(
+            p.model, u["prompt_tokens"], u["completion_tokens"], cached_input_tokens=cached
+        )
+        return u, float(cost)
+
+    async def complete(self, p: Prepared) -> tuple[str, dict, float, Upstream, dict]:
+        open_retry: list[float] = []
+        errors: list[UpstreamError] = []
+        for up in self.upstreams:
+            try:
+                data = await up.breaker.acall(up.complete, p.upstream_body)
+            except llmedge.CircuitOpenError as exc:
+                open_retry.append(exc.retry_after)
+                continue
+            except UpstreamError as exc:
+                errors.append(exc)
+                continue
+            except UpstreamClientError as exc:
+                return_error = JSONResponse(exc.body, status_code=exc.status)
+                raise _Passthrough(return_error) from None
+            choice = data["choices"][0]
+            answer = choice["message"].get("content") or ""
+            usage, cost = self.record(p, data.get("usage"), answer)
+            if (
+                p.prompt is not None
+                and answer
+                and choice.get("finish_reason") in ("stop", "length")
+            ):
+                await self.backend.cache.aset(p.prompt, answer, partition=p.partition)
+            return answer, usage, cost, up, data
+        raise _all_failed(open_retry, errors)
+
+    async def open_stream(self, p: Prepared) -> tuple[AsyncIterator[str], Upstream, dict]:
+        """The first upstream that accepts the stream: its remaining deltas."""
+        open_retry: list[float] = []
+        errors: list[UpstreamError] = []
+        for up in self.upstreams:
+            usage: dict[str, Any] = {}
+            try:
+                agen = up.stream(p.upstream_body, usage)
+            except llmedge.CircuitOpenError as exc:
+                open_retry.append(exc.retry_after)
+                continue
+            try:
+                await agen.__anext__()
+            except UpstreamError as exc:
+                errors.append(exc)
+                continue
+            except UpstreamClientError as exc:
+                raise _Passthrough(JSONResponse(exc.body, status_code=exc.status)) from None
+            except StopAsyncIteration:
+                errors.append(UpstreamError(f"{up.base_url} closed the stream at once"))
+                continue
+            return agen, up, usage
+        raise _all_failed(open_retry, errors)
+
+    async def respond(self, p: Prepared, fmt: Literal["chat", "openai"]) -> Response:
+        hit = await self.lookup(p)
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        headers = {"X-LLMedge-Backend": self.backend.name}
+        if hit is not None:
+            answer, kind = hit
+            usage = self._usage(p.prompt_tokens, self.backend.count_tokens(p.model, answer))
+            self.saved_by_cache.record(p.model, usage["prompt_tokens"], usage["completion_tokens"])
+            headers.update({"X-LLMedge-Cache": kind, "X-LLMedge-Upstream": "cache"})
+            if p.stream:
+                return self._sse(replay(answer), p, fmt, cid, headers, kind, lambda: (usage, 0.0))
+            return self._json(fmt, cid, p, answer, kind, usage, 0.0, None, headers)
+        headers["X-LLMedge-Cache"] = "none"
+        if not p.stream:
+            answer, usage, cost, up, _ = await self.complete(p)
+            headers["X-LLMedge-Upstream"] = str(up.index)
+            return self._json(fmt, cid, p, answer, "none", usage, cost, up, headers)
+        chunks, up, upstream_usage = await self.open_stream(p)
+        headers["X-LLMedge-Upstream"] = str(up.index)
+        parts: list[str] = []
+
+        async def collect() -> AsyncIterator[str]:
+            async for text in chunks:
+                parts.append(text)
+                yield text
+
+        stream: AsyncIterator[str] = collect()
+        if p.prompt is not None:
+            stream = cache_on_complete(stream, self.backend.cache, p.prompt, partition=p.partition)
+        recorded: list[tuple[dict, float]] = []
+
+        def finish() -> tuple[dict, float]:
+            if not recorded:
+                recorded.append(self.record(p, upstream_usage or None, "".join(parts)))
+            return recorded[0]
+
+        return self._sse(stream, p, fmt, cid, headers, "none", finish)
+
+    def _sse(self, chunks, p, fmt, cid, headers, kind, finish) -> Response:  # type: ignore[no-untyped-def]
+        def final() -> dict[str, Any]:
+            usage, cost = finish()
+            if fmt == "openai":
+                return {"usage": usage} if p.include_usage else {}
+            return {"cached": kind, "model": p.model, "usage": usage, "cost": cost}
+
+        s = self.settings
+        return sse_response(
+            chunks,
+            format="openai" if fmt == "openai" else "text",
+            model=p.model,
+            every=s.sse_every,
+            max_delay=s.sse_max_delay,
+            completion_id=cid,
+            final=final,
+            headers=headers,
+        )
+
+    def _json(self, fmt, cid, p, answer, kind, usage, cost, up, headers) -> Response:  # type: ignore[no-untyped-def]
+        if fmt == "chat":
+            body: dict[str, Any] = {
+                "answer": answer,
+                "cached": kind,
+                "model": p.model,
+                "usage": usage,
+                "cost": cost,
+                "upstream": None if up is None else up.base_url,
+            }
+        else:
+            body = {
+                "id": cid,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": p.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": answer, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        return JSONResponse(body, headers=headers)
+
+
+class _Passthrough(Exception):
+    def __init__(self, response: Response) -> None:
+        super().__init__("upstream client error")
+        self.response = response
+
+
+# ---------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------
+
+
+def _validation_message(errors: list[dict[str, Any]]) -> str:
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()))
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    more = f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "; ".join(parts) + more
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = jsonable_encoder(exc.errors())
+    body = openai_error_body(_validation_message(errors), code="validation_error")
+    body["detail"] = errors
+    return JSONResponse(body, status_code=422)
+
+
+async def _on_passthrough(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, _Passthrough)
+    return exc.response
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    service = Service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = service.settings
+        timeout = httpx.Timeout(
+            connect=s.connect_timeout,
+            read=s.read_timeout,
+            write=s.read_timeout,
+            pool=s.connect_timeout,
+        )
+        limits = httpx.Limits(max_connections=512, max_keepalive_connections=256)
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
+            service.client = client
+            yield
+        service.client = None  # type: ignore[assignment]
+
+    app = FastAPI(title="llmedge reference chat service", lifespan=lifespan)
+    app.state.service = service
+    monitor = Monitor(
+        breakers=[u.breaker for u in service.upstreams],
+        caches={"chat": service.backend.cache},
+        costs={
+            "spent": service.costs,
+            "saved_by_cache": service.saved_by_cache,
+            "saved_by_optimizer": service.saved_by_optimizer,
+        },
+        rate_limits=[service.rate_limit] if service.rate_limit else [],
+    )
+    app.state.monitor = monitor
+    monitor.install(app)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(_Passthrough, _on_passthrough)
+    deps = [Depends(service.rate_limit)] if service.rate_limit else []
+
+    @app.post("/chat", dependencies=deps)
+    async def chat(body: ChatBody) -> Response:
+        model = body.model or settings.model
+        messages = [
+            {"role": "system", "content": settings.system_prompt},
+            *(m.model_dump() for m in body.history),
+            {"role": "user", "content": body.question},
+        ]
+        params = {"temperature": body.temperature, "max_tokens": body.max_tokens}
+        p = service.prepare(
+            model=model, messages=messages, stream=body.stream, params=params, include_usage=True
+        )
+        return await service.respond(p, "chat")
+
+    @app.post("/v1/chat/completions", dependencies=deps)
+    async def completions(body: CompletionBody) -> Response:
+        raw = body.model_dump(exclude_none=True)
+        messages = raw.pop("messages")
+        model = raw.pop("model")
+        stream = raw.pop("stream", False)
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        p = service.prepare(
+            model=model, messages=messages, stream=stream, params=raw, include_usage=include_usage
+        )
+        return await service.respond(p, "openai")
+
+    return app
+
+
+app = create_app()

@@ -1,0 +1,461 @@
+"""The two backends of the reference service behind one small interface.
+
+``LlmedgeBackend`` uses llmedge (SemanticCache, CircuitBreaker, RateLimiter,
+PromptOptimizer, CostTracker). ``BaselineBackend`` uses the pure-Python
+baselines of ``benches/baselines/`` (numpy brute-force cache with the
+pure-Python hashing embedder, a lock-around-bookkeeping breaker, token
+buckets, the OpenAI cookbook's token counting with tiktoken) through thin
+adapters with the same methods, so ``app.py``'s request logic is literally
+shared. Select with ``LLMEDGE_SERVICE_BACKEND=llmedge|baseline``.
+
+The interface (what ``app.py`` calls):
+
+* ``cache``: ``await get(prompt, partition) -> (response, kind) | None``,
+  ``await aset(prompt, text, partition=...)``, ``stats()``;
+* ``breaker(name, exclude=...)``: an object with ``await acall(fn, *args)``,
+  ``stream(agen_fn) -> agen_fn`` (a stream is one call, admitted when called),
+  ``name``, ``state``, ``metrics()``, ``add_listener(fn)``; an open breaker
+  raises ``llmedge.CircuitOpenError`` (``.retry_after``);
+* ``limiter(requests=(rate, per, burst), tokens=...)``: for
+  ``llmedge.fastapi.RateLimit(limiter=...)``;
+* ``fit(model, messages, max_tokens)``, ``count_messages(model, messages)``,
+  ``count_tokens(model, text)``, ``cost_tracker()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import llmedge
+
+HISTORY_LIMIT = 4
+
+
+class LlmedgeBackend:
+    name = "llmedge"
+
+    def __init__(self, *, threshold: float = 0.85, ttl: float = 3600.0, max_entries: int = 10_000):
+        self.cache = _LlmedgeCache(
+            llmedge.SemanticCache(threshold=threshold, ttl=ttl, max_entries=max_entries)
+        )
+        self._optimizers: dict[tuple[str, int], llmedge.PromptOptimizer] = {}
+        self._lock = threading.Lock()
+
+    def breaker(self, name: str, *, exclude: tuple[type[BaseException], ...], **config: Any) -> Any:
+        b = llmedge.CircuitBreaker(name, exclude=exclude, **config)
+        b.stream = b.__call__  # type: ignore[attr-defined]  # decorating an async generator
+        return b
+
+    def limiter(self, **limits: Any) -> Any:
+        return llmedge.RateLimiter.multi(limits)
+
+    def _optimizer(self, model: str, reserve: int) -> llmedge.PromptOptimizer:
+        key = (model, reserve)
+        opt = self._optimizers.get(key)
+        if opt is None:
+            opt = llmedge.PromptOptimizer(
+                model, reserve_output_tokens=reserve, history_limit=HISTORY_LIMIT
+            )
+            with self._lock:
+                self._optimizers[key] = opt
+        return opt
+
+    def fit(self, model: str, messages: list[dict[str, Any]], reserve: int) -> list[dict[str, Any]]:
+        return self._optimizer(model, reserve).fit_messages(messages)
+
+    def count_messages(self, model: str, messages: list[dict[str, Any]]) -> int:
+        return llmedge.count_messages(messages, model)
+
+    def count_tokens(self, model: str, text: str) -> int:
+        return llmedge.count_tokens(text, model)
+
+    def cost_tracker(self) -> Any:
+        return llmedge.CostTracker()
+
+
+class _LlmedgeCache:
+    def __init__(self, cache: llmedge.SemanticCache) -> None:
+        self.inner = cache
+
+    async def get(self, prompt: str, partition: str) -> tuple[Any, str] | None:
+        hit = await self.inner.aget(prompt, partition=partition)
+        return None if hit is None else (hit.response, hit.kind)
+
+    async def aset(self, prompt: str, text: Any, *, partition: Any = None, **_: Any) -> None:
+        await self.inner.aset(prompt, text, partition=partition)
+
+    def stats(self) -> dict[str, Any]:
+        return self.inner.stats()
+
+
+# ---------------------------------------------------------------------------
+# The pure-Python baselines
+# ---------------------------------------------------------------------------
+
+
+def _import_baselines() -> Any:
+    benches = Path(__file__).resolve().parents[2] / "benches"
+    if not (benches / "baselines").is_dir():
+        raise RuntimeError(
+            f"LLMEDGE_SERVICE_BACKEND=baseline needs the repository's benches/baselines "
+            f"(looked in {benches})"
+        )
+    if str(benches) not in sys.path:
+        sys.path.insert(0, str(benches))
+    import baselines.cache
+    import baselines.embed
+    import baselines.messages
+    import baselines.resilience
+
+    return baselines
+
+
+class BaselineBackend:
+    name = "baseline"
+
+    def __init__(self, *, threshold: float = 0.85, ttl: float = 3600.0, max_entries: int = 10_000):
+        b = _import_baselines()
+        self._b = b
+        if b.messages.offline_tiktoken() is None:
+            raise RuntimeError("the baseline backend needs tiktoken and its vocabularies offline")
+        self.cache = _BaselineCache(b, threshold=threshold, ttl=ttl, max_entries=max_entries)
+        self._rules: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def breaker(self, name: str, *, exclude: tuple[type[BaseException], ...], **config: Any) -> Any:
+        return _BaselineBreaker(
+            self._b.resilience.PyBreaker(
+                failure_threshold=config.get("failure_threshold", 5),
+                recovery_timeout=config.get("recovery_timeout", 60.0),
+            ),
+            name,
+            exclude,
+        )
+
+    def limiter(self, **limits: Any) -> Any:
+        return _BaselineLimits(self._b.resilience.TokenBucket, limits)
+
+    def _rules_for(self, model: str) -> Any:
+        rules = self._rules.get(model)
+        if rules is None:
+            encoding = llmedge.model_info(model)["encoding"]  # the model table is data
+            rules = self._b.messages.ChatRules(model, encoding)
+            with self._lock:
+                self._rules[model] = rules
+        return rules
+
+    def count_messages(self, model: str, messages: list[dict[str, Any]]) -> int:
+        return self._b.messages.num_tokens_from_messages(messages, self._rules_for(model))
+
+    def count_tokens(self, model: str, text: str) -> int:
+        return len(self._rules_for(model).encoding.encode_ordinary(text))
+
+    def fit(self, model: str, messages: list[dict[str, Any]], reserve: int) -> list[dict[str, Any]]:
+        """Pinned system messages, the last user message, then the newest
+        history while it fits, at most HISTORY_LIMIT messages besides system."""
+        rules = self._rules_for(model)
+        budget = llmedge.model_info(model)["context_window"] - reserve
+        system = [m for m in messages if m.get("role") in ("system", "developer")]
+        rest = [m for m in messages if m.get("role") not in ("system", "developer")]
+        used = 3 + sum(rules.message(m) for m in system)
+        last_user = max((i for i, m in enumerate(rest) if m.get("role") == "user"), default=None)
+        keep: set[int] = set()
+        if last_user is not None:
+            used += rules.message(rest[last_user])
+            keep.add(last_user)
+        if used > budget:
+            raise llmedge.ContextOverflowError(
+                f"the pinned messages need {used} tokens, the budget is {budget}",
+                required=used,
+                available=budget,
+            )
+        for i in range(len(rest) - 1, -1, -1):
+            if len(keep) >= HISTORY_LIMIT:
+                break
+            if i in keep:
+                continue
+            n = rules.message(rest[i])
+            if used + n > budget:
+                break
+            used += n
+            keep.add(i)
+        return [*system, *(m for i, m in enumerate(rest) if i in keep)]
+
+    def cost_tracker(self) -> Any:
+        return _BaselineCosts()
+
+
+class _BaselineCache:
+    """One PyCache per partition; embedding and search off the event loop."""
+
+    def __init__(self, b: Any, *, threshold: float, ttl: float, max_entries: int) -> None:
+        self._b = b
+        self.embedder = b.embed.PyHashingEmbedder(384)
+        self.threshold = threshold
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.parts: dict[str, Any] = {}
+        self.lock = threading.Lock()
+        self.counts = {"exact_hits": 0, "semantic_hits": 0, "misses": 0, "inserts": 0}
+
+    def _part(self, partition: str) -> Any:
+        c = self.parts.get(partition)
+        if c is None:
+            c = self.parts[partition] = self._b.cache.PyCache(
+                384, threshold=self.threshold, ttl=self.ttl, max_entries=self.max_entries
+            )
+        return c
+
+    def _get(self, prompt: str, partition: str) -> tuple[Any, str] | None:
+        norm = self._b.cache._normalize(prompt)
+        with self.lock:
+            c = self._part(partition)
+            exact = norm in c.exact
+        vec = None if exact else self.embedder.embed(prompt)
+        with self.lock:
+            found = c.get(prompt, vec if vec is not None else [1.0] * 384)
+            if found is None:
+                self.counts["misses"] += 1
+                return None
+            kind = "exact" if self._b.cache._normalize(found[0]) == norm else "semantic"
+            self.counts[f"{kind}_hits"] += 1
+            return found[1], kind
+
+    async def get(self, prompt: str, partition: str) -> tuple[Any, str] | None:
+        return await asyncio.to_thread(self._get, prompt, partition)
+
+    def _set(self, prompt: str, text: Any, partition: str) -> None:
+        vec = self.embedder.embed(prompt)
+        with self.lock:
+            self._part(partition).set(prompt, text, vec)
+            self.counts["inserts"] += 1
+
+    async def aset(self, prompt: str, text: Any, *, partition: Any = None, **_: Any) -> None:
+        await asyncio.to_thread(self._set, prompt, text, str(partition))
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            c = dict(self.counts)
+            entries = sum(len(p) for p in self.parts.values())
+        hits = c["exact_hits"] + c["semantic_hits"]
+        lookups = hits + c["misses"]
+        return {
+            "hits": hits,
+            **c,
+            "lookups": lookups,
+            "hit_rate": hits / lookups if lookups else 0.0,
+            "guard_rejections": 0,
+            "entries": entries,
+            "partitions": len(self.parts),
+        }
+
+
+class _BaselineBreaker:
+    """The baseline PyBreaker behind llmedge's breaker interface."""
+
+    def __init__(self, inner: Any, name: str, exclude: tuple[type[BaseException], ...]) -> None:
+        self.inner = inner
+        self.name = name
+        self.exclude = exclude
+        self.listeners: list[Callable[[str, str, str], Any]] = []
+        self.counts = {"calls": 0, "successes": 0, "failures": 0, "rejections": 0}
+        self.lock = threading.Lock()
+
+    @property
+    def state(self) -> str:
+        return self.inner.state
+
+    def add_listener(self, fn: Callable[[str, str, str], Any]) -> None:
+        self.listeners.append(fn)
+
+    def _admit(self) -> bool:
+        before = self.inner.state
+        try:
+            probe = self.inner._admit()
+        except self._b_open():
+            with self.lock:
+                self.counts["rejections"] += 1
+            retry = max(0.0, self.inner.opened_at + self.inner.recovery_timeout - time.monotonic())
+            raise llmedge.CircuitOpenError(
+                f"circuit {self.name!r} is open", name=self.name, retry_after=retry
+            ) from None
+        self._notify(before)
+        with self.lock:
+            self.counts["calls"] += 1
+        return probe
+
+    def _b_open(self) -> type[BaseException]:
+        return sys.modules["baselines.resilience"].BreakerOpen
+
+    def _record(self, probe: bool, exc: BaseException | None) -> None:
+        failed = exc is not None and not isinstance(exc, self.exclude)
+        if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            if probe:  # counts as nothing: hand the probe back
+                with self.inner.lock:
+                    self.inner.probing = False
+            return
+        before = self.inner.state
+        self.inner._record(probe, failed)
+        with self.lock:
+            self.counts["failures" if failed else "successes"] += 1
+        self._notify(before)
+
+    def _notify(self, before: str) -> None:
+        after = self.inner.state
+        if after != before:
+            for fn in list(self.listeners):
+                with contextlib.suppress(Exception):
+                    fn(self.name, before, after)
+
+    async def acall(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        probe = self._admit()
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            self._record(probe, exc)
+            raise
+        self._record(probe, None)
+        return result
+
+    def stream(self, fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        def guarded(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            probe = self._admit()
+            return self._run(probe, fn(*args, **kwargs))
+
+        return guarded
+
+    async def _run(self, probe: bool, agen: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        try:
+            async for item in agen:
+                yield item
+        except BaseException as exc:
+            self._record(probe, exc)
+            raise
+        self._record(probe, None)
+
+    def metrics(self) -> dict[str, Any]:
+        with self.lock:
+            c = dict(self.counts)
+        state = self.inner.state
+        retry = 0.0
+        if state == "open":
+            retry = max(0.0, self.inner.opened_at + self.inner.recovery_timeout - time.monotonic())
+        return {
+            "name": self.name,
+            "state": state,
+            **c,
+            "consecutive_failures": self.inner.failures,
+            "failure_rate": c["failures"] / c["calls"] if c["calls"] else 0.0,
+            "retry_after": retry,
+        }
+
+
+class _BaselineLimits:
+    """Token buckets for requests and tokens, charged together or not at all."""
+
+    def __init__(self, bucket: Any, limits: dict[str, tuple[Any, ...]]) -> None:
+        self.buckets = {}
+        self.limits = {}
+        for name, spec in limits.items():
+            rate, per, *rest = spec
+            burst = rest[0] if rest else None
+            self.buckets[name] = bucket(rate, per=per, burst=burst)
+            self.limits[name] = (float(rate), float(per), int(self.buckets[name].burst))
+        self.lock = threading.Lock()
+
+    def _levels(self, key: str, now: float) -> dict[str, float]:
+        out = {}
+        for name, b in self.buckets.items():
+            tokens, last = b.buckets.get(key, (b.burst, now))
+            out[name] = min(b.burst, tokens + (now - last) * b.fill)
+        return out
+
+    def try_acquire(self, key: str = "", **costs: int) -> bool:
+        now = time.monotonic()
+        with self.lock:
+            levels = self._levels(key, now)
+            ok = all(levels[n] >= costs.get(n, 0) for n in self.buckets)
+            for name, b in self.buckets.items():
+                left = levels[name] - (costs.get(name, 0) if ok else 0)
+                b.buckets[key] = (left, now)
+            return ok
+
+    def retry_after(self, key: str = "", **costs: int) -> float:
+        now = time.monotonic()
+        with self.lock:
+            levels = self._levels(key, now)
+        wait = 0.0
+        for name, b in self.buckets.items():
+            need = costs.get(name, 0) - levels[name]
+            if need > 0:
+                wait = max(wait, need / b.fill)
+        return wait
+
+    def available(self, key: str = "") -> dict[str, int]:
+        with self.lock:
+            return {n: math.floor(v) for n, v in self._levels(key, time.monotonic()).items()}
+
+
+class _BaselineCosts:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.models: dict[str, dict[str, Any]] = {}
+
+    def record(
+        self, model: str, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0
+    ) -> float:
+        info = llmedge.model_info(model)
+        cached_price = info.get("cached_input_price") or info["input_price"]
+        cost = (
+            (input_tokens - cached_input_tokens) * info["input_price"]
+            + cached_input_tokens * cached_price
+            + output_tokens * info["output_price"]
+        ) / 1e6
+        with self.lock:
+            row = self.models.setdefault(
+                model,
+                {
+                    "requests": 0,
+                    "input_tokens": 0,
+                    "cached_input_tokens": 0,
+                    "output_tokens": 0,
+                    "cost": 0.0,
+                },
+            )
+            row["requests"] += 1
+            row["input_tokens"] += input_tokens
+            row["cached_input_tokens"] += cached_input_tokens
+            row["output_tokens"] += output_tokens
+            row["cost"] += cost
+        return cost
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            models = {m: dict(r) for m, r in self.models.items()}
+        total = {"requests": 0, "input_tokens": 0, "cached_input_tokens": 0, "output_tokens": 0}
+        cost = 0.0
+        for r in models.values():
+            for k in total:
+                total[k] += r[k]
+            cost += r["cost"]
+        return {"models": models, "total": {**total, "cost": cost}}
+
+    def reset(self) -> None:
+        with self.lock:
+            self.models.clear()
+
+
+def make_backend(name: str, **config: Any) -> Any:
+    if name == "llmedge":
+        return LlmedgeBackend(**config)
+    if name == "baseline":
+        return BaselineBackend(**config)
+    raise ValueError(f"LLMEDGE_SERVICE_BACKEND must be 'llmedge' or 'baseline', got {name!r}")
