@@ -25,6 +25,7 @@ import os
 import time
 from typing import Any
 
+import gevent
 from locust import FastHttpUser, between, constant, events, task
 
 from llmedge._traffic import sse_content
@@ -214,31 +215,43 @@ class PoliteUser(ChatUser):
 
 
 class GreedyUser(ChatUser):
-    """One client far above its limit. On every fourth 429 it honours Retry-After
-    (sleeps exactly that long) and retries once: that retry must succeed."""
+    """One client far above its limit: bursts of ``LT_GREEDY_CONCURRENCY``
+    concurrent requests with one API key. After every fourth burst that got a
+    429, the whole client honours the largest Retry-After (sends nothing for
+    that long), then sends one request: that one must be answered."""
 
     role = "greedy"
     fixed_count = 1
     wait_time = constant(float(os.environ.get("LT_GREEDY_WAIT", "0.02")))
+    concurrency = max(1, int(os.environ.get("LT_GREEDY_CONCURRENCY", "4")))
 
     def on_start(self) -> None:
         super().on_start()
-        self.n429 = 0
+        self.limited_bursts = 0
 
     def on_429(self, resp: Any) -> None:
         resp.success()  # expected for this client; counted in the records
 
     @task
     def chat(self) -> None:
-        req = dict(REQUESTS[next(_next_request) % len(REQUESTS)], stream=False)
-        rec = self.ask(req)
-        if rec["status"] != 429:
+        reqs = [
+            dict(REQUESTS[next(_next_request) % len(REQUESTS)], stream=False)
+            for _ in range(self.concurrency)
+        ]
+        burst = [gevent.spawn(self.ask, r) for r in reqs]
+        gevent.joinall(burst)
+        waits = [
+            g.value.get("retry_after") or 0.0
+            for g in burst
+            if g.value is not None and g.value["status"] == 429
+        ]
+        if not waits:
             return
-        self.n429 += 1
-        wait = rec.get("retry_after")
-        if self.n429 % 4 == 0 and wait is not None and 0 < wait <= 60:
-            time.sleep(wait)  # gevent-patched: only this user sleeps
-            retry = self.ask(dict(req, kind="after-retry-after"))
+        self.limited_bursts += 1
+        wait = max(waits)
+        if self.limited_bursts % 4 == 0 and 0 < wait <= 60:
+            time.sleep(wait)  # gevent-patched: only this client waits
+            retry = self.ask(dict(reqs[0], kind="after-retry-after"))
             _record(
                 t=time.time(),
                 user="greedy-check",

@@ -60,8 +60,8 @@ BASE_SERVICE_ENV = {
     "LLMEDGE_BREAKER_RECOVERY": "3.0",
 }
 UNLIMITED_ENV = {"LLMEDGE_RATE_LIMIT": "off"}
-RATE_LIMIT = 5.0  # requests per second per key (per worker)
-RATE_BURST = 10
+RATE_LIMIT = 2.0  # requests per second per key (per worker)
+RATE_BURST = 4
 RATELIMIT_ENV = {"LLMEDGE_RATE_LIMIT": f"{RATE_LIMIT:g}/1/{RATE_BURST}"}
 
 
@@ -119,6 +119,8 @@ class Run:
             self.started.append({"name": locust.name, "pgid": locust.pgid})
             t0 = time.time()
             _wait_first_record(records_file, locust, timeout=60.0)
+            # users ramp up and each worker loads its vocabulary on first use: not measured
+            _sleep_while(locust, self.args.warmup)
             phases = self._drive(locust, primary, fallback)
             # the runner's timer ends the run: locust's own -t is only a safety net
             with contextlib.suppress(ProcessLookupError):
@@ -127,7 +129,8 @@ class Run:
             t_end = time.time()
             monitor.stop()
             records = tr.read_records(records_file) if records_file.exists() else []
-            return self._result(records, phases, monitor, t0, t_end, rc, primary, fallback)
+            names = {primary.base_url: "primary", fallback.base_url: "fallback"}
+            return self._result(records, phases, monitor, t0, t_end, rc, primary, fallback, names)
 
     def _mock(self) -> Any:
         m = spawn_mock(
@@ -146,7 +149,7 @@ class Run:
             sys.executable, "-m", "locust",
             "-f", str(HERE / "locustfile.py"),
             "--headless", "--only-summary",
-            "-u", str(users), "-r", str(max(users, 1)),
+            "-u", str(users), "-r", str(max(1, math.ceil(users / 4))),
             "-t", f"{self.duration + 90:.0f}s", "--stop-timeout", "5",
             "--host", url,
             "--csv", str(self.work / "locust"),
@@ -163,7 +166,12 @@ class Run:
         }
         if self.scenario == "ratelimit":
             # polite clients ask well under the limit: one request every 1-2 s
-            env.update(LT_WAIT_MIN="1.0", LT_WAIT_MAX="2.0", LT_GREEDY_WAIT="0.02")
+            env.update(
+                LT_WAIT_MIN="1.0",
+                LT_WAIT_MAX="2.0",
+                LT_GREEDY_WAIT="0.02",
+                LT_GREEDY_CONCURRENCY=str(self.args.greedy_concurrency),
+            )
         return tr.ManagedProcess(
             "locust", argv, env=env, cwd=HERE, log_path=self.work / "locust.log"
         )
@@ -212,17 +220,22 @@ class Run:
         rc: int,
         primary: Any,
         fallback: Any,
+        names: dict[str, str],
     ) -> dict[str, Any]:
-        main = [r for r in records if r.user != "greedy-check"]
+        begin, end = phases[0]["start"], phases[-1]["end"]
+        measured = [r for r in records if begin <= r.t < end]
+        main = [r for r in measured if r.user != "greedy-check"]
         out: dict[str, Any] = {
             "backend": self.backend,
             "scenario": self.scenario,
             "duration_s": round(self.duration, 1),
             "locust_exit_code": rc,
-            "overall": tr.summarize(main),
+            "warmup_s": self.args.warmup,
+            "overall": tr.summarize(main, duration_s=end - begin),
             "upstreams": {"primary": primary.stats(), "fallback": fallback.stats()},
             "breaker_transitions": [
-                dict(x, t=round(x["t"] - t0, 2)) for x in monitor.transitions()
+                dict(x, t=round(x["t"] - begin, 2), breaker=_role(x["breaker"], names))
+                for x in monitor.transitions()
             ],
             "health_samples": len(monitor.samples),
         }
@@ -236,21 +249,41 @@ class Run:
                     {
                         "phase": ph["name"],
                         "faults": ph["faults"],
-                        "start_s": round(ph["start"] - t0, 1),
+                        "start_s": round(ph["start"] - begin, 1),
                         "seconds": round(ph["end"] - ph["start"], 1),
                         "summary": s,
                         "at_least_upstream_timeout": len(slow),
                         "primary": ph["primary"],
                         "fallback": ph["fallback"],
-                        "breaker_states": monitor.states_seen(ph["start"], ph["end"]),
+                        "breaker_states": {
+                            _role(k, names): v
+                            for k, v in monitor.states_seen(ph["start"], ph["end"]).items()
+                        },
                     }
                 )
             out["phases"] = per_phase
             out["upstream_timeout_s"] = UPSTREAM_TIMEOUT_S
-            out["breaker_final"] = monitor.last_states()
+            out["breaker_final"] = {
+                w: {_role(k, names): v for k, v in states.items()}
+                for w, states in monitor.last_states().items()
+            }
         if self.scenario == "ratelimit":
-            out["ratelimit"] = ratelimit_summary(records)
+            out["ratelimit"] = ratelimit_summary(measured)
         return out
+
+
+def _role(breaker: str, names: dict[str, str]) -> str:
+    """A breaker's name with the upstream's URL replaced by its role."""
+    for url, role in names.items():
+        if url in breaker:
+            return role
+    return breaker
+
+
+def _sleep_while(proc: tr.ManagedProcess, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.alive():
+        time.sleep(0.1)
 
 
 def _wait_first_record(path: Path, locust: tr.ManagedProcess, *, timeout: float) -> None:
@@ -490,8 +523,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("MIN", "MAX"),
         help="think time of a chat user in seconds (default 0.5 1.5)",
     )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        help="seconds of load before measuring (ramp-up; default 5)",
+    )
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     p.add_argument("--polite-users", type=int, default=10, help="rate-limit scenario (default 10)")
+    p.add_argument(
+        "--greedy-concurrency",
+        type=int,
+        default=6,
+        help="concurrent requests of the greedy client (default 6)",
+    )
     p.add_argument("--ttft", type=float, default=0.05, help="mock time to first token, s")
     p.add_argument("--tpot", type=float, default=0.005, help="mock time per output token, s")
     p.add_argument("--tokens", type=int, default=24, help="mock answer length in tokens")
