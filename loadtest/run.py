@@ -234,7 +234,7 @@ class Run:
             "overall": tr.summarize(main, duration_s=end - begin),
             "upstreams": {"primary": primary.stats(), "fallback": fallback.stats()},
             "breaker_transitions": [
-                dict(x, t=round(x["t"] - begin, 2), breaker=_role(x["breaker"], names))
+                dict(x, t=round(x["t"] - begin, 2), breaker=tr.role_of(x["breaker"], names))
                 for x in monitor.transitions()
             ],
             "health_samples": len(monitor.samples),
@@ -245,6 +245,7 @@ class Run:
                 rows = [r for r in main if ph["start"] <= r.t < ph["end"]]
                 s = tr.summarize(rows, duration_s=ph["end"] - ph["start"])
                 slow = [r for r in rows if r.latency_ms >= UPSTREAM_TIMEOUT_S * 1000]
+                hung = ph["primary"]["timeouts"] + ph["fallback"]["timeouts"]
                 per_phase.append(
                     {
                         "phase": ph["name"],
@@ -253,10 +254,11 @@ class Run:
                         "seconds": round(ph["end"] - ph["start"], 1),
                         "summary": s,
                         "at_least_upstream_timeout": len(slow),
+                        "hung_on_upstream": hung,
                         "primary": ph["primary"],
                         "fallback": ph["fallback"],
                         "breaker_states": {
-                            _role(k, names): v
+                            tr.role_of(k, names): v
                             for k, v in monitor.states_seen(ph["start"], ph["end"]).items()
                         },
                     }
@@ -264,20 +266,12 @@ class Run:
             out["phases"] = per_phase
             out["upstream_timeout_s"] = UPSTREAM_TIMEOUT_S
             out["breaker_final"] = {
-                w: {_role(k, names): v for k, v in states.items()}
+                w: {tr.role_of(k, names): v for k, v in states.items()}
                 for w, states in monitor.last_states().items()
             }
         if self.scenario == "ratelimit":
             out["ratelimit"] = ratelimit_summary(measured)
         return out
-
-
-def _role(breaker: str, names: dict[str, str]) -> str:
-    """A breaker's name with the upstream's URL replaced by its role."""
-    for url, role in names.items():
-        if url in breaker:
-            return role
-    return breaker
 
 
 def _sleep_while(proc: tr.ManagedProcess, seconds: float) -> None:
@@ -387,6 +381,21 @@ def markdown(report: dict[str, Any]) -> str:
                     f"({c['exact']} / {c['semantic']}) | {o['error_rate']:.2%} |"
                 )
         lines.append("")
+    kinds = [(b, by[(b, "sustained")]) for b in ("llmedge", "baseline") if (b, "sustained") in by]
+    if kinds:
+        lines += [
+            "Cache hits by request kind (sustained): "
+            + "; ".join(
+                f"{b}: "
+                + ", ".join(
+                    f"{k} {v['hit_rate']:.0%} ({v['exact_hits']} exact, "
+                    f"{v['semantic_hits']} semantic of {v['requests']})"
+                    for k, v in r["overall"]["cache"]["by_request_kind"].items()
+                )
+                for b, r in kinds
+            ),
+            "",
+        ]
     ratios = report.get("ratios") or {}
     if ratios:
         lines += [
@@ -404,9 +413,10 @@ def markdown(report: dict[str, Any]) -> str:
             f"Provider failure ({b}): primary faults per phase, upstream timeout "
             f"{r['upstream_timeout_s']:.0f} s",
             "",
-            "| phase | s | req/s | p50 ms | p99 ms | max ms | errors | >= timeout | "
-            "primary calls | fallback calls | breaker states seen |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| phase | s | req/s | p50 ms | p99 ms | max ms | errors | waited on a hung "
+            f"primary | took >= {r['upstream_timeout_s']:g} s | primary calls | fallback calls | "
+            "breaker states seen |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for ph in r["phases"]:
             s = ph["summary"]
@@ -415,6 +425,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {ph['phase']} | {ph['seconds']:.0f} | {s['rps']:.1f} | "
                 f"{_ms(s['latency_ms']['p50'])} | {_ms(s['latency_ms']['p99'])} | "
                 f"{_ms(s['latency_ms']['max'])} | {s['error_rate']:.1%} | "
+                f"{ph.get('hung_on_upstream', 0)} | "
                 f"{ph['at_least_upstream_timeout']} | {ph['primary']['requests']} | "
                 f"{ph['fallback']['requests']} | {states or '-'} |"
             )
@@ -619,10 +630,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratios": compute_ratios(runs),
         "started": started,
     }
+    report["left_running"] = tr.still_running(started)
     jpath, mpath = write_report(report, out)
     print()
     print(markdown(report))
     print(f"wrote {jpath} and {mpath}")
+    if report["left_running"]:
+        print(f"warning: still running: {report['left_running']}", file=sys.stderr)
+        return 1
     return 0
 
 

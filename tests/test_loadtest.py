@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -310,6 +309,7 @@ def test_report_writes_json_and_markdown_with_ratios(tmp_path):
     md = mpath.read_text()
     assert "| sustained | llmedge | 100 | 200.0 |" in md
     assert "| down | 10 |" in md and "p: closed/open" in md
+    assert "Cache hits by request kind (sustained): llmedge: new" in md
     assert "3.2s p closed->open" in md
     assert "4 429s" in md and "1/1 retries succeeded" in md
 
@@ -324,24 +324,6 @@ def test_runner_rejects_bad_arguments():
 
 
 # ------------------------------------------------------------------ end to end
-
-
-def _gone(started):
-    alive = []
-    for s in started:
-        if "pgid" in s:
-            try:
-                os.killpg(s["pgid"], 0)
-                alive.append(s)
-            except ProcessLookupError:
-                pass
-        else:
-            try:
-                os.kill(s["pid"], 0)
-                alive.append(s)
-            except ProcessLookupError:
-                pass
-    return alive
 
 
 def test_runner_end_to_end_short_run_leaves_no_process(tmp_path):
@@ -364,4 +346,5 @@ def test_runner_end_to_end_short_run_leaves_no_process(tmp_path):
     assert run["health_samples"] > 0
     assert (out / "summary.md").read_text().startswith("# Load test")
     assert len(report["started"]) == 4  # two mocks, the service, locust
-    assert _gone(report["started"]) == []
+    assert tr.still_running(report["started"]) == []
+    assert report["left_running"] == []

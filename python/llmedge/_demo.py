@@ -292,6 +292,7 @@ def run(
             )  # fmt: skip
         )
         end_stats = (primary.stats(), fallback.stats())
+        roles = {primary.base_url: "primary", fallback.base_url: "fallback"}
         monitor.stop()
         costs = _final_costs(url)
     names = [ph["name"] for ph in timeline]
@@ -319,7 +320,10 @@ def run(
         "mock": {"ttft": ttft, "tpot": tpot},
         "overall": tr.summarize(records),
         "phases": per_phase,
-        "transitions": [dict(t, t=round(t["t"] - t0, 2)) for t in monitor.transitions()],
+        "transitions": [
+            dict(t, t=round(t["t"] - t0, 2), breaker=tr.role_of(t["breaker"], roles))
+            for t in monitor.transitions()
+        ],
         "costs": costs,
         "upstreams": {"primary": end_stats[0], "fallback": end_stats[1]},
         "started": started,

@@ -548,6 +548,23 @@ class ManagedProcess:
         return f"ManagedProcess({self.name!r}, pid={self.pid}, alive={self.alive()})"
 
 
+def still_running(started: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Which of the started processes (``{"pid"}`` or ``{"pgid"}`` entries) are alive."""
+    alive = []
+    for entry in started:
+        try:
+            if "pgid" in entry:
+                os.killpg(int(entry["pgid"]), 0)
+            else:
+                os.kill(int(entry["pid"]), 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            pass
+        alive.append(dict(entry))
+    return alive
+
+
 def wait_http(url: str, *, timeout: float, proc: ManagedProcess | None = None) -> None:
     """Poll ``url`` until it answers (any status below 500... or 503 for health)."""
     import httpx
@@ -642,6 +659,14 @@ def breaker_states(health: Mapping[str, Any]) -> dict[str, str]:
             if isinstance(info, Mapping):
                 out[str(info.get("name", i))] = str(info.get("state"))
     return out
+
+
+def role_of(breaker: str, roles: Mapping[str, str]) -> str:
+    """A breaker's name with an upstream URL replaced by its role (``{url: role}``)."""
+    for url, role in roles.items():
+        if url in breaker:
+            return role
+    return breaker
 
 
 def worker_id(health: Mapping[str, Any]) -> str:
