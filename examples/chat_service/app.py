@@ -31,6 +31,8 @@ Configuration (environment):
 ``LLMEDGE_TOTAL_TIMEOUT``      seconds for a whole non-streamed answer (30.0)
 ``LLMEDGE_BREAKER_FAILURES``   consecutive failures that open a breaker (5)
 ``LLMEDGE_BREAKER_RECOVERY``   seconds a breaker stays open (5.0)
+``LLMEDGE_BREAKER_FAILURE_RATE`` failure rate over the last 20 calls (at least
+                               10) that opens it too (0.5; 0: off; llmedge only)
 ``LLMEDGE_RATE_LIMIT``         ``RATE/PER[/BURST]`` per key, or ``off`` (100/1/200)
 ``LLMEDGE_TOKENS_PER_MINUTE``  estimated tokens per minute per key (0: off)
 ``LLMEDGE_CACHE_THRESHOLD``    cosine similarity of a semantic hit (0.85)
@@ -59,7 +61,7 @@ import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 import llmedge
@@ -68,9 +70,11 @@ from llmedge.fastapi import (
     OpenAIError,
     RateLimit,
     cache_on_complete,
+    event_content,
     openai_error_body,
-    parse_openai_stream,
+    parse_openai_events,
     replay,
+    sse_event,
     sse_response,
 )
 
@@ -102,6 +106,7 @@ class Settings:
     total_timeout: float = 30.0
     breaker_failures: int = 5
     breaker_recovery: float = 5.0
+    breaker_failure_rate: float | None = 0.5
     rate_limit: tuple[float, float, int] | None = (100.0, 1.0, 200)
     tokens_per_minute: int = 0
     cache_threshold: float = 0.85
@@ -148,6 +153,7 @@ class Settings:
             total_timeout=_env_float("LLMEDGE_TOTAL_TIMEOUT", 30.0),
             breaker_failures=int(_env_float("LLMEDGE_BREAKER_FAILURES", 5)),
             breaker_recovery=_env_float("LLMEDGE_BREAKER_RECOVERY", 5.0),
+            breaker_failure_rate=_env_float("LLMEDGE_BREAKER_FAILURE_RATE", 0.5) or None,
             rate_limit=rate,
             tokens_per_minute=int(_env_float("LLMEDGE_TOKENS_PER_MINUTE", 0)),
             cache_threshold=_env_float("LLMEDGE_CACHE_THRESHOLD", 0.85),
@@ -168,6 +174,9 @@ class Settings:
         for name in ("connect_timeout", "read_timeout", "total_timeout", "breaker_recovery"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        rate = self.breaker_failure_rate
+        if rate is not None and not 0.0 < rate <= 1.0:
+            raise ValueError(f"breaker_failure_rate must be in (0, 1] or None, got {rate!r}")
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
         llmedge.model_info(self.model)
@@ -277,6 +286,9 @@ class Upstream:
             exclude=(UpstreamClientError,),
             failure_threshold=service.settings.breaker_failures,
             recovery_timeout=service.settings.breaker_recovery,
+            failure_rate_threshold=service.settings.breaker_failure_rate,
+            window_size=20,
+            minimum_calls=10,
         )
         self.stream = self.breaker.stream(self._stream)
 
@@ -300,16 +312,19 @@ class Upstream:
         return data
 
     async def _stream(self, body: dict[str, Any], usage: dict[str, Any]) -> AsyncIterator[Any]:
-        """None once the upstream accepted the request, then the text deltas."""
+        """The events (``chat.completion.chunk`` dicts) of the upstream's stream."""
         client = self.service.client
         try:
             async with client.stream("POST", self.url, json=body) as r:
                 if r.status_code >= 400:
                     raw = await r.aread()
                     raise _status_error(r, self.base_url, _error_json(raw))
-                yield None
-                async for text in parse_openai_stream(r.aiter_lines(), on_usage=usage.update):
-                    yield text
+                events = parse_openai_events(r.aiter_lines(), on_usage=usage.update)
+                try:
+                    async for event in events:
+                        yield event
+                finally:
+                    await events.aclose()
         except httpx.TimeoutException as exc:
             raise UpstreamError(f"{self.base_url} timed out: {exc!r}", timeout=True) from exc
         except httpx.HTTPError as exc:
@@ -492,19 +507,21 @@ class Service:
                 return_error = JSONResponse(exc.body, status_code=exc.status)
                 raise _Passthrough(return_error) from None
             choice = data["choices"][0]
-            answer = choice["message"].get("content") or ""
+            content = choice["message"].get("content")
+            answer = content if isinstance(content, str) else ""
             usage, cost = self.record(p, data.get("usage"), answer)
             if (
                 p.prompt is not None
                 and answer
+                and not choice["message"].get("tool_calls")
                 and choice.get("finish_reason") in ("stop", "length")
             ):
                 await self.backend.cache.aset(p.prompt, answer, partition=p.partition)
             return answer, usage, cost, up, data
         raise _all_failed(open_retry, errors)
 
-    async def open_stream(self, p: Prepared) -> tuple[AsyncIterator[str], Upstream, dict]:
-        """The first upstream that accepts the stream: its remaining deltas."""
+    async def open_stream(self, p: Prepared) -> tuple[AsyncIterator[dict], Upstream, dict]:
+        """The first upstream that starts answering: its events, from the first."""
         open_retry: list[float] = []
         errors: list[UpstreamError] = []
         for up in self.upstreams:
@@ -514,17 +531,21 @@ class Service:
             except llmedge.CircuitOpenError as exc:
                 open_retry.append(exc.retry_after)
                 continue
+            # Wait for the first token before committing to this upstream: one
+            # that accepts the request but stalls is left for the next, and the
+            # token is forwarded as soon as the response starts.
+            head: list[dict] = []
             try:
-                await agen.__anext__()
+                async for event in agen:
+                    head.append(event)
+                    if _substantive(event):
+                        break
             except UpstreamError as exc:
                 errors.append(exc)
                 continue
             except UpstreamClientError as exc:
                 raise _Passthrough(JSONResponse(exc.body, status_code=exc.status)) from None
-            except StopAsyncIteration:
-                errors.append(UpstreamError(f"{up.base_url} closed the stream at once"))
-                continue
-            return agen, up, usage
+            return _prepend(head, agen), up, usage
         raise _all_failed(open_retry, errors)
 
     async def respond(self, p: Prepared, fmt: Literal["chat", "openai"]) -> Response:
@@ -541,21 +562,23 @@ class Service:
             return self._json(fmt, cid, p, answer, kind, usage, 0.0, None, headers)
         headers["X-LLMedge-Cache"] = "none"
         if not p.stream:
-            answer, usage, cost, up, _ = await self.complete(p)
+            answer, usage, cost, up, data = await self.complete(p)
             headers["X-LLMedge-Upstream"] = str(up.index)
-            return self._json(fmt, cid, p, answer, "none", usage, cost, up, headers)
-        chunks, up, upstream_usage = await self.open_stream(p)
+            return self._json(fmt, cid, p, answer, "none", usage, cost, up, headers, data)
+        events, up, upstream_usage = await self.open_stream(p)
         headers["X-LLMedge-Upstream"] = str(up.index)
         parts: list[str] = []
+        tool_calls = []
 
-        async def collect() -> AsyncIterator[str]:
-            async for text in chunks:
-                parts.append(text)
-                yield text
+        async def texts() -> AsyncIterator[str]:
+            async for event in events:
+                text = event_content(event)
+                if _has_tool_calls(event):
+                    tool_calls.append(True)
+                if text:
+                    parts.append(text)
+                    yield text
 
-        stream: AsyncIterator[str] = collect()
-        if p.prompt is not None:
-            stream = cache_on_complete(stream, self.backend.cache, p.prompt, partition=p.partition)
         recorded: list[tuple[dict, float]] = []
 
         def finish() -> tuple[dict, float]:
@@ -563,7 +586,38 @@ class Service:
                 recorded.append(self.record(p, upstream_usage or None, "".join(parts)))
             return recorded[0]
 
+        if fmt == "openai":  # a proxy: the upstream's chunks as they are
+            return self._passthrough_sse(events, p, headers, parts, tool_calls, finish)
+        stream: AsyncIterator[str] = texts()
+        if p.prompt is not None:
+            stream = cache_on_complete(stream, self.backend.cache, p.prompt, partition=p.partition)
         return self._sse(stream, p, fmt, cid, headers, "none", finish)
+
+    def _passthrough_sse(self, events, p, headers, parts, tool_calls, finish) -> Response:  # type: ignore[no-untyped-def]
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                async for event in events:
+                    if _has_tool_calls(event):
+                        tool_calls.append(True)
+                    parts.append(event_content(event))
+                    if event.get("usage") and not event.get("choices") and not p.include_usage:
+                        continue  # usage was asked for by us, not by the client
+                    yield sse_event(event)
+            except Exception as exc:  # the status is sent: report in-band, no [DONE]
+                err = openai_error_body(
+                    f"upstream stream failed: {exc}", "upstream_error", "stream_error"
+                )
+                yield sse_event(err, event="error")
+                return
+            finish()
+            text = "".join(parts)
+            if p.prompt is not None and text and not tool_calls:
+                with contextlib.suppress(Exception):
+                    await self.backend.cache.aset(p.prompt, text, partition=p.partition)
+            yield b"data: [DONE]\n\n"
+
+        hdrs = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers}
+        return StreamingResponse(body(), media_type="text/event-stream", headers=hdrs)
 
     def _sse(self, chunks, p, fmt, cid, headers, kind, finish) -> Response:  # type: ignore[no-untyped-def]
         def final() -> dict[str, Any]:
@@ -584,9 +638,11 @@ class Service:
             headers=headers,
         )
 
-    def _json(self, fmt, cid, p, answer, kind, usage, cost, up, headers) -> Response:  # type: ignore[no-untyped-def]
-        if fmt == "chat":
-            body: dict[str, Any] = {
+    def _json(self, fmt, cid, p, answer, kind, usage, cost, up, headers, data=None) -> Response:  # type: ignore[no-untyped-def]
+        if data is not None and fmt == "openai":  # the upstream's completion as it is
+            body: dict[str, Any] = data
+        elif fmt == "chat":
+            body = {
                 "answer": answer,
                 "cached": kind,
                 "model": p.model,
@@ -611,6 +667,34 @@ class Service:
                 "usage": usage,
             }
         return JSONResponse(body, headers=headers)
+
+
+def _has_tool_calls(event: dict[str, Any]) -> bool:
+    return any(
+        (c.get("delta") or {}).get("tool_calls") or (c.get("delta") or {}).get("function_call")
+        for c in event.get("choices") or ()
+    )
+
+
+def _substantive(event: dict[str, Any]) -> bool:
+    """An event carrying the answer's start: content, a tool call or a finish."""
+    return (
+        bool(event_content(event))
+        or _has_tool_calls(event)
+        or any(c.get("finish_reason") for c in event.get("choices") or ())
+    )
+
+
+async def _prepend(head: list[dict], rest: AsyncIterator[dict]) -> AsyncIterator[dict]:
+    try:
+        for event in head:
+            yield event
+        async for event in rest:
+            yield event
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class _Passthrough(Exception):

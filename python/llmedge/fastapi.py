@@ -65,6 +65,8 @@ __all__ = [
     "sse_event",
     "sse_response",
     "parse_openai_stream",
+    "parse_openai_events",
+    "event_content",
     "IncompleteStreamError",
 ]
 
@@ -1007,18 +1009,17 @@ class IncompleteStreamError(llmedge.LlmEdgeError, ConnectionError):
     """An upstream SSE stream ended without ``data: [DONE]`` (cut mid-way)."""
 
 
-async def parse_openai_stream(
+async def parse_openai_events(
     lines: AsyncIterable[str],
     *,
     on_usage: Callable[[dict[str, Any]], Any] | None = None,
-    on_event: Callable[[dict[str, Any]], Any] | None = None,
-) -> AsyncIterator[str]:
-    """The content deltas of an upstream OpenAI chat completion stream, read
-    from its lines (``httpx.Response.aiter_lines()``).
+) -> AsyncIterator[dict[str, Any]]:
+    """The parsed events (``chat.completion.chunk`` dicts) of an upstream
+    OpenAI SSE stream, read from its lines (``httpx.Response.aiter_lines()``).
 
-    ``on_usage(usage)`` is called with a usage chunk's ``usage``, ``on_event``
-    with every parsed event. A stream that ends without ``data: [DONE]``
-    raises :class:`IncompleteStreamError`; an ``error`` event raises it too.
+    ``on_usage(usage)`` is called with a usage chunk's ``usage``. A stream
+    that ends without ``data: [DONE]``, sends an ``error`` event or a
+    malformed one raises :class:`IncompleteStreamError`.
     """
     async for raw in lines:
         line = raw.rstrip("\r")
@@ -1034,17 +1035,38 @@ async def parse_openai_stream(
                 f"upstream sent a malformed SSE event: {data[:200]!r}"
             ) from exc
         if not isinstance(event, dict):
-            continue
+            raise IncompleteStreamError(f"upstream sent a non-object SSE event: {data[:200]!r}")
         if "error" in event:
             raise IncompleteStreamError(f"upstream stream reported an error: {event['error']!r}")
-        if on_event is not None:
-            on_event(event)
         usage = event.get("usage")
         if usage and on_usage is not None:
             on_usage(usage)
-        for choice in event.get("choices") or ():
-            delta = choice.get("delta") or {}
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                yield content
+        yield event
     raise IncompleteStreamError("upstream stream ended without data: [DONE]")
+
+
+def event_content(event: Mapping[str, Any]) -> str:
+    """The text content of one ``chat.completion.chunk`` (its first choice)."""
+    for choice in event.get("choices") or ():
+        content = (choice.get("delta") or {}).get("content")
+        if isinstance(content, str):
+            return content
+    return ""
+
+
+async def parse_openai_stream(
+    lines: AsyncIterable[str],
+    *,
+    on_usage: Callable[[dict[str, Any]], Any] | None = None,
+) -> AsyncIterator[str]:
+    """The content deltas of an upstream OpenAI chat completion stream (see
+    :func:`parse_openai_events`; raises :class:`IncompleteStreamError` when it
+    ends without ``data: [DONE]``)."""
+    events = parse_openai_events(lines, on_usage=on_usage)
+    try:
+        async for event in events:
+            content = event_content(event)
+            if content:
+                yield content
+    finally:
+        await events.aclose()
