@@ -47,7 +47,7 @@ from llmedge import _traffic as tr  # noqa: E402
 from llmedge.testing import spawn_mock  # noqa: E402
 
 SCENARIOS = ("sustained", "failure", "ratelimit")
-DEFAULT_DURATION = {"sustained": 40.0, "failure": 50.0, "ratelimit": 25.0}
+DEFAULT_DURATION = {"sustained": 35.0, "failure": 45.0, "ratelimit": 20.0}
 
 #: The service's knobs for a load test: short upstream timeouts so that a
 #: hanging provider costs a bounded wait, a breaker that reacts within the
@@ -513,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--duration",
         type=float,
         default=None,
-        help="seconds per scenario (default: sustained 40, failure 50, ratelimit 25)",
+        help="seconds per scenario (default: sustained 35, failure 45, ratelimit 20)",
     )
     p.add_argument("--out", default=str(HERE / "results"), help="report directory")
     p.add_argument(

@@ -140,12 +140,14 @@ async def drive(
     async with httpx.AsyncClient(
         base_url=base_url, limits=limits, timeout=timeout, trust_env=False
     ) as client:
-        tasks = [asyncio.create_task(user(i, client)) for i in range(users)]
+        tasks: list[asyncio.Task[None]] = []
         try:
             for name, seconds, faults in plan:
                 if on_phase is not None:
                     await asyncio.to_thread(on_phase, name, faults)
                 start = time.time()
+                if not tasks:  # the users start with the first phase
+                    tasks = [asyncio.create_task(user(i, client)) for i in range(users)]
                 await asyncio.sleep(seconds)
                 timeline.append({"name": name, "faults": faults or {}, "start": start,
                                  "end": time.time()})  # fmt: skip
