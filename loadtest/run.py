@@ -269,6 +269,7 @@ class Run:
                 w: {tr.role_of(k, names): v for k, v in states.items()}
                 for w, states in monitor.last_states().items()
             }
+            out["checks"] = failure_checks(out)
         if self.scenario == "ratelimit":
             out["ratelimit"] = ratelimit_summary(measured)
         return out
@@ -299,6 +300,30 @@ def _stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any
         "requests": after.get("requests", 0) - before.get("requests", 0),
         "timeouts": after.get("timeouts", 0) - before.get("timeouts", 0),
         "by_status": {k: v for k, v in sorted(status.items()) if v},
+    }
+
+
+def failure_checks(run: dict[str, Any]) -> dict[str, Any]:
+    """What the failure scenario must show, read off its phases and /health."""
+    phases = {ph["phase"]: ph for ph in run["phases"]}
+    faulty = [ph for name, ph in phases.items() if name not in ("healthy", "recovered")]
+    opened = any("open" in ph["breaker_states"].get("primary", []) for ph in faulty)
+    final = [states.get("primary") for states in run.get("breaker_final", {}).values()]
+    rec = phases.get("recovered")
+    return {
+        "breaker_opened": opened,
+        "fallback_served_during_failure": sum(ph["fallback"]["requests"] for ph in faulty),
+        "errors_during_failure": sum(
+            ph["summary"]["requests"] - ph["summary"]["ok"] for ph in faulty
+        ),
+        "requests_that_waited_on_the_hung_primary": sum(
+            ph.get("hung_on_upstream", 0) for ph in faulty
+        ),
+        "max_latency_ms_during_failure": max(
+            (ph["summary"]["latency_ms"]["max"] or 0.0 for ph in faulty), default=0.0
+        ),
+        "breaker_closed_after_recovery": bool(final) and all(s == "closed" for s in final),
+        "primary_served_again": bool(rec and rec["primary"]["requests"] > 0),
     }
 
 
@@ -429,6 +454,19 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{ph['at_least_upstream_timeout']} | {ph['primary']['requests']} | "
                 f"{ph['fallback']['requests']} | {states or '-'} |"
             )
+        c = r.get("checks")
+        if c:
+            lines += [
+                "",
+                f"Checks: breaker opened: {'yes' if c['breaker_opened'] else 'NO'}; fallback "
+                f"answered {c['fallback_served_during_failure']} calls during the failure; "
+                f"{c['errors_during_failure']} failed requests; "
+                f"{c['requests_that_waited_on_the_hung_primary']} requests waited on the hung "
+                f"primary (each at most the {r['upstream_timeout_s']:g} s read timeout, the "
+                f"hang is 30 s); slowest request {_ms(c['max_latency_ms_during_failure'])} ms; "
+                f"breaker closed after recovery on every worker seen: "
+                f"{'yes' if c['breaker_closed_after_recovery'] else 'NO'}.",
+            ]
         trans = r["breaker_transitions"]
         lines += [
             "",

@@ -82,6 +82,7 @@ def test_demo_end_to_end_short_run_stops_everything(tmp_path):
     assert "spent" in result["costs"]
     assert (tmp_path / "demo.json").is_file()
     assert len(result["started"]) == 3
+    assert result["left_running"] == []
     for s in result["started"]:
         if "pgid" in s:
             with pytest.raises(ProcessLookupError):

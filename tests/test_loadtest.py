@@ -348,3 +348,46 @@ def test_runner_end_to_end_short_run_leaves_no_process(tmp_path):
     assert len(report["started"]) == 4  # two mocks, the service, locust
     assert tr.still_running(report["started"]) == []
     assert report["left_running"] == []
+
+
+def test_failure_checks_read_the_phases():
+    def phase(name, states, fallback, hung=0, failed=0):
+        summary = {"requests": 10, "ok": 10 - failed, "latency_ms": {"max": 900.0}}
+        return {"phase": name, "breaker_states": {"primary": states},
+                "fallback": {"requests": fallback}, "primary": {"requests": 5},
+                "hung_on_upstream": hung, "summary": summary}  # fmt: skip
+
+    run = {
+        "phases": [phase("healthy", ["closed"], 0), phase("down", ["closed", "open"], 40, 3),
+                   phase("recovered", ["open", "closed"], 5)],
+        "breaker_final": {"1": {"primary": "closed"}, "2": {"primary": "closed"}},
+    }  # fmt: skip
+    c = run_mod.failure_checks(run)
+    assert c["breaker_opened"] and c["breaker_closed_after_recovery"]
+    assert c["fallback_served_during_failure"] == 40
+    assert c["requests_that_waited_on_the_hung_primary"] == 3
+    assert c["errors_during_failure"] == 0 and c["primary_served_again"]
+    run["breaker_final"]["2"]["primary"] = "open"
+    run["phases"][1] = phase("down", ["closed"], 0, failed=4)
+    c = run_mod.failure_checks(run)
+    assert not c["breaker_opened"] and not c["breaker_closed_after_recovery"]
+    assert c["errors_during_failure"] == 4
+
+
+def test_runner_rate_limit_scenario_end_to_end(tmp_path):
+    out = tmp_path / "results"
+    rc = run_mod.main(
+        ["--scenario", "ratelimit", "--backend", "llmedge", "--duration", "5",
+         "--polite-users", "2", "--warmup", "1", "--out", str(out),
+         "--data", str(tmp_path / "absent")]
+    )  # fmt: skip
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    (run,) = report["runs"]
+    g = run["ratelimit"]["greedy"]
+    assert g["requests"] > g["429"] > 0
+    # every 429 carried a whole-second Retry-After within the limit's refill time
+    assert g["retry_after_present"] == g["429"]
+    assert g["retry_after_within_bound"] == g["429"]
+    assert run["ratelimit"]["polite"]["429"] == 0
+    assert report["left_running"] == []

@@ -330,6 +330,7 @@ def run(
         "upstreams": {"primary": end_stats[0], "fallback": end_stats[1]},
         "started": started,
     }
+    result["left_running"] = tr.still_running(started)
     print_fn(format_report(result))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2, default=str) + "\n")
