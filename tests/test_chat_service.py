@@ -4,6 +4,7 @@ app (lifespan run) and the mock LLM served on real local ports. Both backends
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -15,12 +16,15 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
+import llmedge  # noqa: E402
 from llmedge.testing import MockLLM, mock_answer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +137,24 @@ async def test_chat_answers_then_hits_exact_and_paraphrase(svc, upstreams):
 
 
 @pytest.mark.asyncio
+async def test_concurrent_requests_exact_totals(svc, upstreams):
+    questions = [f"Concurrent question number {i} about the sea?" for i in range(40)]
+    bodies = [{"question": q, "stream": i % 2 == 1} for i, q in enumerate(questions)]
+    rs = await asyncio.gather(*(svc.client.post("/chat", json=b) for b in bodies))
+    assert [r.status_code for r in rs] == [200] * 40
+    assert upstreams[0].stats()["requests"] == 40
+    stats = (await svc.client.get("/health")).json()["caches"]["chat"]
+    assert stats["entries"] == 40 and stats["misses"] == 40
+    # all of them again, concurrently: 40 exact hits, no upstream call
+    rs = await asyncio.gather(*(svc.client.post("/chat", json={"question": q}) for q in questions))
+    assert [r.json()["cached"] for r in rs] == ["exact"] * 40
+    assert [r.json()["answer"] for r in rs] == [expected("gpt-4o-mini", q) for q in questions]
+    assert upstreams[0].stats()["requests"] == 40
+    assert svc.service.costs.summary()["total"]["requests"] == 40
+    assert svc.service.saved_by_cache.summary()["total"]["requests"] == 40
+
+
+@pytest.mark.asyncio
 async def test_no_cache_hit_across_models_or_sampling(svc, upstreams):
     q = "How do vaccines work?"
     a = (await svc.client.post("/chat", json={"question": q})).json()
@@ -206,6 +228,22 @@ async def test_a_cut_stream_is_not_cached(svc, upstreams):
     assert r.json()["cached"] == "none"
     r = await svc.client.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": msgs})
     assert r.headers["x-llmedge-cache"] == "none"
+
+
+@pytest.mark.asyncio
+async def test_a_stream_cut_before_its_first_token_falls_back(svc, upstreams):
+    first, second = upstreams
+    first.configure(answer_tokens=1)  # cut "half-way" through one token: before it
+    first.set_faults(break_rate=1.0)
+    try:
+        r = await svc.client.post("/chat", json={"question": "cut early", "stream": True})
+    finally:
+        first.configure(answer_tokens=ANSWER_TOKENS)
+    assert r.status_code == 200 and r.headers["x-llmedge-upstream"] == "1"
+    events = sse_data(r.text)
+    assert events[-1] == "[DONE]"
+    assert "".join(e["content"] for e in events[:-2]) == expected("gpt-4o-mini", "cut early")
+    assert first.stats()["breaks"] == 1
 
 
 @pytest.mark.asyncio
@@ -447,6 +485,12 @@ def test_bad_service_configuration():
         chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], backend="rust"))
     with pytest.raises(ValueError, match="read_timeout must be > 0"):
         chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], read_timeout=0))
+    with pytest.raises(ValueError, match="LLMEDGE_SSE_EVERY.*0"):
+        chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], sse_every=0))
+    with pytest.raises(ValueError, match="breaker_failure_rate"):
+        chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], breaker_failure_rate=2))
+    with pytest.raises(llmedge.UnknownModelError):
+        chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], model="gpt4o"))
 
 
 def test_settings_from_env(monkeypatch):
@@ -536,3 +580,134 @@ def test_runs_under_gunicorn_with_two_workers(upstreams):
             pytest.fail("gunicorn did not stop within 30 s of SIGTERM")
         proc.stdout.close()
     assert proc.returncode == 0
+
+
+# ---------------------------------------------------------------------------
+# Arbitrary bodies never give a 500
+# ---------------------------------------------------------------------------
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_roles = st.sampled_from(["system", "user", "assistant", "tool", "developer", "wizard", 3])
+_message = st.fixed_dictionaries(
+    {"role": _roles, "content": _json | st.text(max_size=30)},
+    optional={"name": _json, "tool_calls": _json, "tool_call_id": _json},
+)
+_models = st.sampled_from(["gpt-4o-mini", "gpt-4o", "gpt4o", "", "o3"]) | _json
+_chat_body = st.fixed_dictionaries(
+    {},
+    optional={
+        "question": st.text(max_size=30) | _json,
+        "history": st.lists(_message, max_size=4) | _json,
+        "stream": st.booleans() | _json,
+        "model": _models,
+        "temperature": _json,
+        "max_tokens": st.integers(-5, 10**9) | _json,
+    },
+)
+_completion_body = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": _models,
+        "messages": st.lists(_message, max_size=4) | _json,
+        "stream": st.booleans() | _json,
+        "stream_options": _json,
+        "max_tokens": st.integers(-5, 10**9) | _json,
+        "n": _json,
+        "tools": _json,
+    },
+)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    request_=st.one_of(
+        st.tuples(st.just("/chat"), _chat_body | _json),
+        st.tuples(st.just("/v1/chat/completions"), _completion_body | _json),
+    )
+)
+def test_arbitrary_bodies_never_get_a_500(upstreams, backend, request_):
+    path, payload = request_
+    settings_ = chat_app.Settings(
+        upstreams=[upstreams[0].base_url], backend=backend, rate_limit=None, sse_max_delay=None
+    )
+    app = chat_app.create_app(settings_)
+
+    async def run() -> httpx.Response:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
+                return await c.post(path, json=payload)
+
+    r = asyncio.run(run())
+    assert r.status_code < 500, (r.status_code, r.text[:500])
+    if r.status_code >= 400:
+        assert "error" in r.json()
+
+
+# ---------------------------------------------------------------------------
+# A client that disconnects mid-stream (a real server and socket)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_client_disconnect_mid_stream_is_not_cached_nor_a_failure(backend):
+    import threading
+
+    import uvicorn
+
+    with MockLLM(tpot=0.05, answer_tokens=ANSWER_TOKENS) as mock:  # 1.2 s per answer
+        app = chat_app.create_app(
+            chat_app.Settings(upstreams=[mock.base_url], backend=backend, sse_max_delay=None)
+        )
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            while not server.started:
+                assert thread.is_alive()
+                await asyncio.sleep(0.01)
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as c:
+                body = {"question": "Leave halfway?", "stream": True}
+                async with c.stream("POST", "/chat", json=body) as r:
+                    async for chunk in r.aiter_text():
+                        assert '"content"' in chunk
+                        break  # and close the connection
+                # the service ends the request when it sees the disconnect
+                done = 'llmedge_http_request_duration_seconds_count{method="POST",route="/chat"'
+                for _ in range(1000):
+                    if done in (await c.get("/metrics")).text:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    pytest.fail("the service never finished the abandoned stream")
+                health = (await c.get("/health")).json()
+                assert health["caches"]["chat"]["inserts"] == 0
+                (breaker,) = health["breakers"].values()
+                assert breaker["failures"] == 0 and breaker["state"] == "closed"
+                r = await c.post("/chat", json={"question": "Leave halfway?"})
+                assert r.json()["cached"] == "none"
+                assert r.json()["answer"] == expected("gpt-4o-mini", "Leave halfway?")
+        finally:
+            server.should_exit = True
+            await asyncio.to_thread(thread.join, 10)
+            sock.close()

@@ -127,6 +127,33 @@ async def test_tokens_per_minute_charged_with_estimate_and_too_large_is_413():
     assert limit.rejections == {"requests": 0, "tokens": 2}
 
 
+@pytest.mark.asyncio
+async def test_concurrent_requests_get_exactly_the_burst():
+    limit = RateLimit(requests=(1, 3600.0, 10), clock=FakeClock())  # no refill in the test
+    async with client_for(limited_app(limit)) as c:
+        headers = {"x-api-key": "hammer"}
+        rs = await asyncio.gather(*(c.post("/chat", json={}, headers=headers) for _ in range(50)))
+    codes = [r.status_code for r in rs]
+    assert codes.count(200) == 10 and codes.count(429) == 40
+    assert limit.granted == 10 and limit.rejections == {"requests": 40}
+
+
+@pytest.mark.asyncio
+async def test_without_the_error_handler_fastapi_still_answers_429_with_retry_after():
+    limit = RateLimit(requests=(1, 60.0, 1), clock=FakeClock())
+    app = FastAPI()  # no Monitor.install, no install_error_handler
+
+    @app.get("/x", dependencies=[Depends(limit)])
+    async def x() -> dict:
+        return {}
+
+    async with client_for(app) as c:
+        assert (await c.get("/x")).status_code == 200
+        r = await c.get("/x")
+    assert r.status_code == 429 and r.headers["Retry-After"] == "60"
+    assert r.json()["detail"]["error"]["code"] == "rate_limit_exceeded"
+
+
 def test_estimate_request_tokens_counts_both_request_shapes():
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     n = llmedge.count_messages(msgs, "gpt-4o")
@@ -354,12 +381,16 @@ async def test_coalesce_flushes_first_chunk_sentences_and_every_n():
     every=st.integers(1, 6),
     sentence=st.booleans(),
     first=st.booleans(),
+    max_delay=st.sampled_from([None, 60.0]),
 )
-def test_coalesce_keeps_the_text(chunks, every, sentence, first):
-    out = asyncio.run(
-        collect(coalesce(agen(chunks), every=every, sentence=sentence, first_immediately=first))
+def test_coalesce_keeps_the_text(chunks, every, sentence, first, max_delay):
+    it = coalesce(
+        agen(chunks), every=every, sentence=sentence, first_immediately=first, max_delay=max_delay
     )
+    out = asyncio.run(collect(it))
     assert "".join(out) == "".join(chunks)
+    plain = coalesce(agen(chunks), every=every, sentence=sentence, first_immediately=first)
+    assert out == asyncio.run(collect(plain))  # a delay that never fires changes nothing
     assert all(out) and len(out) <= len([c for c in chunks if c])
     assert all(len(o) <= sum(len(c) for c in chunks) for o in out)
 

@@ -66,6 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import llmedge
 from llmedge.fastapi import (
+    IncompleteStreamError,
     Monitor,
     OpenAIError,
     RateLimit,
@@ -177,6 +178,8 @@ class Settings:
         rate = self.breaker_failure_rate
         if rate is not None and not 0.0 < rate <= 1.0:
             raise ValueError(f"breaker_failure_rate must be in (0, 1] or None, got {rate!r}")
+        if self.sse_every < 1:
+            raise ValueError(f"sse_every (LLMEDGE_SSE_EVERY) must be >= 1, got {self.sse_every!r}")
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
         llmedge.model_info(self.model)
@@ -327,8 +330,8 @@ class Upstream:
                     await events.aclose()
         except httpx.TimeoutException as exc:
             raise UpstreamError(f"{self.base_url} timed out: {exc!r}", timeout=True) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"{self.base_url} failed: {exc!r}") from exc
+        except (httpx.HTTPError, IncompleteStreamError) as exc:
+            raise UpstreamError(f"{self.base_url} failed: {exc}") from exc
 
 
 def _all_failed(open_retry: list[float], errors: list[UpstreamError]) -> OpenAIError:
@@ -416,20 +419,21 @@ class Service:
         be = self.backend
         try:
             fitted = be.fit(model, messages, reserve)
+            prompt_tokens = be.count_messages(model, fitted)
+            removed = 0
+            if len(fitted) < len(messages):
+                removed = be.count_messages(model, messages) - prompt_tokens
         except llmedge.ContextOverflowError as exc:
             raise OpenAIError(
                 400,
-                f"the messages need {exc.required} tokens, the model's budget is {exc.available}",
+                f"{exc} (the prompt needs {exc.required} tokens, {exc.available} are available)",
                 code="context_length_exceeded",
                 param="messages",
             ) from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise OpenAIError(400, f"invalid messages: {exc}", param="messages") from None
-        prompt_tokens = be.count_messages(model, fitted)
-        if len(fitted) < len(messages):
-            removed = be.count_messages(model, messages) - prompt_tokens
-            if removed > 0:
-                self.saved_by_optimizer.record(model, removed, 0)
+        if removed > 0:
+            self.saved_by_optimizer.record(model, removed, 0)
         last = fitted[-1] if fitted else {}
         cacheable = (
             last.get("role") == "user"

@@ -46,7 +46,7 @@ class LlmedgeBackend:
         self.cache = _LlmedgeCache(
             llmedge.SemanticCache(threshold=threshold, ttl=ttl, max_entries=max_entries)
         )
-        self._optimizers: dict[tuple[str, int], llmedge.PromptOptimizer] = {}
+        self._optimizers: dict[str, llmedge.PromptOptimizer] = {}
         self._lock = threading.Lock()
 
     def breaker(self, name: str, *, exclude: tuple[type[BaseException], ...], **config: Any) -> Any:
@@ -57,19 +57,18 @@ class LlmedgeBackend:
     def limiter(self, **limits: Any) -> Any:
         return llmedge.RateLimiter.multi(limits)
 
-    def _optimizer(self, model: str, reserve: int) -> llmedge.PromptOptimizer:
-        key = (model, reserve)
-        opt = self._optimizers.get(key)
+    def _optimizer(self, model: str) -> llmedge.PromptOptimizer:
+        opt = self._optimizers.get(model)  # one per known model: bounded by the model table
         if opt is None:
-            opt = llmedge.PromptOptimizer(
-                model, reserve_output_tokens=reserve, history_limit=HISTORY_LIMIT
-            )
+            opt = llmedge.PromptOptimizer(model, history_limit=HISTORY_LIMIT)
             with self._lock:
-                self._optimizers[key] = opt
+                self._optimizers[model] = opt
         return opt
 
     def fit(self, model: str, messages: list[dict[str, Any]], reserve: int) -> list[dict[str, Any]]:
-        return self._optimizer(model, reserve).fit_messages(messages)
+        opt = self._optimizer(model)
+        budget = _budget(opt.max_context_tokens, reserve)
+        return opt.fit_messages(messages, max_tokens=budget)
 
     def count_messages(self, model: str, messages: list[dict[str, Any]]) -> int:
         return llmedge.count_messages(messages, model)
@@ -79,6 +78,18 @@ class LlmedgeBackend:
 
     def cost_tracker(self) -> Any:
         return llmedge.CostTracker()
+
+
+def _budget(context_window: int, reserve: int) -> int:
+    budget = context_window - reserve
+    if budget <= 0:
+        raise llmedge.ContextOverflowError(
+            f"max_tokens {reserve} leaves no room for the prompt in a context window of "
+            f"{context_window} tokens",
+            required=reserve,
+            available=context_window,
+        )
+    return budget
 
 
 class _LlmedgeCache:
@@ -162,7 +173,7 @@ class BaselineBackend:
         """Pinned system messages, the last user message, then the newest
         history while it fits, at most HISTORY_LIMIT messages besides system."""
         rules = self._rules_for(model)
-        budget = llmedge.model_info(model)["context_window"] - reserve
+        budget = _budget(llmedge.model_info(model)["context_window"], reserve)
         system = [m for m in messages if m.get("role") in ("system", "developer")]
         rest = [m for m in messages if m.get("role") not in ("system", "developer")]
         used = 3 + sum(rules.message(m) for m in system)

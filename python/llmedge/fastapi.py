@@ -38,7 +38,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -58,6 +65,7 @@ __all__ = [
     "client_key",
     "estimate_request_tokens",
     "Monitor",
+    "LatencyMiddleware",
     "process_memory",
     "coalesce",
     "replay",
@@ -150,7 +158,9 @@ def estimate_request_tokens(body: Any, model: str) -> int:
     not a chat request (validation rejects it later anyway)."""
     if not isinstance(body, dict):
         return 0
-    model = body.get("model") if isinstance(body.get("model"), str) else model
+    named = body.get("model")
+    if isinstance(named, str):
+        model = named
     messages = body.get("messages")
     if messages is None and isinstance(body.get("question"), str):
         history = body.get("history") or []
@@ -780,20 +790,27 @@ async def coalesce(
     deadline: float | None = None
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(it))
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
-            done, _ = await asyncio.wait({pending}, timeout=timeout)
-            if not done:  # buffered too long: flush, keep waiting for the same chunk
-                yield "".join(buf)
-                buf.clear()
-                deadline = None
-                continue
-            fut, pending = pending, None
-            try:
-                chunk = fut.result()
-            except StopAsyncIteration:
-                break
+            if deadline is None and pending is None:
+                # nothing buffered, so nothing to flush on time: no task needed
+                try:
+                    chunk = await anext(it)
+                except StopAsyncIteration:
+                    break
+            else:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(it))
+                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                done, _ = await asyncio.wait({pending}, timeout=timeout)
+                if not done:  # buffered too long: flush, keep waiting for the same chunk
+                    yield "".join(buf)
+                    buf.clear()
+                    deadline = None
+                    continue
+                fut, pending = pending, None
+                try:
+                    chunk = fut.result()
+                except StopAsyncIteration:
+                    break
             if not chunk:
                 continue
             if first:
@@ -1013,7 +1030,7 @@ async def parse_openai_events(
     lines: AsyncIterable[str],
     *,
     on_usage: Callable[[dict[str, Any]], Any] | None = None,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """The parsed events (``chat.completion.chunk`` dicts) of an upstream
     OpenAI SSE stream, read from its lines (``httpx.Response.aiter_lines()``).
 
