@@ -119,7 +119,7 @@ class ChatUser(FastHttpUser):
                 rec["retry_after"] = _retry_after(resp.headers)
                 self.on_429(resp)
             else:
-                rec["error"] = None if status else f"{type(resp.error).__name__}"
+                rec["error"] = None if status else _error_name(resp)
                 resp.failure(f"HTTP {status}")
             return rec
 
@@ -138,7 +138,7 @@ class ChatUser(FastHttpUser):
             if status == 429:
                 rec["retry_after"] = _retry_after(resp.headers)
             elif not status:
-                rec["error"] = type(resp.error).__name__ if resp.error else "no response"
+                rec["error"] = _error_name(resp)
             return rec
         cached = _cached_header(resp.headers)
         done = False
@@ -193,6 +193,12 @@ class ChatUser(FastHttpUser):
             context={},
         )
         return rec
+
+
+def _error_name(resp: Any) -> str:
+    """The client-side failure of a request that got no HTTP status."""
+    error = getattr(resp, "error", None)
+    return type(error).__name__ if error is not None else "no response"
 
 
 def _retry_after(headers: Any) -> float | None:

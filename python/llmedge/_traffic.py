@@ -155,8 +155,8 @@ def load_corpus(
         return builtin_corpus()
     questions: list[str] = []
     with prompts.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            text = (row.get("prompt") or "").strip()
+        for prompt_row in csv.DictReader(f):
+            text = (prompt_row.get("prompt") or "").strip()
             if text and len(text) <= max_chars:
                 questions.append(text)
     pairs: list[tuple[str, str]] = []
@@ -535,7 +535,7 @@ class ManagedProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=timeout)
-        if self._log is not subprocess.DEVNULL:
+        if not isinstance(self._log, int):
             self._log.close()
 
     def __enter__(self) -> ManagedProcess:
