@@ -155,6 +155,25 @@ async def test_concurrent_requests_exact_totals(svc, upstreams):
 
 
 @pytest.mark.asyncio
+async def test_identical_requests_in_flight_share_one_upstream_call(svc, upstreams):
+    q = "What is single flight?"
+    rs = await asyncio.gather(*(svc.client.post("/chat", json={"question": q}) for _ in range(10)))
+    assert [r.status_code for r in rs] == [200] * 10
+    assert {r.json()["answer"] for r in rs} == {expected("gpt-4o-mini", q)}
+    assert sorted(r.json()["cached"] for r in rs) == ["exact"] * 9 + ["none"]
+    assert upstreams[0].stats()["requests"] == 1
+    assert svc.service.costs.summary()["total"]["requests"] == 1
+    # a failure is shared too: each waiter gets the leader's answer (502 here)
+    for m in upstreams:
+        m.set_faults(fail_all=True, status=500)
+    q = "What if everything fails?"
+    rs = await asyncio.gather(*(svc.client.post("/chat", json={"question": q}) for _ in range(5)))
+    assert [r.status_code for r in rs] == [502] * 5
+    assert upstreams[0].stats()["requests"] == 2
+    assert svc.service._flights == {}
+
+
+@pytest.mark.asyncio
 async def test_no_cache_hit_across_models_or_sampling(svc, upstreams):
     q = "How do vaccines work?"
     a = (await svc.client.post("/chat", json={"question": q})).json()

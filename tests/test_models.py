@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import llmedge
 from llmedge import UnknownEncodingError, UnknownModelError, list_models, model_info
@@ -28,6 +30,9 @@ def test_every_shipped_model_is_listed_and_resolves():
 @pytest.mark.parametrize(
     "name",
     [
+        "gpt-5.5", "gpt-5.5-pro", "gpt-5.4", "gpt-5.4-mini", "gpt-5.4-nano", "gpt-5.4-pro",
+        "gpt-5.3-codex", "gpt-5.2", "gpt-5.2-pro", "gpt-5.2-chat-latest", "gpt-5.2-codex",
+        "gpt-5.1", "gpt-5.1-codex", "gpt-5.1-codex-max", "gpt-5.1-codex-mini",
         "gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano",
         "gpt-4o", "gpt-4o-mini", "o1", "o3", "o3-mini", "o4-mini", "gpt-4-turbo", "gpt-4",
         "gpt-3.5-turbo", "gpt-oss-120b", "gpt-oss-20b", "text-embedding-3-small",
@@ -62,6 +67,122 @@ def test_dated_versions_resolve_to_the_longest_base_name():
     assert model_info("gpt-4-0613")["context_window"] == 8192
     assert model_info("gpt-4o-2024-05-13")["input_price"] == 5.0  # exact entry wins
     assert model_info("o1-2024-12-17")["output_price"] == 60.0
+
+
+@pytest.mark.parametrize(
+    ("name", "resolves_to"),
+    [
+        ("gpt-5.4-mini-2026-03-17", "gpt-5.4-mini"),
+        ("gpt-5.4-nano-2026-03-17", "gpt-5.4-nano"),
+        ("gpt-5.4-2026-03-05", "gpt-5.4"),
+        ("gpt-5.4-pro-2026-03-05", "gpt-5.4-pro"),
+        ("gpt-5.5-2026-04-23", "gpt-5.5"),
+        ("gpt-5.2-2025-12-11", "gpt-5.2"),
+        ("gpt-5.1-2025-11-13", "gpt-5.1"),
+        ("gpt-5-mini-2025-08-07", "gpt-5-mini"),
+        ("gpt-5-2025-08-07", "gpt-5"),
+        ("gpt-4-32k-0613", "gpt-4-32k"),
+        ("gpt-3.5-turbo-16k-0613", "gpt-3.5-turbo-16k"),
+        ("gpt-4-0314", "gpt-4"),
+    ],
+)
+def test_snapshots_resolve_to_their_own_family(name, resolves_to):
+    info = model_info(name)
+    expected = model_info(resolves_to)
+    assert info["name"] == name
+    assert {k: v for k, v in info.items() if k != "name"} == {
+        k: v for k, v in expected.items() if k != "name"
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gpt-5.9",  # a later release is not gpt-5
+        "gpt-5.4-turbo",  # an unlisted variant is not gpt-5.4
+        "gpt-5.5-instant",
+        "gpt-4o-realtime-preview",  # different prices from gpt-4o
+        "o1-preview",
+        "gpt-4-vision-preview",
+        "gpt-5.4-",
+    ],
+)
+def test_variants_never_fall_back_to_the_base_model(name):
+    with pytest.raises(UnknownModelError):
+        model_info(name)
+
+
+def _expected_base(name: str) -> str | None:
+    """The documented rule, written independently: an exact entry, else the
+    longest entry that `name` extends with '-' and a run of digits ending the
+    name or followed by '-'."""
+    if name in TABLE:
+        return name
+    best = None
+    for base in TABLE:
+        rest = name[len(base) :]
+        if not name.startswith(base) or not rest.startswith("-"):
+            continue
+        stamp = rest[1:].split("-", 1)[0]
+        if stamp.isascii() and stamp.isdigit() and (best is None or len(base) > len(best)):
+            best = base
+    return best
+
+
+@given(
+    base=st.sampled_from(sorted(TABLE)),
+    suffix=st.lists(
+        st.one_of(
+            st.from_regex(r"[0-9]{1,8}", fullmatch=True),
+            st.sampled_from(["mini", "nano", "pro", "preview", "32k", "latest", "x"]),
+        ),
+        max_size=3,
+    ),
+)
+def test_resolution_matches_the_documented_rule(base, suffix):
+    name = "-".join([base, *suffix])
+    expected = _expected_base(name)
+    if expected is None:
+        with pytest.raises(UnknownModelError):
+            model_info(name)
+    else:
+        info = model_info(name)
+        assert info["name"] == name
+        raw = TABLE[expected]
+        assert (info["input_price"], info["context_window"]) == (
+            raw["input"],
+            raw["context_window"],
+        )
+
+
+def test_new_models_have_distinct_limits_and_prices():
+    assert model_info("gpt-5.4")["context_window"] == 1_050_000
+    assert model_info("gpt-5")["context_window"] == 400_000
+    assert model_info("gpt-5.4-mini")["input_price"] == 0.75
+    assert model_info("gpt-5.4")["input_price"] == 2.5
+    assert model_info("gpt-5.4-pro")["cached_input_price"] is None
+    assert model_info("gpt-3.5-turbo-1106")["input_price"] == 1.0  # exact legacy entry
+    assert model_info("gpt-3.5-turbo-0613")["context_window"] == 4096
+    assert llmedge.estimate_cost("gpt-5.5", 1_000_000, 1_000_000) == pytest.approx(35.0)
+
+
+def test_gpt5_and_o_series_use_o200k_and_embeddings_cl100k():
+    for name, raw in TABLE.items():
+        if name.startswith(("gpt-5", "gpt-4.1", "gpt-4o", "o1", "o3", "o4", "codex-")):
+            assert raw["encoding"] == "o200k_base", name
+        if name.startswith("text-embedding"):
+            assert raw["encoding"] == "cl100k_base" and raw["kind"] == "embedding", name
+
+
+def test_every_shipped_model_has_a_sources_row():
+    data = Path(__file__).resolve().parent.parent / "python" / "llmedge" / "data"
+    sources = (data / "MODELS_SOURCES.md").read_text(encoding="utf-8")
+    rows = {
+        line.split("|")[1].strip().strip("`")
+        for line in sources.splitlines()
+        if line.startswith("| `")
+    }
+    assert rows == set(TABLE)
 
 
 def test_unknown_model_suggests_close_names():

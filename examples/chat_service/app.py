@@ -383,6 +383,7 @@ class Service:
         self.costs = self.backend.cost_tracker()
         self.saved_by_cache = self.backend.cost_tracker()
         self.saved_by_optimizer = self.backend.cost_tracker()
+        self._flights: dict[tuple[str, str], asyncio.Future[str]] = {}
         limits: dict[str, Any] = {}
         if settings.rate_limit is not None:
             limits["requests"] = settings.rate_limit
@@ -552,8 +553,53 @@ class Service:
             return _prepend(head, agen), up, usage
         raise _all_failed(open_retry, errors)
 
+    # -- single flight: identical non-streamed misses in flight share one call --
+
+    def _flight_key(self, p: Prepared) -> tuple[str, str]:
+        assert p.prompt is not None
+        return p.partition, " ".join(p.prompt.split()).casefold()
+
+    async def _follow(self, p: Prepared) -> tuple[str, str] | None:
+        """The answer of an identical request in flight, as an exact hit."""
+        if p.stream or p.prompt is None:
+            return None
+        flight = self._flights.get(self._flight_key(p))
+        if flight is None:
+            return None
+        try:
+            answer = await asyncio.shield(flight)
+        except asyncio.CancelledError:
+            if flight.cancelled():  # the leader went away: ask upstream ourselves
+                return None
+            raise
+        return (answer, "exact") if answer else None
+
+    async def _lead(self, p: Prepared) -> tuple[str, dict, float, Upstream, dict]:
+        if p.prompt is None:
+            return await self.complete(p)
+        key = self._flight_key(p)
+        flight: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._flights[key] = flight
+        try:
+            result = await self.complete(p)
+        except asyncio.CancelledError:
+            flight.cancel()
+            raise
+        except BaseException as exc:
+            flight.set_exception(exc)
+            flight.exception()  # retrieved, even when nobody follows
+            raise
+        else:
+            flight.set_result(result[0])
+            return result
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+
     async def respond(self, p: Prepared, fmt: Literal["chat", "openai"]) -> Response:
         hit = await self.lookup(p)
+        if hit is None:
+            hit = await self._follow(p)
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         headers = {"X-LLMedge-Backend": self.backend.name}
         if hit is not None:
@@ -566,7 +612,7 @@ class Service:
             return self._json(fmt, cid, p, answer, kind, usage, 0.0, None, headers)
         headers["X-LLMedge-Cache"] = "none"
         if not p.stream:
-            answer, usage, cost, up, data = await self.complete(p)
+            answer, usage, cost, up, data = await self._lead(p)
             headers["X-LLMedge-Upstream"] = str(up.index)
             return self._json(fmt, cid, p, answer, "none", usage, cost, up, headers, data)
         events, up, upstream_usage = await self.open_stream(p)

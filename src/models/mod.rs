@@ -1,7 +1,9 @@
 //! The model table: encoding, context window, output limit and prices per model.
 //!
 //! Shipped as package data (`python/llmedge/data/models.json`, embedded here at
-//! build time) and extensible at run time with [`register`].
+//! build time) and extensible at run time with [`register`]. Every shipped
+//! value's source and as-of date is in `python/llmedge/data/MODELS_SOURCES.md`
+//! (a Python test checks that each model has a row there).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -115,8 +117,22 @@ fn parse_table(json: &str) -> HashMap<String, ModelInfo> {
         .collect()
 }
 
+/// Whether `model` is a dated snapshot of `base`: `base`, then `-`, then a
+/// run of digits that ends the name or is followed by `-`
+/// (`gpt-4o-2024-08-06`, `gpt-4-0613`, `gpt-5.4-mini-2026-03-17`).
+/// Any other suffix names a different model with its own limits and prices
+/// (`gpt-5.4-pro` is not `gpt-5.4`, `gpt-5.4` is not `gpt-5`, `gpt-4-32k` is
+/// not `gpt-4`), so it must not silently inherit the base's entry.
+fn is_snapshot_of(model: &str, base: &str) -> bool {
+    let Some(rest) = model.strip_prefix(base).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && matches!(rest.as_bytes().get(digits), None | Some(b'-'))
+}
+
 /// Look a model up by exact name, else by the longest known name that the
-/// given one extends with `-` (dated versions: `gpt-4o-2024-08-06` is `gpt-4o`).
+/// given one is a dated snapshot of (see [`is_snapshot_of`]).
 pub fn lookup(model: &str) -> Result<ModelInfo, UnknownModel> {
     let table = table().read();
     if let Some(info) = table.get(model) {
@@ -124,8 +140,7 @@ pub fn lookup(model: &str) -> Result<ModelInfo, UnknownModel> {
     }
     let best = table
         .keys()
-        .filter(|k| model.len() > k.len() && model.starts_with(k.as_str()))
-        .filter(|k| model.as_bytes()[k.len()] == b'-')
+        .filter(|k| is_snapshot_of(model, k))
         .max_by_key(|k| k.len());
     if let Some(k) = best {
         let mut info = table[k].clone();
@@ -241,6 +256,13 @@ mod tests {
             info.validate().unwrap();
         }
         for name in [
+            "gpt-5.5",
+            "gpt-5.5-pro",
+            "gpt-5.4",
+            "gpt-5.4-mini",
+            "gpt-5.4-nano",
+            "gpt-5.4-pro",
+            "gpt-5.2",
             "gpt-5",
             "gpt-5-mini",
             "gpt-4.1",
@@ -280,6 +302,36 @@ mod tests {
         info.max_output_tokens = info.context_window + 1;
         assert!(try_register(info).is_err());
         assert!(lookup("custom-x").is_err(), "table unchanged on error");
+    }
+
+    #[test]
+    fn snapshots_resolve_to_their_own_family_only() {
+        let price = |name: &str| lookup(name).unwrap().input_price;
+        assert_eq!(price("gpt-5.4-mini-2026-03-17"), 0.75);
+        assert_eq!(price("gpt-5.4-2026-03-05"), 2.5);
+        assert_eq!(price("gpt-5.4-pro-2026-03-05"), 30.0);
+        assert_eq!(price("gpt-5.5-2026-04-23"), 5.0);
+        assert_eq!(price("gpt-5.2-2025-12-11"), 1.75);
+        assert_eq!(price("gpt-5-mini-2025-08-07"), 0.25);
+        assert_eq!(price("gpt-3.5-turbo-1106"), 1.0, "exact legacy entry wins");
+        assert_eq!(lookup("gpt-5.4").unwrap().context_window, 1_050_000);
+        assert_eq!(lookup("gpt-5").unwrap().context_window, 400_000);
+        for name in [
+            "gpt-5.9",       // a later release is not gpt-5
+            "gpt-5.4-turbo", // an unknown variant is not gpt-5.4
+            "gpt-4o-realtime-preview",
+            "o1-preview",
+            "gpt-5.4-",
+        ] {
+            assert!(lookup(name).is_err(), "{name}");
+        }
+        assert!(is_snapshot_of("gpt-4-0613", "gpt-4"));
+        assert!(!is_snapshot_of("gpt-4-32k", "gpt-4"));
+        assert!(!is_snapshot_of("gpt-3.5-turbo-16k", "gpt-3.5-turbo"));
+        assert!(is_snapshot_of("gpt-4-1106-preview", "gpt-4"));
+        assert!(is_snapshot_of("gpt-4-32k-0613", "gpt-4-32k"));
+        assert!(!is_snapshot_of("gpt-4.1", "gpt-4"));
+        assert!(!is_snapshot_of("gpt-4", "gpt-4"));
     }
 
     #[test]
