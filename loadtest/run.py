@@ -117,7 +117,6 @@ class Run:
             locust = self._locust(url, requests_file, records_file)
             stack.callback(locust.stop)
             self.started.append({"name": locust.name, "pgid": locust.pgid})
-            t0 = time.time()
             _wait_first_record(records_file, locust, timeout=60.0)
             # users ramp up and each worker loads its vocabulary on first use: not measured
             _sleep_while(locust, self.args.warmup)
@@ -126,11 +125,10 @@ class Run:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(locust.pid, signal.SIGTERM)
             rc = locust.proc.wait(timeout=60)
-            t_end = time.time()
             monitor.stop()
             records = tr.read_records(records_file) if records_file.exists() else []
             names = {primary.base_url: "primary", fallback.base_url: "fallback"}
-            return self._result(records, phases, monitor, t0, t_end, rc, primary, fallback, names)
+            return self._result(records, phases, monitor, rc, primary, fallback, names)
 
     def _mock(self) -> Any:
         m = spawn_mock(
@@ -215,8 +213,6 @@ class Run:
         records: list[tr.Record],
         phases: list[dict],
         monitor: tr.HealthMonitor,
-        t0: float,
-        t_end: float,
         rc: int,
         primary: Any,
         fallback: Any,
