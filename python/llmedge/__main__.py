@@ -44,6 +44,38 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="evaluation data directory (default: $LLMEDGE_DATA or ../shared/data)",
     )
+    demo = sub.add_parser(
+        "demo",
+        help="run the reference chat service under a short load with a provider failure",
+        description=(
+            "Starts two mock LLM upstreams and the reference service "
+            "(examples/chat_service), runs a short load (30 s by default) during which "
+            "the primary upstream fails and recovers, prints latency percentiles, "
+            "requests per second, time to first token, cache hit rate by kind, breaker "
+            "transitions and the tokens and cost saved, then stops everything it started."
+        ),
+    )
+    demo.add_argument("--duration", type=float, default=30.0, help="seconds of load (30)")
+    demo.add_argument("--users", type=int, default=20, help="concurrent chat users (20)")
+    demo.add_argument(
+        "--backend",
+        choices=["llmedge", "baseline"],
+        default="llmedge",
+        help="the service on llmedge (default) or on the pure-Python baselines",
+    )
+    demo.add_argument(
+        "--service-dir",
+        metavar="DIR",
+        help="the reference service (default: examples/chat_service of the checkout)",
+    )
+    demo.add_argument(
+        "--data",
+        metavar="DIR",
+        help="prompts.csv and mqp.csv (default: $LLMEDGE_DATA or ../shared/data; "
+        "a small built-in set when absent)",
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the request mix (0)")
+    demo.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
     return parser
 
 
@@ -60,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             json_path=args.json,
             data_dir=args.data,
         )
+    if args.command == "demo":
+        from llmedge._demo import main as demo_main
+
+        return demo_main(args)
     parser.print_help()
     return 0
 
