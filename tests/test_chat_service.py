@@ -187,6 +187,26 @@ async def test_no_cache_hit_across_models_or_sampling(svc, upstreams):
 
 
 @pytest.mark.asyncio
+async def test_a_follow_up_only_hits_after_the_same_conversation(svc, upstreams):
+    def turn(topic):
+        return [
+            {"role": "user", "content": f"Tell me about {topic}."},
+            {"role": "assistant", "content": f"{topic} is a country in Europe."},
+        ]
+
+    q = "What is its capital?"
+    france = (
+        await svc.client.post("/chat", json={"question": q, "history": turn("France")})
+    ).json()
+    spain = (await svc.client.post("/chat", json={"question": q, "history": turn("Spain")})).json()
+    alone = (await svc.client.post("/chat", json={"question": q})).json()
+    again = (await svc.client.post("/chat", json={"question": q, "history": turn("France")})).json()
+    assert [x["cached"] for x in (france, spain, alone, again)] == ["none", "none", "none", "exact"]
+    assert again["answer"] == france["answer"]
+    assert upstreams[0].stats()["requests"] == 3
+
+
+@pytest.mark.asyncio
 async def test_history_is_cut_to_four_messages(svc, upstreams):
     history = []
     for i in range(5):

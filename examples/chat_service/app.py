@@ -13,8 +13,8 @@ breakers, limiter and counters.
 
 Per request: rate limit (per API key, else per client address), history cut
 to the last 4 messages and to the model's context budget, a semantic cache
-lookup partitioned by model, sampling parameters and system prompt, then the
-upstreams in order of preference, each behind its own circuit breaker (5xx,
+lookup partitioned by model, sampling parameters, system prompt and earlier
+turns, then the upstreams in order of preference, each behind its own circuit breaker (5xx,
 429, timeouts and connection errors are failures and move on to the next
 upstream; other 4xx are the caller's and are passed back). Streams forward the
 first token as soon as it arrives and are cached only when they completed.
@@ -48,6 +48,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import sys
@@ -263,6 +264,11 @@ class UpstreamClientError(Exception):
         self.body = body
 
 
+def _digest(value: Any) -> str:
+    data = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def _status_error(r: httpx.Response, url: str, body: Any) -> Exception:
     if r.status_code >= 500 or r.status_code == 429:
         return UpstreamError(f"{url} answered {r.status_code}", status=r.status_code)
@@ -447,12 +453,21 @@ class Service:
             for m in fitted
             if m.get("role") in ("system", "developer") and isinstance(m.get("content"), str)
         )
+        # The earlier turns sent upstream are part of the partition: a
+        # follow-up ("and its capital?") means something else after another
+        # conversation, so it may only hit after the same one.
+        earlier = [
+            [m.get("role"), m.get("content")]
+            for m in fitted[:-1]
+            if m.get("role") not in ("system", "developer")
+        ]
         partition = llmedge.partition_key(
             model=model,
             temperature=params.get("temperature"),
             top_p=params.get("top_p"),
             max_tokens=max_out,
             system=hashlib.sha256(system.encode()).hexdigest()[:16] if system else None,
+            history=_digest(earlier) if earlier else None,
         )
         body = {k: v for k, v in params.items() if v is not None}
         body.update(model=model, messages=fitted, stream=stream)
