@@ -4,8 +4,8 @@ Starts two mock LLM upstreams (subprocesses of ``python -m llmedge.testing``),
 the reference service (``examples/chat_service``) under uvicorn with one
 worker, so that its ``/health`` speaks for the whole service, and a small
 asyncio + httpx load generator: chat users asking real questions (new ones,
-exact repeats and paraphrases; some with a conversation history), half of
-them streamed. In the middle the primary upstream fails every request, then
+exact repeats and paraphrases; every other new question a follow-up in a
+conversation), half of them streamed. In the middle the primary upstream fails every request, then
 recovers. The report gives latency percentiles and requests per second per
 phase, time to first token, the cache hit rate by kind, the breakers'
 transitions, where the traffic went, and the tokens and cost that the cache
@@ -45,9 +45,19 @@ def phases(duration: float) -> list[tuple[str, float, dict[str, Any] | None]]:
 
 
 async def _ask(
-    client: Any, req: tr.ChatRequest, key: str, history: list[dict[str, str]]
+    client: Any,
+    req: tr.ChatRequest,
+    key: str,
+    history: list[dict[str, str]],
+    follow_up: bool,
 ) -> tr.Record:
-    body = {"question": req.question, "history": history, "stream": req.stream}
+    # Every other new question follows up on the user's conversation (the
+    # history cut has work to do); the others, and the repeats and
+    # paraphrases, are asked afresh, as people ask a common question. The
+    # service answers a follow-up from the cache only after the same
+    # conversation, so only questions asked afresh can be hit later.
+    sent = history if req.kind == "new" and follow_up else []
+    body = {"question": req.question, "history": sent, "stream": req.stream}
     headers = {"Authorization": f"Bearer {key}"}
     t = time.time()
     start = time.perf_counter()
@@ -87,7 +97,7 @@ async def _ask(
     except Exception as e:  # noqa: BLE001 - every failure is a result to report
         error = type(e).__name__
     latency = (time.perf_counter() - start) * 1000
-    if status == 200 and error is None and answer:
+    if status == 200 and error is None and answer and req.kind == "new":
         history.extend(
             [{"role": "user", "content": req.question}, {"role": "assistant", "content": answer}]
         )
@@ -127,10 +137,13 @@ async def drive(
 
     async def user(i: int, client: httpx.AsyncClient) -> None:
         history: list[dict[str, str]] = []
+        follow_up = True  # the first new question is asked afresh
         key = f"demo-{i}"
         while not stop.is_set():
             req = requests[next(counter) % len(requests)]
-            records.append(await _ask(client, req, key, history))
+            if req.kind == "new":
+                follow_up = not follow_up
+            records.append(await _ask(client, req, key, history, follow_up))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), think)
 
