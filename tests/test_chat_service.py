@@ -750,3 +750,59 @@ async def test_client_disconnect_mid_stream_is_not_cached_nor_a_failure(backend)
             server.should_exit = True
             await asyncio.to_thread(thread.join, 10)
             sock.close()
+
+
+@pytest.mark.asyncio
+async def test_other_upstream_parameters_partition_the_cache(svc, upstreams):
+    msgs = [{"role": "user", "content": "Name three colours."}]
+    url = "/v1/chat/completions"
+    first = await svc.client.post(
+        url, json={"model": "gpt-4o-mini", "messages": msgs, "stop": ["."]}
+    )
+    plain = await svc.client.post(url, json={"model": "gpt-4o-mini", "messages": msgs})
+    seeded = await svc.client.post(url, json={"model": "gpt-4o-mini", "messages": msgs, "seed": 7})
+    again = await svc.client.post(
+        url, json={"model": "gpt-4o-mini", "messages": msgs, "stop": ["."]}
+    )
+    kinds = [r.headers["x-llmedge-cache"] for r in (first, plain, seeded, again)]
+    assert kinds == ["none", "none", "none", "exact"]
+    assert upstreams[0].stats()["requests"] == 3
+
+
+@pytest.mark.asyncio
+async def test_followers_of_a_cancelled_leader_elect_one_new_leader(svc, upstreams):
+    upstreams[0].configure(ttft=0.3)
+    try:
+        q = {"question": "Who leads when the leader leaves?"}
+        leader = asyncio.ensure_future(svc.client.post("/chat", json=q))
+        await asyncio.sleep(0.05)
+        followers = [asyncio.ensure_future(svc.client.post("/chat", json=q)) for _ in range(6)]
+        await asyncio.sleep(0.05)
+        leader.cancel()
+        rs = await asyncio.gather(*followers)
+    finally:
+        upstreams[0].configure(ttft=0.0)
+    assert [r.status_code for r in rs] == [200] * 6
+    assert sorted(r.json()["cached"] for r in rs) == ["exact"] * 5 + ["none"]
+    assert upstreams[0].stats()["requests"] == 2  # the cancelled leader's and one more
+    assert svc.service._flights == {}
+
+
+@pytest.mark.asyncio
+async def test_bad_history_with_a_token_limit_and_lone_surrogates_get_422(upstreams):
+    settings = chat_app.Settings(
+        upstreams=[upstreams[0].base_url], tokens_per_minute=100_000, sse_max_delay=None
+    )
+    app = chat_app.create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://svc") as c:
+            r = await c.post("/chat", json={"question": "hi", "history": 5})
+            assert r.status_code == 422 and "history" in r.json()["error"]["message"]
+            raw = b'{"question": "hi \\ud800"}'
+            r = await c.post("/chat", content=raw, headers={"content-type": "application/json"})
+            assert r.status_code in (200, 422)
+            assert all("input" not in e for e in r.json().get("detail", []))
+            r = await c.request("ZZ0", "/chat")
+            assert r.status_code == 405
+            assert "ZZ0" not in (await c.get("/metrics")).text

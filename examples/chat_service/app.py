@@ -230,6 +230,9 @@ class CompletionBody(BaseModel):
     n: int | None = Field(default=None, ge=1)
 
 
+# Parameters that the partition names on their own; the rest go in as one digest.
+_PARTITIONED = ("model", "messages", "temperature", "top_p", "max_tokens", "max_completion_tokens")
+
 _UNCACHEABLE = (
     "tools",
     "functions",
@@ -315,9 +318,22 @@ class Upstream:
             raise _status_error(r, self.base_url, _error_json(r.content))
         try:
             data = r.json()
-            data["choices"][0]["message"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            message = data["choices"][0]["message"]
+            usage = data.get("usage")
+            ok = isinstance(message, dict) and (
+                usage is None
+                or (
+                    isinstance(usage, dict)
+                    and all(
+                        isinstance(usage.get(k, 0), int)
+                        for k in ("prompt_tokens", "completion_tokens")
+                    )
+                )
+            )
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise UpstreamError(f"{self.base_url} sent a malformed completion") from exc
+        if not ok:
+            raise UpstreamError(f"{self.base_url} sent a malformed completion")
         return data
 
     async def _stream(self, body: dict[str, Any], usage: dict[str, Any]) -> AsyncIterator[Any]:
@@ -461,6 +477,11 @@ class Service:
             for m in fitted[:-1]
             if m.get("role") not in ("system", "developer")
         ]
+        other = sorted(
+            [k, v]
+            for k, v in params.items()
+            if v is not None and k not in _PARTITIONED and k not in ("stream", "stream_options")
+        )
         partition = llmedge.partition_key(
             model=model,
             temperature=params.get("temperature"),
@@ -468,6 +489,9 @@ class Service:
             max_tokens=max_out,
             system=hashlib.sha256(system.encode()).hexdigest()[:16] if system else None,
             history=_digest(earlier) if earlier else None,
+            # every other parameter sent upstream (stop, seed, penalties, ...)
+            # changes the answer too, so it must match exactly as well
+            params=_digest(other) if other else None,
         )
         body = {k: v for k, v in params.items() if v is not None}
         body.update(model=model, messages=fitted, stream=stream)
@@ -578,16 +602,23 @@ class Service:
         """The answer of an identical request in flight, as an exact hit."""
         if p.stream or p.prompt is None:
             return None
-        flight = self._flights.get(self._flight_key(p))
-        if flight is None:
-            return None
-        try:
-            answer = await asyncio.shield(flight)
-        except asyncio.CancelledError:
-            if flight.cancelled():  # the leader went away: ask upstream ourselves
+        key = self._flight_key(p)
+        while True:
+            flight = self._flights.get(key)
+            if flight is None:
                 return None
-            raise
-        return (answer, "exact") if answer else None
+            try:
+                answer = await asyncio.shield(flight)
+            except asyncio.CancelledError:
+                if flight.cancelled():
+                    # The leader went away: follow whoever leads now (the
+                    # first follower to wake takes over), or lead ourselves.
+                    if self._flights.get(key) is flight:
+                        del self._flights[key]
+                    await asyncio.sleep(0)
+                    continue
+                raise
+            return (answer, "exact") if answer else None
 
     async def _lead(self, p: Prepared) -> tuple[str, dict, float, Upstream, dict]:
         if p.prompt is None:
@@ -784,7 +815,12 @@ def _validation_message(errors: list[dict[str, Any]]) -> str:
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    errors = jsonable_encoder(exc.errors())
+    # The request's own values ("input", "ctx") are not echoed back: they may
+    # be large, and may not even be encodable (a lone surrogate).
+    errors = [
+        {k: v for k, v in e.items() if k not in ("input", "ctx", "url")} for e in exc.errors()
+    ]
+    errors = jsonable_encoder(errors)
     body = openai_error_body(_validation_message(errors), code="validation_error")
     body["detail"] = errors
     return JSONResponse(body, status_code=422)

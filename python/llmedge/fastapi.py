@@ -151,6 +151,9 @@ def client_key(request: Request, *, trust_forwarded: bool = False) -> str:
     return "ip:" + host
 
 
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def estimate_request_tokens(body: Any, model: str) -> int:
     """Tokens a chat request will cost: the prompt as ``count_messages`` counts
     it (OpenAI ``messages``, or the ``question`` + ``history`` shape) plus its
@@ -164,6 +167,8 @@ def estimate_request_tokens(body: Any, model: str) -> int:
     messages = body.get("messages")
     if messages is None and isinstance(body.get("question"), str):
         history = body.get("history") or []
+        if not isinstance(history, list):  # validation rejects it later with a 422
+            history = []
         messages = [*history, {"role": "user", "content": body["question"]}]
     prompt = 0
     if isinstance(messages, list):
@@ -626,6 +631,8 @@ class LatencyMiddleware:
             end = time.perf_counter()
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "GET")
+            if method not in _HTTP_METHODS:  # a client must not mint label values
+                method = "other"
             self.monitor.latency.labels(method, route, str(status)).observe(end - start)
             if first is not None:
                 self.monitor.first_byte.labels(method, route).observe(first - start)
