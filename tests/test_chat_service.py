@@ -806,3 +806,22 @@ async def test_bad_history_with_a_token_limit_and_lone_surrogates_get_422(upstre
             r = await c.request("ZZ0", "/chat")
             assert r.status_code == 405
             assert "ZZ0" not in (await c.get("/metrics")).text
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", ["/chat", "/v1/chat/completions"])
+async def test_a_stream_cut_half_way_is_still_costed_but_not_cached(svc, upstreams, path):
+    upstreams[0].set_faults(break_rate=1.0)
+    msgs = [{"role": "user", "content": "Tell me a long story."}]
+    body = (
+        {"question": msgs[0]["content"], "stream": True}
+        if path == "/chat"
+        else {"model": "gpt-4o-mini", "messages": msgs, "stream": True}
+    )
+    r = await svc.client.post(path, json=body)
+    assert r.status_code == 200 and "\ndata: [DONE]" not in "\n" + r.text
+    spent = svc.service.costs.summary()["total"]
+    assert spent["requests"] == 1 and spent["output_tokens"] > 0
+    upstreams[0].clear_faults()
+    again = await svc.client.post(path, json=body)
+    assert again.headers["x-llmedge-cache"] == "none"

@@ -666,16 +666,22 @@ class Service:
         parts: list[str] = []
         tool_calls = []
 
-        async def texts() -> AsyncIterator[str]:
-            async for event in events:
-                text = event_content(event)
-                if _has_tool_calls(event):
-                    tool_calls.append(True)
-                if text:
-                    parts.append(text)
-                    yield text
-
         recorded: list[tuple[dict, float]] = []
+
+        async def texts() -> AsyncIterator[str]:
+            try:
+                async for event in events:
+                    text = event_content(event)
+                    if _has_tool_calls(event):
+                        tool_calls.append(True)
+                    if text:
+                        parts.append(text)
+                        yield text
+            finally:
+                # A stream cut by the upstream or abandoned by the client was
+                # still served up to here: cost what was received.
+                if parts or upstream_usage:
+                    finish()
 
         def finish() -> tuple[dict, float]:
             if not recorded:
@@ -700,11 +706,15 @@ class Service:
                         continue  # usage was asked for by us, not by the client
                     yield sse_event(event)
             except Exception as exc:  # the status is sent: report in-band, no [DONE]
+                finish()  # what was received was served: cost it
                 err = openai_error_body(
                     f"upstream stream failed: {exc}", "upstream_error", "stream_error"
                 )
                 yield sse_event(err, event="error")
                 return
+            except BaseException:  # the client went away (cancelled)
+                finish()
+                raise
             finish()
             text = "".join(parts)
             if p.prompt is not None and text and not tool_calls:
