@@ -112,31 +112,12 @@ class _Faults:
 
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> _Faults:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown fault setting(s) {unknown}; accepted: {sorted(known)}")
+        _reject_unknown(values, cls, "fault")
         faults = cls(**values)
         for name in ("error_rate", "timeout_rate", "break_rate"):
-            rate = getattr(faults, name)
-            if (
-                isinstance(rate, bool)
-                or not isinstance(rate, (int, float))
-                or not 0.0 <= rate <= 1.0
-            ):
-                raise ValueError(f"{name} must be a number in [0, 1], got {rate!r}")
-        if isinstance(faults.status, bool) or not isinstance(faults.status, int):
-            raise ValueError(f"status must be an HTTP status code (int), got {faults.status!r}")
-        if not 400 <= faults.status <= 599:
-            raise ValueError(
-                f"status must be an HTTP error status in 400..599, got {faults.status!r}"
-            )
-        if (
-            isinstance(faults.hang, bool)
-            or not isinstance(faults.hang, (int, float))
-            or not 0.0 <= faults.hang <= 3600.0
-        ):
-            raise ValueError(f"hang must be seconds in [0, 3600], got {faults.hang!r}")
+            _check_number(name, getattr(faults, name), 0.0, 1.0, "a number in [0, 1]")
+        _check_number("status", faults.status, 400, 599, "an HTTP error status in 400..599", int)
+        _check_number("hang", faults.hang, 0.0, 3600.0, "seconds in [0, 3600]")
         if not isinstance(faults.fail_all, bool):
             raise ValueError(f"fail_all must be a bool, got {faults.fail_all!r}")
         return faults
@@ -151,18 +132,30 @@ class _Config:
 
     def validate(self) -> None:
         for name in ("ttft", "tpot"):
-            value = getattr(self, name)
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not 0.0 <= value <= 60.0
-            ):
-                raise ValueError(f"{name} must be seconds in [0, 60], got {value!r}")
-        tokens = self.answer_tokens
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 1 <= tokens <= 100_000:
-            raise ValueError(f"answer_tokens must be an int in [1, 100000], got {tokens!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+            _check_number(name, getattr(self, name), 0.0, 60.0, "seconds in [0, 60]")
+        _check_number("answer_tokens", self.answer_tokens, 1, 100_000, "an int in [1, 100000]", int)
+        _check_number("seed", self.seed, -(2**63), 2**63, "an int", int)
+
+
+def _check_number(
+    name: str,
+    value: Any,
+    low: float,
+    high: float,
+    accepted: str,
+    kinds: type | tuple[type, ...] = (int, float),
+) -> None:
+    """Raise a ValueError naming ``name``, the value and what is accepted
+    unless ``value`` is of ``kinds`` (never a bool) and within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
+        raise ValueError(f"{name} must be {accepted}, got {value!r}")
+
+
+def _reject_unknown(values: Mapping[str, Any], cls: type, what: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} setting(s) {unknown}; accepted: {sorted(known)}")
 
 
 @dataclass
@@ -208,10 +201,7 @@ class _State:
             self._errors, self._timeouts, self._breaks = _Spread(), _Spread(), _Spread()
 
     def set_config(self, values: Mapping[str, Any]) -> None:
-        known = {f.name for f in fields(_Config)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config setting(s) {unknown}; accepted: {sorted(known)}")
+        _reject_unknown(values, _Config, "config")
         with self.lock:
             config = _Config(**{**asdict(self.config), **values})
         config.validate()
@@ -563,10 +553,7 @@ class MockLLM:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
-            raise ValueError(
-                f"port must be an int in [0, 65535] (0 picks a free port), got {port!r}"
-            )
+        _check_number("port", port, 0, 65535, "an int in [0, 65535] (0 picks a free port)", int)
         self._state = _State(_Config(ttft=ttft, tpot=tpot, answer_tokens=answer_tokens, seed=seed))
         self.app = _MockApp(self._state)
         self.host = host
