@@ -167,13 +167,13 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
 /// A partition's index: flat or HNSW, switched by size under `Auto`.
 pub enum Index {
     Flat(FlatIndex),
-    Hnsw(HnswIndex),
+    Hnsw(Box<HnswIndex>),
 }
 
 impl Index {
     pub fn new(kind: IndexKind, dim: usize, params: HnswParams) -> Self {
         match kind {
-            IndexKind::Hnsw => Index::Hnsw(HnswIndex::new(dim, params)),
+            IndexKind::Hnsw => Index::Hnsw(Box::new(HnswIndex::new(dim, params))),
             IndexKind::Flat | IndexKind::Auto => Index::Flat(FlatIndex::new(dim)),
         }
     }
@@ -181,14 +181,14 @@ impl Index {
     fn inner(&self) -> &dyn VectorIndex {
         match self {
             Index::Flat(f) => f,
-            Index::Hnsw(h) => h,
+            Index::Hnsw(h) => h.as_ref(),
         }
     }
 
     fn inner_mut(&mut self) -> &mut dyn VectorIndex {
         match self {
             Index::Flat(f) => f,
-            Index::Hnsw(h) => h,
+            Index::Hnsw(h) => h.as_mut(),
         }
     }
 
@@ -220,7 +220,7 @@ impl Index {
                         h.add(id, &v);
                     }
                 }
-                Some(Index::Hnsw(h))
+                Some(Index::Hnsw(Box::new(h)))
             }
             Index::Hnsw(h) if len <= AUTO_FLAT_MAX => {
                 let mut f = FlatIndex::new(dim);

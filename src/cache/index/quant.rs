@@ -172,7 +172,7 @@ const MAX_BITS: usize = 1024;
 impl SignCoder {
     pub fn new(dim: usize) -> Self {
         let padded = dim.max(1).next_power_of_two().max(MIN_BITS);
-        let bits = padded.min(MAX_BITS);
+        let bits = Self::bits_for(dim);
         let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
         let flips = (0..ROUNDS * padded)
             .map(|_| {
@@ -200,13 +200,13 @@ impl SignCoder {
         self.bits
     }
 
-    /// Code length in bytes.
-    pub fn bytes(&self) -> usize {
-        self.bits / 8
+    /// Code length in bits for `dim`-dimensional vectors.
+    pub fn bits_for(dim: usize) -> usize {
+        dim.max(1).next_power_of_two().clamp(MIN_BITS, MAX_BITS)
     }
 
-    /// The code of `v` (`dim` floats), `bytes()` long.
-    pub fn encode(&self, v: &[f32]) -> Vec<u8> {
+    /// The code of `v` (`dim` floats): `bits()` bits in `bits() / 64` words.
+    pub fn encode(&self, v: &[f32]) -> Vec<u64> {
         let mut x = vec![0f32; self.padded];
         let n = self.dim.min(v.len());
         x[..n].copy_from_slice(&v[..n]);
@@ -215,15 +215,14 @@ impl SignCoder {
             x.iter_mut().zip(f).for_each(|(a, s)| *a *= s);
             fwht(&mut x);
         }
-        let mut code = vec![0u8; self.bytes()];
-        for (i, byte) in code.iter_mut().enumerate() {
-            let mut b = 0u8;
-            for j in 0..8 {
-                b |= u8::from(x[i * 8 + j] > 0.0) << j;
-            }
-            *byte = b;
-        }
-        code
+        x[..self.bits]
+            .chunks_exact(64)
+            .map(|c| {
+                c.iter()
+                    .enumerate()
+                    .fold(0u64, |w, (j, &y)| w | (u64::from(y > 0.0) << j))
+            })
+            .collect()
     }
 }
 
@@ -244,53 +243,17 @@ fn fwht(x: &mut [f32]) {
     }
 }
 
-/// Number of differing bits between two codes of `words` u64 words.
-///
-/// # Safety
-/// `a` and `b` must each point to `words * 8` readable bytes.
-#[inline]
-pub unsafe fn hamming(a: *const u8, b: *const u8, words: usize) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_popcnt() {
-            // SAFETY: the caller's contract, and the CPU has POPCNT.
-            return unsafe { hamming_popcnt(a, b, words) };
-        }
-    }
-    // SAFETY: the caller's contract.
-    unsafe { hamming_portable(a, b, words) }
-}
-
+/// Number of differing bits between two equally long codes. Inlined into
+/// callers that are compiled with POPCNT (see `hnsw`), where each word costs
+/// one instruction.
 #[inline(always)]
-unsafe fn hamming_body(a: *const u8, b: *const u8, words: usize) -> u32 {
-    let mut d = 0;
-    for w in 0..words {
-        // SAFETY: `w * 8 + 8 <= words * 8` bytes, read unaligned.
-        let (x, y) = unsafe {
-            (
-                (a.add(w * 8) as *const u64).read_unaligned(),
-                (b.add(w * 8) as *const u64).read_unaligned(),
-            )
-        };
-        d += (x ^ y).count_ones();
-    }
-    d
+pub fn ham(a: &[u64], b: &[u64]) -> u32 {
+    a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
 }
 
-unsafe fn hamming_portable(a: *const u8, b: *const u8, words: usize) -> u32 {
-    // SAFETY: forwarded contract.
-    unsafe { hamming_body(a, b, words) }
-}
-
+/// Whether the CPU has POPCNT (checked once).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "popcnt")]
-unsafe fn hamming_popcnt(a: *const u8, b: *const u8, words: usize) -> u32 {
-    // SAFETY: forwarded contract.
-    unsafe { hamming_body(a, b, words) }
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_popcnt() -> bool {
+pub fn has_popcnt() -> bool {
     use std::sync::atomic::{AtomicU8, Ordering};
     static STATE: AtomicU8 = AtomicU8::new(0);
     match STATE.load(Ordering::Relaxed) {
@@ -374,7 +337,7 @@ mod tests {
             coder.encode(&c),
             coder.encode(&neg),
         );
-        let h = |x: &[u8], y: &[u8]| unsafe { hamming(x.as_ptr(), y.as_ptr(), x.len() / 8) };
+        let h = |x: &[u64], y: &[u64]| ham(x, y);
         assert_eq!(h(&ca, &ca), 0);
         assert!(h(&ca, &cb) < h(&ca, &cc), "{} {}", h(&ca, &cb), h(&ca, &cc));
         // The opposite vector differs in (almost) every bit.
