@@ -209,9 +209,9 @@ impl HnswIndex {
         s
     }
 
-    /// Room for a quarter more slots (reserved slots are memory too), with
-    /// the big arrays on huge pages where the OS allows: a walk reads them at
-    /// random, and with 4 KiB pages most reads would also miss the TLB.
+    /// Room for a quarter more slots (reserved slots are memory too; huge
+    /// pages were tried for the randomly read arrays: no faster here, and
+    /// 2 MB page granularity grew the RSS by a third).
     #[cold]
     fn grow(&mut self) {
         let more = (self.slots() / 4).max(64);
@@ -220,9 +220,6 @@ impl HnswIndex {
         self.codes.reserve_exact(more * self.words);
         self.rows.reserve_exact(more * self.dim);
         self.links0.reserve_exact(more * (self.m0 + 1));
-        advise_huge(&self.codes);
-        advise_huge(&self.rows);
-        advise_huge(&self.links0);
     }
 
     fn insert(&mut self, id: u32, v: &[f32]) {
@@ -370,38 +367,45 @@ impl HnswIndex {
     ) -> Vec<(u32, u32)> {
         self.seen.clear(ef);
         let skip = skip.unwrap_or(FREE);
-        let mut cands: BinaryHeap<Reverse<(u32, u32)>> = BinaryHeap::with_capacity(ef * 4);
-        let mut best: BinaryHeap<(u32, u32)> = BinaryHeap::with_capacity(ef + 1);
+        // (distance, slot) packed in one u64 so the heaps compare once.
+        let key = |d: u32, s: u32| (u64::from(d) << 32) | u64::from(s);
+        // Free slots are rare (an insertion reuses them at once), so the
+        // check of a slot's id, a likely cache miss, runs only when some are.
+        let returnable =
+            |ids: &[u32], free: bool, s: u32| s != skip && (!free || ids[s as usize] != FREE);
+        let any_free = !self.free.is_empty();
+        let mut cands: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(ef * 4);
+        let mut best: BinaryHeap<u64> = BinaryHeap::with_capacity(ef + 1);
         for &(d, s) in start {
             self.seen.insert(s);
-            cands.push(Reverse((d, s)));
-            if s != skip && self.ids[s as usize] != FREE {
-                best.push((d, s));
+            cands.push(Reverse(key(d, s)));
+            if returnable(&self.ids, any_free, s) {
+                best.push(key(d, s));
             }
         }
+        let code_bytes = self.words * 8;
         let mut fresh: Vec<u32> = Vec::with_capacity(self.m0);
-        while let Some(Reverse((d, c))) = cands.pop() {
-            if best.len() >= ef && best.peek().is_some_and(|w| d > w.0) {
+        while let Some(Reverse(top)) = cands.pop() {
+            let (d, c) = ((top >> 32) as u32, top as u32);
+            if best.len() >= ef && best.peek().is_some_and(|&w| d > (w >> 32) as u32) {
                 break;
             }
             fresh.clear();
             let links = links_of(&self.links0, &self.upper, self.m, self.m0, c, level);
             for &n in links {
                 if self.seen.insert(n) {
-                    prefetch(
-                        self.codes[n as usize * self.words..].as_ptr() as *const u8,
-                        64,
-                    );
+                    let at = n as usize * self.words;
+                    prefetch(self.codes[at..].as_ptr() as *const u8, code_bytes);
                     fresh.push(n);
                 }
             }
             for &n in &fresh {
                 let dn = ham(q, self.code(n));
-                let worst = best.peek().map_or(u32::MAX, |w| w.0);
+                let worst = best.peek().map_or(u32::MAX, |&w| (w >> 32) as u32);
                 if best.len() < ef || dn < worst {
-                    cands.push(Reverse((dn, n)));
-                    if n != skip && self.ids[n as usize] != FREE {
-                        best.push((dn, n));
+                    cands.push(Reverse(key(dn, n)));
+                    if returnable(&self.ids, any_free, n) {
+                        best.push(key(dn, n));
                         if best.len() > ef {
                             best.pop();
                         }
@@ -409,13 +413,15 @@ impl HnswIndex {
                 }
             }
             if level == 0 {
-                if let Some(Reverse((_, next))) = cands.peek() {
-                    let at = *next as usize * (self.m0 + 1);
+                if let Some(&Reverse(next)) = cands.peek() {
+                    let at = (next as u32) as usize * (self.m0 + 1);
                     prefetch(self.links0[at..].as_ptr() as *const u8, (self.m0 + 1) * 4);
                 }
             }
         }
-        best.into_vec()
+        best.into_iter()
+            .map(|k| ((k >> 32) as u32, k as u32))
+            .collect()
     }
 
     #[inline(always)]
@@ -456,28 +462,6 @@ impl HnswIndex {
         self.memory_bytes()
             .saturating_sub(self.len() * self.params.bytes_per_entry(self.dim))
     }
-}
-
-/// Asks Linux to back `v`'s buffer with transparent huge pages (honoured
-/// when the system's THP mode is "always" or "madvise"; a no-op elsewhere).
-fn advise_huge<T>(v: &Vec<T>) {
-    #[cfg(target_os = "linux")]
-    {
-        const HUGE: usize = 2 << 20;
-        let bytes = v.capacity() * std::mem::size_of::<T>();
-        let start = v.as_ptr() as usize;
-        let first = start.next_multiple_of(HUGE);
-        let end = (start + bytes) / HUGE * HUGE;
-        if end > first {
-            // SAFETY: the range lies inside `v`'s allocation; MADV_HUGEPAGE
-            // only changes how the kernel backs it, never its contents.
-            unsafe {
-                libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_HUGEPAGE);
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = v;
 }
 
 /// The set of slots a walk has visited: open addressing over a table kept
