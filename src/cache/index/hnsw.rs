@@ -103,8 +103,10 @@ pub struct HnswIndex {
     /// Entry slot of every walk and its level; `FREE` when the graph is empty.
     entry: u32,
     top: usize,
-    /// Slots a walk has visited.
+    /// Slots a search's walk has visited, and an insertion's (kept apart:
+    /// their sizes differ, and each is reused without reallocating).
     seen: Visited,
+    seen_add: Visited,
     rng: u64,
 }
 
@@ -130,6 +132,7 @@ impl HnswIndex {
             entry: FREE,
             top: 0,
             seen: Visited::default(),
+            seen_add: Visited::default(),
             rng: 0x2545_F491_4F6C_DD1D,
         }
     }
@@ -214,7 +217,7 @@ impl HnswIndex {
     /// 2 MB page granularity grew the RSS by a third).
     #[cold]
     fn grow(&mut self) {
-        let more = (self.slots() / 4).max(64);
+        let more = (self.slots() / 4).max(1);
         self.ids.reserve_exact(more);
         self.levels.reserve_exact(more);
         self.codes.reserve_exact(more * self.words);
@@ -365,7 +368,13 @@ impl HnswIndex {
         level: usize,
         skip: Option<u32>,
     ) -> Vec<(u32, u32)> {
-        self.seen.clear(ef);
+        let adding = skip.is_some();
+        let mut seen = std::mem::take(if adding {
+            &mut self.seen_add
+        } else {
+            &mut self.seen
+        });
+        seen.clear(ef, self.slots());
         let skip = skip.unwrap_or(FREE);
         // (distance, slot) packed in one u64 so the heaps compare once.
         let key = |d: u32, s: u32| (u64::from(d) << 32) | u64::from(s);
@@ -377,7 +386,7 @@ impl HnswIndex {
         let mut cands: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(ef * 4);
         let mut best: BinaryHeap<u64> = BinaryHeap::with_capacity(ef + 1);
         for &(d, s) in start {
-            self.seen.insert(s);
+            seen.insert(s);
             cands.push(Reverse(key(d, s)));
             if returnable(&self.ids, any_free, s) {
                 best.push(key(d, s));
@@ -393,7 +402,7 @@ impl HnswIndex {
             fresh.clear();
             let links = links_of(&self.links0, &self.upper, self.m, self.m0, c, level);
             for &n in links {
-                if self.seen.insert(n) {
+                if seen.insert(n) {
                     let at = n as usize * self.words;
                     prefetch(self.codes[at..].as_ptr() as *const u8, code_bytes);
                     fresh.push(n);
@@ -418,6 +427,11 @@ impl HnswIndex {
                     prefetch(self.links0[at..].as_ptr() as *const u8, (self.m0 + 1) * 4);
                 }
             }
+        }
+        if adding {
+            self.seen_add = seen;
+        } else {
+            self.seen = seen;
         }
         best.into_iter()
             .map(|k| ((k >> 32) as u32, k as u32))
@@ -464,10 +478,10 @@ impl HnswIndex {
     }
 }
 
-/// The set of slots a walk has visited: open addressing over a table kept
-/// small enough to stay in the L1 cache (a walk visits a few thousand slots;
-/// a mark per slot of a large index would be one more cache miss per
-/// neighbour).
+/// The set of slots a walk has visited: open addressing over a table sized
+/// for the walk, not for the index (a search at the default `ef` visits about
+/// a thousand slots and its 8 KB table stays in the L1 cache; a mark per slot
+/// of a large index would be one more cache miss per neighbour).
 #[derive(Default)]
 struct Visited {
     /// Slot + 1 per cell, 0 when empty; a power of two long.
@@ -476,9 +490,13 @@ struct Visited {
 }
 
 impl Visited {
-    /// Empties the set, sized for a walk keeping `ef` results.
-    fn clear(&mut self, ef: usize) {
-        let want = (ef * 64).next_power_of_two().clamp(1024, 1 << 16);
+    /// Empties the set, sized for a walk keeping `ef` results in a graph of
+    /// `slots` slots (it grows if a walk visits more).
+    fn clear(&mut self, ef: usize, slots: usize) {
+        let want = (ef * 64)
+            .min(slots * 4)
+            .next_power_of_two()
+            .clamp(16, 1 << 16);
         if self.table.len() != want {
             self.table = vec![0; want];
         } else {
@@ -513,7 +531,7 @@ impl Visited {
 
     #[cold]
     fn grow(&mut self) {
-        let bigger = vec![0; (self.table.len() * 2).max(1024)];
+        let bigger = vec![0; (self.table.len() * 2).max(16)];
         let old = std::mem::replace(&mut self.table, bigger);
         self.len = 0;
         for key in old.into_iter().filter(|&k| k != 0) {
@@ -552,6 +570,8 @@ impl VectorIndex for HnswIndex {
 
     fn add(&mut self, id: u32, v: &[f32]) {
         debug_assert_eq!(v.len(), self.dim);
+        // Ids are the store's slots, far below the free-slot marker.
+        debug_assert_ne!(id, FREE);
         if self.slot_of.contains_key(&id) {
             self.remove(id);
         }
@@ -580,6 +600,7 @@ impl VectorIndex for HnswIndex {
         if k == 0 || self.slot_of.is_empty() || self.entry == FREE {
             return Vec::new();
         }
+        let k = k.min(self.slot_of.len());
         #[cfg(target_arch = "x86_64")]
         {
             if has_popcnt() {
@@ -601,7 +622,7 @@ impl VectorIndex for HnswIndex {
                 .sum::<usize>()
             + self.levels.capacity()
             + self.ids.capacity() * 4
-            + self.seen.table.capacity() * 4
+            + (self.seen.table.capacity() + self.seen_add.table.capacity()) * 4
             + self.free.capacity() * 4
             + self.slot_of.capacity() * SLOT_MAP_BYTES
     }
@@ -862,7 +883,9 @@ mod tests {
             }
             assert_eq!(h.len(), live.len());
             let mut found = 0;
-            for (&want, &row) in live.iter().take(300) {
+            let mut sample: Vec<(u32, usize)> = live.iter().map(|(&i, &r)| (i, r)).collect();
+            sample.sort_unstable();
+            for &(want, row) in sample.iter().step_by(sample.len() / 300).take(300) {
                 let r = h.search(&pool[row], 4, -1.0);
                 assert!(
                     r.iter().all(|(got, _)| live.contains_key(got)),
@@ -933,6 +956,13 @@ mod tests {
             let r = h.search(q, k, -1.0);
             proptest::prop_assert!(r.len() <= k.min(model.len()));
             proptest::prop_assert!(model.is_empty() || !r.is_empty());
+            for id in 0u32..40 {
+                let back = h.vector(id);
+                proptest::prop_assert_eq!(back.is_some(), model.contains_key(&id));
+                if let (Some(back), Some(&row)) = (back, model.get(&id)) {
+                    proptest::prop_assert!(back.iter().zip(&pool[row]).all(|(a, b)| (a - b).abs() < 1e-3));
+                }
+            }
             let mut seen = std::collections::HashSet::new();
             for w in r.windows(2) {
                 proptest::prop_assert!(w[0].1 >= w[1].1);
@@ -944,6 +974,27 @@ mod tests {
                 let exact = crate::cache::index::dot(q, &pool[row.unwrap_or(0)]);
                 proptest::prop_assert!((score - exact).abs() < 2e-3);
             }
+        }
+    }
+
+    /// Dimensions that are not a multiple of 64 and above 512 (1,024-bit
+    /// codes); a huge `k` is capped at the number of entries.
+    #[test]
+    fn odd_and_large_dimensions() {
+        for dim in [3usize, 100, 700] {
+            let (stored, qs) = clustered(400, dim, 20, 9);
+            let mut h = HnswIndex::new(dim, HnswParams::default());
+            for (i, v) in stored.iter().enumerate() {
+                h.add(i as u32, v);
+            }
+            let hits = qs
+                .iter()
+                .filter(|q| {
+                    h.search(q, 1, -1.0).first().map(|x| x.0) == Some(exact_best(&stored, q))
+                })
+                .count();
+            assert!(hits >= 17, "dim {dim}: {hits}/20");
+            assert_eq!(h.search(&qs[0], usize::MAX, -1.0).len(), 400);
         }
     }
 }
