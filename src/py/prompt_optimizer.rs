@@ -184,10 +184,7 @@ impl PromptOptimizer {
         let level = parse_level(level)?;
         let target = target_reduction.map(check_target).transpose()?;
         let enc = self.encoding();
-        let r = py.detach(|| {
-            let mut counter = ChunkCounter::new(enc);
-            prompt::compress(&text, level, target, |s| counter.count(s))
-        });
+        let r = py.detach(|| prompt::compress(&text, level, target, ChunkCounter::new(enc)));
         Ok(CompressionResult {
             saved_ratio: r.saved_ratio(),
             text: r.text,
@@ -210,8 +207,13 @@ impl PromptOptimizer {
         let target = check_target(target_reduction)?;
         let enc = self.encoding();
         Ok(py.detach(|| {
-            let mut counter = ChunkCounter::new(enc);
-            prompt::compress(&text, Level::Aggressive, Some(target), |s| counter.count(s)).text
+            prompt::compress(
+                &text,
+                Level::Aggressive,
+                Some(target),
+                ChunkCounter::new(enc),
+            )
+            .text
         }))
     }
 
