@@ -41,10 +41,10 @@ const SHARED_CAPACITY: usize = 1 << 16;
 
 type Memo = HashMap<Box<str>, usize, ahash::RandomState>;
 
-/// A thread's remembered piece counts for one encoding: a bounded map, and
-/// in front of it, for pieces up to 15 bytes (nearly all of them), a cache of
-/// 32,768 (384 KiB) that stays close to the CPU (a map lookup is a few cache
-/// misses).
+/// A thread's remembered piece counts for one encoding: for pieces up to 15
+/// bytes (nearly all of them), a cache of 32,768 (384 KiB) that stays close
+/// to the CPU, and for pieces of 16 to `SHARED_PIECE_MAX` bytes a bounded map
+/// (a map lookup is a few cache misses).
 struct Shared {
     hot: HotCounts,
     map: Memo,
@@ -72,22 +72,31 @@ pub struct ChunkCounter {
 
 impl ChunkCounter {
     pub fn new(enc: &'static Encoding) -> Self {
-        let slot = match enc.name() {
+        ChunkCounter {
+            enc,
+            slot: Self::slot_of(enc),
+            local: Memo::default(),
+        }
+    }
+
+    fn slot_of(enc: &Encoding) -> Option<usize> {
+        match enc.name() {
             EncodingName::O200kBase => Some(0),
             EncodingName::O200kHarmony => Some(1),
             EncodingName::Cl100kBase => Some(2),
             EncodingName::P50kBase | EncodingName::R50kBase => None,
-        };
-        ChunkCounter {
-            enc,
-            slot,
-            local: Memo::default(),
         }
     }
 
     /// Exact token count of `text`: the sum of the counts of its pieces, each
     /// remembered or counted by the encoding on first sight.
     pub fn count(&mut self, text: &str) -> usize {
+        self.count_with(text, true)
+    }
+
+    /// `keep_long`: remember pieces longer than `SHARED_PIECE_MAX` for the
+    /// life of this counter (compression counts the same text again).
+    fn count_with(&mut self, text: &str, keep_long: bool) -> usize {
         let Some(slot) = self.slot else {
             return self.enc.count(text);
         };
@@ -103,14 +112,28 @@ impl ChunkCounter {
             for p in pieces(text) {
                 let key = hot::key_at(bytes, start, p.len());
                 start += p.len();
-                if let Some(n) = key.and_then(|k| shared.hot.get(k)) {
+                if let Some(k) = key {
+                    // up to 15 bytes: the cache, else the encoding (whose own
+                    // caches know the words); a map behind the cache would
+                    // cost an allocation for every new piece
+                    let n = match shared.hot.get(k) {
+                        Some(n) => n,
+                        None => {
+                            let n = enc.count(p);
+                            shared.hot.put(k, n);
+                            n
+                        }
+                    };
                     total += n;
                     continue;
                 }
                 let memo = if p.len() <= SHARED_PIECE_MAX {
                     &mut shared.map
-                } else {
+                } else if keep_long {
                     &mut *local
+                } else {
+                    total += enc.count(p);
+                    continue;
                 };
                 let n = match memo.get(p) {
                     Some(&n) => n,
@@ -120,9 +143,6 @@ impl ChunkCounter {
                         n
                     }
                 };
-                if let Some(k) = key {
-                    shared.hot.put(k, n);
-                }
                 total += n;
             }
             total
@@ -136,6 +156,21 @@ impl ChunkCounter {
             .flatten()
             .unwrap_or_else(|| run(&mut Shared::default()))
     }
+}
+
+/// Exact token count of `text` by the same pieces and per-thread caches as
+/// [`ChunkCounter::count`], for one text (pieces longer than
+/// `SHARED_PIECE_MAX` are counted by the encoding, not remembered). For the
+/// encodings without safe cuts this is `enc.count(text)`.
+pub fn count_text(enc: &Encoding, text: &str) -> usize {
+    // the process-wide encoding of that name (`enc` is it)
+    let enc = crate::tokens::encoding(enc.name());
+    ChunkCounter {
+        enc,
+        slot: ChunkCounter::slot_of(enc),
+        local: Memo::default(),
+    }
+    .count_with(text, false)
 }
 
 impl crate::prompt::Counter for ChunkCounter {
@@ -366,5 +401,62 @@ mod timing {
             });
             println!("compress {level:?} {n}: {t:?}");
         }
+    }
+
+    #[test]
+    #[ignore]
+    fn chat_texts() {
+        let Ok(raw) = std::fs::read_to_string("/tmp/tp2_chat_texts.json") else {
+            return;
+        };
+        let texts: Vec<String> = serde_json::from_str(&raw).unwrap_or_default();
+        let enc = encoding(EncodingName::O200kBase);
+        for _ in 0..3 {
+            let (t, n) = best(30, || texts.iter().map(|p| enc.count(p)).sum::<usize>());
+            println!("whole count {n}: {t:?}");
+            let (t, n) = best(30, || {
+                texts
+                    .iter()
+                    .map(|p| ChunkCounter::new(enc).count(p))
+                    .sum::<usize>()
+            });
+            println!("piece count {n}: {t:?}");
+        }
+    }
+
+    #[test]
+    #[ignore]
+    fn cold_threads() {
+        let Ok(raw) = std::fs::read_to_string("/tmp/prompts.json") else {
+            return;
+        };
+        let prompts: Vec<String> = serde_json::from_str(&raw).unwrap_or_default();
+        let enc = encoding(EncodingName::O200kBase);
+        enc.count("warm up");
+        let reps: usize = std::env::var("REPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        let mut best_cold = std::time::Duration::MAX;
+        let mut best_warm = std::time::Duration::MAX;
+        for _ in 0..reps {
+            let (c, w) = std::thread::spawn({
+                let prompts = prompts.clone();
+                move || {
+                    let t = Instant::now();
+                    let n: usize = prompts.iter().map(|p| enc.count(p)).sum();
+                    let cold = t.elapsed();
+                    let t = Instant::now();
+                    let m: usize = prompts.iter().map(|p| enc.count(p)).sum();
+                    assert_eq!(n, m);
+                    (cold, t.elapsed())
+                }
+            })
+            .join()
+            .expect("thread");
+            best_cold = best_cold.min(c);
+            best_warm = best_warm.min(w);
+        }
+        println!("fresh thread: cold pass {best_cold:?}, second pass {best_warm:?}");
     }
 }
