@@ -36,6 +36,8 @@ use crate::tokens::{Encoding, EncodingName};
 /// Pieces up to this many bytes are remembered per thread across calls (most
 /// are single words); longer ones only for the current compression.
 const SHARED_PIECE_MAX: usize = 32;
+/// Pieces whose cache lookups are started together.
+const PREFETCH_BATCH: usize = 16;
 /// A thread's remembered pieces are forgotten when there are this many.
 const SHARED_CAPACITY: usize = 1 << 16;
 
@@ -108,42 +110,63 @@ impl ChunkCounter {
             }
             let mut total = 0usize;
             let bytes = text.as_bytes();
+            let mut cut = pieces(text);
             let mut start = 0;
-            for p in pieces(text) {
-                let key = hot::key_at(bytes, start, p.len());
-                start += p.len();
-                if let Some(k) = key {
-                    // up to 15 bytes: the cache, else the encoding (whose own
-                    // caches know the words); a map behind the cache would
-                    // cost an allocation for every new piece
-                    let n = match shared.hot.get(k) {
-                        Some(n) => n,
+            // pieces in batches: the cache lines of a batch's lookups are
+            // requested together, so their misses overlap instead of queueing
+            let mut batch = [(0usize, 0usize); PREFETCH_BATCH];
+            loop {
+                let mut nb = 0;
+                while nb < PREFETCH_BATCH {
+                    let Some(p) = cut.next() else { break };
+                    batch[nb] = (start, p.len());
+                    start += p.len();
+                    nb += 1;
+                }
+                if nb == 0 {
+                    break;
+                }
+                for &(s, l) in &batch[..nb] {
+                    if let Some(k) = hot::key_at(bytes, s, l) {
+                        shared.hot.prefetch(k);
+                    }
+                }
+                for &(s, l) in &batch[..nb] {
+                    let p = &text[s..s + l];
+                    let key = hot::key_at(bytes, s, l);
+                    if let Some(k) = key {
+                        // up to 15 bytes: the cache, else the encoding (whose own
+                        // caches know the words); a map behind the cache would
+                        // cost an allocation for every new piece
+                        let n = match shared.hot.get(k) {
+                            Some(n) => n,
+                            None => {
+                                let n = enc.count(p);
+                                shared.hot.put(k, n);
+                                n
+                            }
+                        };
+                        total += n;
+                        continue;
+                    }
+                    let memo = if p.len() <= SHARED_PIECE_MAX {
+                        &mut shared.map
+                    } else if keep_long {
+                        &mut *local
+                    } else {
+                        total += enc.count(p);
+                        continue;
+                    };
+                    let n = match memo.get(p) {
+                        Some(&n) => n,
                         None => {
                             let n = enc.count(p);
-                            shared.hot.put(k, n);
+                            memo.insert(p.into(), n);
                             n
                         }
                     };
                     total += n;
-                    continue;
                 }
-                let memo = if p.len() <= SHARED_PIECE_MAX {
-                    &mut shared.map
-                } else if keep_long {
-                    &mut *local
-                } else {
-                    total += enc.count(p);
-                    continue;
-                };
-                let n = match memo.get(p) {
-                    Some(&n) => n,
-                    None => {
-                        let n = enc.count(p);
-                        memo.insert(p.into(), n);
-                        n
-                    }
-                };
-                total += n;
             }
             total
         };
