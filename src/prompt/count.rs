@@ -426,10 +426,13 @@ mod timing {
         }
     }
 
+    /// `cargo test --release --lib chat_texts -- --ignored --nocapture` with
+    /// /tmp/chat_texts.json (a JSON list of the message texts of the chats of
+    /// en_100_tree.jsonl): whole counts against counts by pieces, warm.
     #[test]
     #[ignore]
     fn chat_texts() {
-        let Ok(raw) = std::fs::read_to_string("/tmp/tp2_chat_texts.json") else {
+        let Ok(raw) = std::fs::read_to_string("/tmp/chat_texts.json") else {
             return;
         };
         let texts: Vec<String> = serde_json::from_str(&raw).unwrap_or_default();
@@ -447,6 +450,9 @@ mod timing {
         }
     }
 
+    /// `cargo test --release --lib cold_threads -- --ignored --nocapture` with
+    /// /tmp/prompts.json: one pass over the prompts in a new thread (its
+    /// caches empty), then a second pass; best of `REPS` threads.
     #[test]
     #[ignore]
     fn cold_threads() {
