@@ -139,3 +139,37 @@ def test_fit_chats(benchmark, impl, chats, rules):
 
     result = benchmark(run)
     record(benchmark, impl, result == expected)
+
+
+def test_fresh_thread(chats, rules, reference, quick):
+    """Cold in the strongest sense: each round counts the 100 chats in a new
+    thread (its piece caches empty, the lazy DFA's states not built) with the
+    message memo emptied; the cookbook baseline also runs in a new thread.
+    Prints the per-round times and the median ratio (`pytest -s`)."""
+    import statistics
+    import threading
+    import time
+
+    llmedge.count_messages(chats[0], MODEL)  # loads the encoding: once per process
+    num_tokens_from_messages(chats[0], rules)
+    rounds = 5 if quick else 15
+    ours, theirs = [], []
+
+    def timed(f, out):
+        t = time.perf_counter()
+        result = [f(c) for c in chats]
+        out.append(time.perf_counter() - t)
+        assert result == reference
+
+    for _ in range(rounds):
+        _forget()
+        for f, out in [(_counter("llmedge", rules), ours), (_counter("python", rules), theirs)]:
+            th = threading.Thread(target=timed, args=(f, out))
+            th.start()
+            th.join()
+    assert len(ours) == len(theirs) == rounds
+    ratio = statistics.median(p / o for p, o in zip(theirs, ours, strict=True))
+    print(
+        f"\nfresh thread, {rounds} rounds: llmedge median {statistics.median(ours) * 1e3:.2f} ms,"
+        f" python median {statistics.median(theirs) * 1e3:.2f} ms, median ratio {ratio:.1f}x"
+    )

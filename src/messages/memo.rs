@@ -48,7 +48,8 @@ pub fn count(enc: &Encoding, text: &str) -> usize {
     if let Some(&n) = shard.lock().get(&key) {
         return n;
     }
-    let n = enc.count(text);
+    // by word-sized pieces, whose counts the thread remembers
+    let n = crate::prompt::count::count_text(enc, text);
     let mut map = shard.lock();
     if map.len() >= PER_SHARD {
         map.clear();

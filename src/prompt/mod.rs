@@ -108,15 +108,34 @@ impl Compressed {
     }
 }
 
+/// What compression counts tokens with.
+pub trait Counter {
+    /// Tokens of `text`.
+    fn count(&mut self, text: &str) -> usize;
+
+    /// Tokens of `new`, given that `old` has `old_count` tokens (a counter
+    /// that can count only what changed overrides this).
+    fn recount(&mut self, old: &str, old_count: usize, new: &str) -> usize {
+        let _ = (old, old_count);
+        self.count(new)
+    }
+}
+
+impl<F: FnMut(&str) -> usize> Counter for F {
+    fn count(&mut self, text: &str) -> usize {
+        self(text)
+    }
+}
+
 /// Apply the steps of `level` in order. With `target` (a fraction in (0, 1)),
 /// stop before the next step once the saved fraction reaches it.
 pub fn compress(
     text: &str,
     level: Level,
     target: Option<f64>,
-    mut count: impl FnMut(&str) -> usize,
+    mut counter: impl Counter,
 ) -> Compressed {
-    let before = count(text);
+    let before = counter.count(text);
     let mut cur = text.to_string();
     let mut tokens = before;
     let mut steps = Vec::new();
@@ -130,7 +149,7 @@ pub fn compress(
         if next == cur {
             continue;
         }
-        let n = count(&next);
+        let n = counter.recount(&cur, tokens, &next);
         if n <= tokens {
             cur = next;
             tokens = n;

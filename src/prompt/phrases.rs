@@ -11,7 +11,6 @@
 //!   deleted text started with a capital, the next emitted character is
 //!   capitalised (`Please provide` -> `Provide`).
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use super::text::{fence_mask, is_word, map_free};
@@ -80,10 +79,57 @@ pub const STOP_WORDS: &[&str] = &[
     "what", "when", "where", "how", "while", "whether", "both", "each", "other",
 ];
 
+/// A lowercased phrase and its replacement (empty: delete).
+type Phrase = (Box<[u8]>, &'static str);
+
 pub struct PhraseSet {
-    /// lowercased first word -> (lowercased phrase, replacement), longest first
-    by_key: HashMap<String, Vec<(String, &'static str)>, ahash::RandomState>,
+    /// Open addressing: the packed lowercased first word of a phrase (see
+    /// [`pack`]; 0 marks an empty slot) -> index into `groups`.
+    slots: Box<[(u128, u32)]>,
+    /// Per first word: (lowercased phrase, replacement), longest first.
+    groups: Vec<Vec<Phrase>>,
+    /// Bit `n` of `lens[c & 31]`: some first word starts with the ASCII letter
+    /// `c` (either case) and has `n` bytes; rejects most words before [`pack`].
+    lens: [u16; 32],
     eat_comma: bool,
+}
+
+/// Word bytes: the bytes of word characters ([`is_word`]): ASCII letters,
+/// digits, `_`, `'`, and every byte of a non-ASCII character.
+static WORD: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'_' || c == b'\'' || c >= 0x80;
+        i += 1;
+    }
+    t
+};
+
+/// Longest first word of a phrase that [`pack`] can hold.
+const KEY_MAX: usize = 15;
+
+/// `word` lowercased (ASCII) and packed with its length (1 to 15 bytes) into
+/// an integer, so that a lookup compares one integer instead of a string.
+#[inline]
+fn pack(word: &[u8]) -> Option<u128> {
+    if word.is_empty() || word.len() > KEY_MAX {
+        return None;
+    }
+    let mut buf = [0u8; 16];
+    for (d, s) in buf.iter_mut().zip(word) {
+        *d = s.to_ascii_lowercase();
+    }
+    buf[15] = word.len() as u8;
+    Some(u128::from_le_bytes(buf))
+}
+
+#[inline]
+fn slot_of(key: u128, mask: usize) -> usize {
+    let h =
+        ((key as u64) ^ ((key >> 64) as u64).rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> 40) as usize & mask
 }
 
 fn key_of(p: &str) -> &str {
@@ -96,19 +142,45 @@ fn key_of(p: &str) -> &str {
 
 impl PhraseSet {
     fn new(pairs: impl Iterator<Item = (&'static str, &'static str)>, eat_comma: bool) -> Self {
-        let mut by_key: HashMap<String, Vec<(String, &'static str)>, ahash::RandomState> =
-            HashMap::default();
+        let mut keys: Vec<u128> = Vec::new();
+        let mut lens = [0u16; 32];
+        let mut groups: Vec<Vec<Phrase>> = Vec::new();
         for (p, r) in pairs {
             let p = p.to_ascii_lowercase();
-            by_key
-                .entry(key_of(&p).to_string())
-                .or_default()
-                .push((p, r));
+            // every phrase is ASCII with a first word of at most 15 bytes
+            let first = key_of(&p).as_bytes();
+            let Some(k) = pack(first) else {
+                continue;
+            };
+            lens[(first[0] & 31) as usize] |= 1 << first.len();
+            let g = match keys.iter().position(|&x| x == k) {
+                Some(g) => g,
+                None => {
+                    keys.push(k);
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                }
+            };
+            groups[g].push((p.into_bytes().into_boxed_slice(), r));
         }
-        for v in by_key.values_mut() {
+        for v in &mut groups {
             v.sort_by_key(|b| std::cmp::Reverse(b.0.len()));
         }
-        PhraseSet { by_key, eat_comma }
+        let size = (keys.len() * 4).next_power_of_two().max(16);
+        let mut slots = vec![(0u128, 0u32); size].into_boxed_slice();
+        for (g, &k) in keys.iter().enumerate() {
+            let mut i = slot_of(k, size - 1);
+            while slots[i].0 != 0 {
+                i = (i + 1) & (size - 1);
+            }
+            slots[i] = (k, g as u32);
+        }
+        PhraseSet {
+            slots,
+            groups,
+            lens,
+            eat_comma,
+        }
     }
 
     pub fn fillers() -> &'static PhraseSet {
@@ -121,28 +193,77 @@ impl PhraseSet {
         S.get_or_init(|| PhraseSet::new(STOP_WORDS.iter().map(|w| (*w, "")), false))
     }
 
-    /// The longest phrase matching at `j` (a word start) with a word boundary after it.
-    fn match_at(&self, seg: &str, j: usize, key: &str) -> Option<(usize, &'static str)> {
-        let mut lower = [0u8; 32];
-        if key.len() > lower.len() {
+    #[inline]
+    fn group(&self, word: &[u8]) -> Option<&[Phrase]> {
+        let key = pack(word)?;
+        let mask = self.slots.len() - 1;
+        let mut i = slot_of(key, mask);
+        loop {
+            let (k, g) = self.slots[i];
+            if k == key {
+                return Some(&self.groups[g as usize]);
+            }
+            if k == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The longest phrase matching at `j` (the start of the word `b[j..end]`)
+    /// with a word boundary after it: its end and its replacement.
+    #[inline]
+    fn match_at(&self, b: &[u8], j: usize, end: usize) -> Option<(usize, &'static str)> {
+        let n = end - j;
+        if n > KEY_MAX || self.lens[(b[j] & 31) as usize] & (1 << n) == 0 {
             return None;
         }
-        for (d, s) in lower.iter_mut().zip(key.bytes()) {
-            *d = s.to_ascii_lowercase();
-        }
-        let k = std::str::from_utf8(&lower[..key.len()]).ok()?;
-        let cands = self.by_key.get(k)?;
-        let rest = &seg.as_bytes()[j..];
+        let cands = self.group(&b[j..end])?;
+        let rest = &b[j..];
         for (p, r) in cands {
-            let pb = p.as_bytes();
-            if rest.len() >= pb.len()
-                && rest[..pb.len()].eq_ignore_ascii_case(pb)
-                && !seg[j + pb.len()..].chars().next().is_some_and(is_word)
+            if rest.len() >= p.len()
+                && rest[..p.len()].eq_ignore_ascii_case(p)
+                && !rest.get(p.len()).is_some_and(|&c| WORD[c as usize])
             {
-                return Some((j + pb.len(), r));
+                return Some((j + p.len(), r));
             }
         }
         None
+    }
+
+    /// The end of the word run starting at `i`.
+    #[inline]
+    fn word_end(b: &[u8], mut i: usize) -> usize {
+        while i < b.len() && WORD[b[i] as usize] {
+            i += 1;
+        }
+        i
+    }
+
+    /// Whether some phrase matches at a word start of `line`, read as one
+    /// segment. For a line without the byte 0xE2 (the lead byte of the
+    /// curly quotes that open and close a protected span next to a word),
+    /// `false` means no free segment of the line has a match either: every
+    /// protected span begins after a non-word byte or with one, and ends
+    /// before one or with one that cannot start a word, so the word starts,
+    /// words and boundaries of a free segment are those of the line.
+    fn may_match(&self, line: &[u8]) -> bool {
+        if line.contains(&0xE2) {
+            return true;
+        }
+        let mut i = 0;
+        while i < line.len() {
+            if !WORD[line[i] as usize] {
+                i += 1;
+                continue;
+            }
+            let end = Self::word_end(line, i + 1);
+            if line[i].is_ascii_alphabetic() && self.match_at(line, i, end).is_some() {
+                return true;
+            }
+            i = end;
+        }
+        false
     }
 
     /// Rewrite one free segment into `out`.
@@ -156,20 +277,16 @@ impl PhraseSet {
         let mut prev_end = 0; // end of the last match
         let mut copied = 0; // seg[..copied] has been emitted or dropped
         let mut i = 0;
-        let mut prev_word = false;
+        // invariant: `i` is 0, follows a non-word byte, or ends a match
         while i < b.len() {
-            let c = match seg[i..].chars().next() {
-                Some(c) => c,
-                None => break,
-            };
-            let w = is_word(c);
-            if w && !prev_word && c.is_ascii_alphabetic() {
-                // a word start: the key is the maximal run of word characters
-                let end = seg[i..]
-                    .char_indices()
-                    .find(|&(_, x)| !is_word(x))
-                    .map_or(seg.len(), |(o, _)| i + o);
-                if let Some((pend, repl)) = self.match_at(seg, i, &seg[i..end]) {
+            if !WORD[b[i] as usize] {
+                i += 1;
+                continue;
+            }
+            // a word run; only one starting with an ASCII letter can match
+            let end = Self::word_end(b, i + 1);
+            if b[i].is_ascii_alphabetic() {
+                if let Some((pend, repl)) = self.match_at(b, i, end) {
                     // leading spaces: from max(prev_end, start of the run before i)
                     let mut lead = i;
                     while lead > prev_end && matches!(b[lead - 1], b' ' | b'\t') {
@@ -205,40 +322,60 @@ impl PhraseSet {
                     prev_end = trail;
                     copied = trail;
                     i = trail;
-                    prev_word = false;
                     continue;
                 }
-                // skip the rest of this word
-                i = end;
-                prev_word = true;
-                continue;
             }
-            prev_word = w;
-            i += c.len_utf8();
+            i = end;
         }
         emitter.emit(&seg[copied..]);
         changed
     }
 
-    /// Apply to every free segment of every line outside fenced code.
-    pub fn apply(&self, text: &str) -> String {
-        let mut out = String::with_capacity(text.len());
-        let mut buf = Vec::new();
+    /// Apply to every free segment of every line outside fenced code; `None`
+    /// when nothing matched (the text stays as it is).
+    pub fn apply_changed(&self, text: &str) -> Option<String> {
         let lines: Vec<&str> = text.split('\n').collect();
         let fenced = fence_mask(&lines);
+        let mut out: Option<String> = None;
+        let mut scratch = String::new();
+        let mut buf = Vec::new();
+        let mut off = 0; // byte offset of line i
         for (i, line) in lines.iter().enumerate() {
-            if i > 0 {
-                out.push('\n');
+            let rewrite = !fenced[i] && self.may_match(line.as_bytes());
+            match &mut out {
+                Some(o) => {
+                    o.push('\n');
+                    if rewrite {
+                        map_free(line, &mut buf, o, |seg, _, o| {
+                            self.apply_segment(seg, o);
+                        });
+                    } else {
+                        o.push_str(line);
+                    }
+                }
+                None if rewrite => {
+                    scratch.clear();
+                    let mut hit = false;
+                    map_free(line, &mut buf, &mut scratch, |seg, _, o| {
+                        hit |= self.apply_segment(seg, o);
+                    });
+                    if hit {
+                        let mut o = String::with_capacity(text.len());
+                        o.push_str(&text[..off]);
+                        o.push_str(&scratch);
+                        out = Some(o);
+                    }
+                }
+                None => {}
             }
-            if fenced[i] {
-                out.push_str(line);
-            } else {
-                map_free(line, &mut buf, &mut out, |seg, _, out| {
-                    self.apply_segment(seg, out);
-                });
-            }
+            off += line.len() + 1;
         }
         out
+    }
+
+    /// Apply to every free segment of every line outside fenced code.
+    pub fn apply(&self, text: &str) -> String {
+        self.apply_changed(text).unwrap_or_else(|| text.to_string())
     }
 }
 

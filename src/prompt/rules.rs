@@ -184,18 +184,28 @@ pub fn whitespace(text: &str) -> String {
         out.push_str(ind);
         let start = out.len();
         map_free(rest, &mut buf, &mut out, |seg, _, out| {
-            let mut in_run = false;
-            for c in seg.chars() {
-                if c == ' ' || c == '\t' {
-                    if !in_run {
-                        out.push(' ');
-                        in_run = true;
+            // each run of spaces and tabs becomes one space (neither byte
+            // occurs inside a multi-byte character)
+            let b = seg.as_bytes();
+            let mut copied = 0;
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b' ' || b[i] == b'\t' {
+                    let mut j = i + 1;
+                    while j < b.len() && (b[j] == b' ' || b[j] == b'\t') {
+                        j += 1;
                     }
+                    if j > i + 1 || b[i] == b'\t' {
+                        out.push_str(&seg[copied..i]);
+                        out.push(' ');
+                        copied = j;
+                    }
+                    i = j;
                 } else {
-                    in_run = false;
-                    out.push(c);
+                    i += 1;
                 }
             }
+            out.push_str(&seg[copied..]);
         });
         let trimmed = out[start..].trim_end_matches([' ', '\t']).len();
         out.truncate(start + trimmed);
@@ -241,7 +251,10 @@ fn whitespace_is_noop(text: &str) -> bool {
 
 fn substantial(s: &str) -> bool {
     let t = s.trim_matches(is_space);
-    t.chars().count() >= 16 && t.bytes().any(|b| b.is_ascii_alphabetic())
+    // a character has at most 4 bytes: 64 bytes hold at least 16 of them
+    t.len() >= 16
+        && (t.len() >= 64 || t.chars().count() >= 16)
+        && t.bytes().any(|b| b.is_ascii_alphabetic())
 }
 
 /// Remove exact repeats of an earlier paragraph or line outside code, keeping

@@ -280,6 +280,19 @@ fn number(s: &str, i: usize) -> Option<usize> {
     Some(j)
 }
 
+/// The bytes at which a protected span can start (see [`spans`]).
+static SPAN_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let starts = b"`hw${\"'0123456789";
+    let mut i = 0;
+    while i < starts.len() {
+        t[starts[i] as usize] = true;
+        i += 1;
+    }
+    t[0xE2] = true; // the lead byte of the curly quote
+    t
+};
+
 /// The protected spans of one line, as byte ranges, left to right.
 ///
 /// At each position the first kind that matches wins: inline code, URL,
@@ -290,6 +303,12 @@ pub fn spans(line: &str, out: &mut Vec<(usize, usize)>) {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
+        // only these bytes can start a span; each is the first byte of a
+        // character, so skipping the others never lands inside one
+        if !SPAN_START[c as usize] {
+            i += 1;
+            continue;
+        }
         let end = match c {
             b'`' => inline_code(line, i),
             b'h' | b'w' => url(line, i),

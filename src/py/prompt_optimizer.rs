@@ -13,8 +13,9 @@ use crate::tokens;
 /// The result of `PromptOptimizer.compress`.
 #[pyclass(frozen, module = "llmedge._core")]
 pub struct CompressionResult {
+    /// The prompt object itself when no step changed it (no copy, no decode).
     #[pyo3(get)]
-    text: String,
+    text: Py<PyString>,
     #[pyo3(get)]
     tokens_before: usize,
     #[pyo3(get)]
@@ -27,15 +28,15 @@ pub struct CompressionResult {
 
 #[pymethods]
 impl CompressionResult {
-    fn __repr__(&self) -> String {
-        format!(
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
             "CompressionResult(tokens_before={}, tokens_after={}, saved_ratio={:.4}, steps={:?}, text_len={})",
             self.tokens_before,
             self.tokens_after,
             self.saved_ratio,
             self.steps,
-            self.text.chars().count()
-        )
+            self.text.bind(py).len()?
+        ))
     }
 }
 
@@ -76,6 +77,28 @@ pub fn text_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
             "{what} is not valid Unicode (lone surrogate?): {e}"
         ))
     })
+}
+
+/// A `str` argument as the string object and its UTF-8 text (borrowed from
+/// the object), with errors that name the argument.
+fn str_arg<'a, 'py>(
+    obj: &'a Bound<'py, PyAny>,
+    what: &str,
+) -> PyResult<(&'a Bound<'py, PyString>, &'a str)> {
+    let s = obj.cast::<PyString>().map_err(|_| {
+        let ty = obj
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        type_error(format!("{what} must be a str, not {ty}"))
+    })?;
+    let text = s.to_str().map_err(|e| {
+        value_error(format!(
+            "{what} is not valid Unicode (lone surrogate?): {e}"
+        ))
+    })?;
+    Ok((s, text))
 }
 
 fn parse_level(level: &str) -> PyResult<Level> {
@@ -180,17 +203,21 @@ impl PromptOptimizer {
         level: &str,
         target_reduction: Option<f64>,
     ) -> PyResult<CompressionResult> {
-        let text = text_arg(prompt, "prompt")?;
+        let (obj, text) = str_arg(prompt, "prompt")?;
         let level = parse_level(level)?;
         let target = target_reduction.map(check_target).transpose()?;
         let enc = self.encoding();
-        let r = py.detach(|| {
-            let mut counter = ChunkCounter::new(enc);
-            prompt::compress(&text, level, target, |s| counter.count(s))
-        });
+        // `text` borrows the prompt object's UTF-8 buffer, which lives as
+        // long as the object and never changes (str is immutable)
+        let r = py.detach(|| prompt::compress(text, level, target, ChunkCounter::new(enc)));
+        let text = if r.steps.is_empty() {
+            obj.clone().unbind()
+        } else {
+            PyString::new(py, &r.text).unbind()
+        };
         Ok(CompressionResult {
             saved_ratio: r.saved_ratio(),
-            text: r.text,
+            text,
             tokens_before: r.tokens_before,
             tokens_after: r.tokens_after,
             steps: r.steps,
@@ -210,8 +237,13 @@ impl PromptOptimizer {
         let target = check_target(target_reduction)?;
         let enc = self.encoding();
         Ok(py.detach(|| {
-            let mut counter = ChunkCounter::new(enc);
-            prompt::compress(&text, Level::Aggressive, Some(target), |s| counter.count(s)).text
+            prompt::compress(
+                &text,
+                Level::Aggressive,
+                Some(target),
+                ChunkCounter::new(enc),
+            )
+            .text
         }))
     }
 

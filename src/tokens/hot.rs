@@ -147,6 +147,30 @@ impl HotCounts {
         }
     }
 
+    /// Ask the CPU to start loading the cache line that [`get`](Self::get)
+    /// of `key` will read (a hint: it changes no state and reads nothing).
+    #[inline]
+    pub fn prefetch(&self, key: Key) {
+        let line: *const u8 = match key {
+            Key::Short(k) => {
+                let i = (mix(k, 0) >> self.short_shift) as usize;
+                self.short[i].0.as_ptr().cast()
+            }
+            Key::Long(k) => {
+                let i = (mix(k as u64, (k >> 64) as u64) >> self.long_shift) as usize;
+                self.long[i].0.as_ptr().cast()
+            }
+        };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a prefetch is a hint that never faults and has no effect
+        // on memory; `line` points into a live table anyway.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.cast());
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = line;
+    }
+
     /// Remember `count` for the string packed in `key` (counts above 15, which
     /// a string of at most 15 bytes cannot have, are not stored).
     #[inline]
