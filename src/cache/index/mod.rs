@@ -215,7 +215,10 @@ impl Index {
         let replacement = match self {
             Index::Flat(f) if len >= AUTO_HNSW_MIN => {
                 let mut h = HnswIndex::new(dim, params);
-                for &id in ids {
+                // In id order, so the same entries give the same graph.
+                let mut ids: Vec<u32> = ids.copied().collect();
+                ids.sort_unstable();
+                for id in ids {
                     if let Some(v) = f.vector(id) {
                         h.add(id, &v);
                     }
