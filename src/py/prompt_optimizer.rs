@@ -64,19 +64,7 @@ impl PromptOptimizer {
 
 /// A `str` argument as an owned Rust string, with errors that name the argument.
 pub fn text_arg(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<String> {
-    let s = obj.cast::<PyString>().map_err(|_| {
-        let ty = obj
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
-        type_error(format!("{what} must be a str, not {ty}"))
-    })?;
-    s.to_str().map(str::to_owned).map_err(|e| {
-        value_error(format!(
-            "{what} is not valid Unicode (lone surrogate?): {e}"
-        ))
-    })
+    str_arg(obj, what).map(|(_, text)| text.to_owned())
 }
 
 /// A `str` argument as the string object and its UTF-8 text (borrowed from
