@@ -384,16 +384,26 @@ mod timing {
         (best, out.expect("reps > 0"))
     }
 
+    /// A JSON list of strings from `path`, for the timing tests below (they
+    /// do nothing without it).
+    fn texts_from(path: &str) -> Option<Vec<String>> {
+        serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+    }
+
+    /// Total of the texts' counts by pieces, each with a fresh counter.
+    fn piece_total(enc: &'static Encoding, texts: &[String]) -> usize {
+        texts.iter().map(|p| ChunkCounter::new(enc).count(p)).sum()
+    }
+
     /// `cargo test --release --lib timing -- --ignored --nocapture` with
     /// /tmp/prompts.json (a JSON list of strings): where compression spends
     /// its time (best of several passes, per-thread caches warm).
     #[test]
     #[ignore]
     fn where_the_time_goes() {
-        let Ok(raw) = std::fs::read_to_string("/tmp/prompts.json") else {
+        let Some(prompts) = texts_from("/tmp/prompts.json") else {
             return;
         };
-        let prompts: Vec<String> = serde_json::from_str(&raw).unwrap_or_default();
         let reps: usize = std::env::var("REPS")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -402,12 +412,7 @@ mod timing {
         enc.count("warm up");
         let (t, n) = best(reps, || prompts.iter().map(|p| enc.count(p)).sum::<usize>());
         println!("whole count {n}: {t:?}");
-        let (t, n) = best(reps, || {
-            prompts
-                .iter()
-                .map(|p| ChunkCounter::new(enc).count(p))
-                .sum::<usize>()
-        });
+        let (t, n) = best(reps, || piece_total(enc, &prompts));
         println!("piece count {n}: {t:?}");
         for step in Step::ALL {
             let (t, n) = best(reps, || {
@@ -432,20 +437,14 @@ mod timing {
     #[test]
     #[ignore]
     fn chat_texts() {
-        let Ok(raw) = std::fs::read_to_string("/tmp/chat_texts.json") else {
+        let Some(texts) = texts_from("/tmp/chat_texts.json") else {
             return;
         };
-        let texts: Vec<String> = serde_json::from_str(&raw).unwrap_or_default();
         let enc = encoding(EncodingName::O200kBase);
         for _ in 0..3 {
             let (t, n) = best(30, || texts.iter().map(|p| enc.count(p)).sum::<usize>());
             println!("whole count {n}: {t:?}");
-            let (t, n) = best(30, || {
-                texts
-                    .iter()
-                    .map(|p| ChunkCounter::new(enc).count(p))
-                    .sum::<usize>()
-            });
+            let (t, n) = best(30, || piece_total(enc, &texts));
             println!("piece count {n}: {t:?}");
         }
     }
@@ -456,10 +455,9 @@ mod timing {
     #[test]
     #[ignore]
     fn cold_threads() {
-        let Ok(raw) = std::fs::read_to_string("/tmp/prompts.json") else {
+        let Some(prompts) = texts_from("/tmp/prompts.json") else {
             return;
         };
-        let prompts: Vec<String> = serde_json::from_str(&raw).unwrap_or_default();
         let enc = encoding(EncodingName::O200kBase);
         enc.count("warm up");
         let reps: usize = std::env::var("REPS")

@@ -278,7 +278,7 @@ impl HnswIndex {
         }
         let ef = self.params.expansion_add.max(self.m0);
         for l in (0..=level.min(self.top)).rev() {
-            let mut found = self.walk(&q, &[ep], ef, l, Some(s));
+            let mut found = self.walk(&q, ep, ef, l, Some(s));
             found.sort_unstable();
             if let Some(&best) = found.first() {
                 ep = best;
@@ -371,7 +371,7 @@ impl HnswIndex {
     fn walk(
         &mut self,
         q: &[u64],
-        start: &[(u32, u32)],
+        start: (u32, u32),
         ef: usize,
         level: usize,
         skip: Option<u32>,
@@ -393,12 +393,11 @@ impl HnswIndex {
         let any_free = !self.free.is_empty();
         let mut cands: BinaryHeap<Reverse<u64>> = BinaryHeap::with_capacity(ef * 4);
         let mut best: BinaryHeap<u64> = BinaryHeap::with_capacity(ef + 1);
-        for &(d, s) in start {
-            seen.insert(s);
-            cands.push(Reverse(key(d, s)));
-            if returnable(&self.ids, any_free, s) {
-                best.push(key(d, s));
-            }
+        let (d, s) = start;
+        seen.insert(s);
+        cands.push(Reverse(key(d, s)));
+        if returnable(&self.ids, any_free, s) {
+            best.push(key(d, s));
         }
         let code_bytes = self.words * 8;
         let mut fresh: Vec<u32> = Vec::with_capacity(self.m0);
@@ -455,7 +454,7 @@ impl HnswIndex {
         }
         let rerank = self.params.rerank.max(k);
         let ef = self.params.expansion_search.max(rerank);
-        let mut found = self.walk(&qc, &[ep], ef, 0, None);
+        let mut found = self.walk(&qc, ep, ef, 0, None);
         found.sort_unstable();
         found.truncate(rerank);
         // Start every candidate's row load before scoring the first.
@@ -701,6 +700,15 @@ mod tests {
         (stored, qs)
     }
 
+    /// An index holding `stored[i]` under id `i`.
+    fn built(stored: &[Vec<f32>], dim: usize) -> HnswIndex {
+        let mut h = HnswIndex::new(dim, HnswParams::default());
+        for (i, v) in stored.iter().enumerate() {
+            h.add(i as u32, v);
+        }
+        h
+    }
+
     fn exact_best(stored: &[Vec<f32>], q: &[f32]) -> u32 {
         let mut best = (0, f32::MIN);
         for (i, v) in stored.iter().enumerate() {
@@ -715,10 +723,7 @@ mod tests {
     #[test]
     fn recall_on_clustered_vectors() {
         let (stored, qs) = clustered(3000, 96, 100, 7);
-        let mut h = HnswIndex::new(96, HnswParams::default());
-        for (i, v) in stored.iter().enumerate() {
-            h.add(i as u32, v);
-        }
+        let mut h = built(&stored, 96);
         let hits = qs
             .iter()
             .filter(|q| h.search(q, 4, 0.0).first().map(|x| x.0) == Some(exact_best(&stored, q)))
@@ -923,10 +928,7 @@ mod tests {
     #[test]
     fn removing_the_entry_point_and_everything() {
         let (stored, _) = clustered(500, 32, 0, 5);
-        let mut h = HnswIndex::new(32, HnswParams::default());
-        for (i, v) in stored.iter().enumerate() {
-            h.add(i as u32, v);
-        }
+        let mut h = built(&stored, 32);
         // The entry point and every node with upper levels leave.
         let tops: Vec<u32> = (0..500u32)
             .filter(|&i| h.levels[h.slot_of[&i] as usize] > 0 || h.slot_of[&i] == h.entry)
@@ -1001,10 +1003,7 @@ mod tests {
     fn odd_and_large_dimensions() {
         for dim in [3usize, 100, 700] {
             let (stored, qs) = clustered(400, dim, 20, 9);
-            let mut h = HnswIndex::new(dim, HnswParams::default());
-            for (i, v) in stored.iter().enumerate() {
-                h.add(i as u32, v);
-            }
+            let mut h = built(&stored, dim);
             let hits = qs
                 .iter()
                 .filter(|q| {
