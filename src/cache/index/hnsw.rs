@@ -53,14 +53,15 @@ impl Default for HnswParams {
 
 impl HnswParams {
     /// Bytes one entry costs: its half-precision vector, its sign code, its
-    /// base-level links (a count and 2M ids of 4 bytes), its level and id,
+    /// base-level links (2M ids of 4 bytes and a count), its level and id,
     /// the expected share of upper levels (one node in M has them, in a
     /// map), and its entry in the id-to-slot map.
     pub fn bytes_per_entry(&self, dim: usize) -> usize {
-        let m = self.connectivity.max(2);
+        let m = self.connectivity.clamp(2, 64);
         dim * 2
             + SignCoder::bits_for(dim) / 8
-            + (2 * m + 1) * 4
+            + 2 * m * 4
+            + 1
             + 1
             + 4
             + ((m + 1) * 4 + UPPER_MAP_BYTES).div_ceil(m - 1)
@@ -86,12 +87,14 @@ pub struct HnswIndex {
     /// Links per node on the upper levels and on level 0.
     m: usize,
     m0: usize,
-    /// Sign codes, `words` per slot.
-    codes: Vec<u64>,
+    /// Sign codes, `words` per slot (a 512-bit code is one cache line).
+    codes: LineVec<u64>,
     /// Half-precision vectors, `dim` per slot.
     rows: Vec<u16>,
-    /// Level-0 links, `m0 + 1` per slot: a count, then the neighbours.
-    links0: Vec<u32>,
+    /// Level-0 links, `m0` per slot (128 bytes, two lines, at the default
+    /// connectivity), of which the first `degree0[slot]` are neighbours.
+    links0: LineVec<u32>,
+    degree0: Vec<u8>,
     /// Links on levels 1..=level for the slots that have upper levels,
     /// `m + 1` per level, laid out like `links0`.
     upper: HashMap<u32, Box<[u32]>>,
@@ -113,7 +116,8 @@ pub struct HnswIndex {
 impl HnswIndex {
     pub fn new(dim: usize, params: HnswParams) -> Self {
         let coder = SignCoder::new(dim);
-        let m = params.connectivity.max(2);
+        // Level-0 degrees are bytes.
+        let m = params.connectivity.clamp(2, 64);
         HnswIndex {
             dim,
             params,
@@ -121,9 +125,10 @@ impl HnswIndex {
             coder,
             m,
             m0: 2 * m,
-            codes: Vec::new(),
+            codes: LineVec::new(),
             rows: Vec::new(),
-            links0: Vec::new(),
+            links0: LineVec::new(),
+            degree0: Vec::new(),
             upper: HashMap::new(),
             levels: Vec::new(),
             ids: Vec::new(),
@@ -159,14 +164,25 @@ impl HnswIndex {
 
     /// The links of `slot` on `level` (the slot has that level).
     fn links(&self, slot: u32, level: usize) -> &[u32] {
-        links_of(&self.links0, &self.upper, self.m, self.m0, slot, level)
+        links_of(
+            &self.links0,
+            &self.degree0,
+            &self.upper,
+            self.m,
+            slot,
+            level,
+        )
     }
 
     fn set_links(&mut self, slot: u32, level: usize, to: &[u32]) {
-        let list = if level == 0 {
-            let at = slot as usize * (self.m0 + 1);
-            &mut self.links0[at..at + self.m0 + 1]
-        } else {
+        if level == 0 {
+            let n = to.len().min(self.m0);
+            let at = slot as usize * self.m0;
+            self.links0[at..at + n].copy_from_slice(&to[..n]);
+            self.degree0[slot as usize] = n as u8;
+            return;
+        }
+        let list = {
             let m = self.m;
             let Some(u) = self.upper.get_mut(&slot) else {
                 return;
@@ -202,9 +218,10 @@ impl HnswIndex {
         let level = self.random_level();
         self.ids.push(FREE);
         self.levels.push(level as u8);
-        self.codes.resize(self.codes.len() + self.words, 0);
+        self.codes.grow_zeroed(self.words);
         self.rows.resize(self.rows.len() + self.dim, 0);
-        self.links0.resize(self.links0.len() + self.m0 + 1, 0);
+        self.links0.grow_zeroed(self.m0);
+        self.degree0.push(0);
         if level > 0 {
             self.upper
                 .insert(s, vec![0u32; level * (self.m + 1)].into_boxed_slice());
@@ -230,7 +247,8 @@ impl HnswIndex {
         self.levels.reserve_exact(more);
         self.codes.reserve_exact(more * self.words);
         self.rows.reserve_exact(more * self.dim);
-        self.links0.reserve_exact(more * (self.m0 + 1));
+        self.links0.reserve_exact(more * self.m0);
+        self.degree0.reserve_exact(more);
     }
 
     fn insert(&mut self, id: u32, v: &[f32]) {
@@ -407,7 +425,7 @@ impl HnswIndex {
                 break;
             }
             fresh.clear();
-            let links = links_of(&self.links0, &self.upper, self.m, self.m0, c, level);
+            let links = links_of(&self.links0, &self.degree0, &self.upper, self.m, c, level);
             for &n in links {
                 if seen.insert(n) {
                     let at = n as usize * self.words;
@@ -430,8 +448,8 @@ impl HnswIndex {
             }
             if level == 0 {
                 if let Some(&Reverse(next)) = cands.peek() {
-                    let at = (next as u32) as usize * (self.m0 + 1);
-                    prefetch(self.links0[at..].as_ptr() as *const u8, (self.m0 + 1) * 4);
+                    let at = (next as u32) as usize * self.m0;
+                    prefetch(self.links0[at..].as_ptr() as *const u8, self.m0 * 4);
                 }
             }
         }
@@ -551,23 +569,90 @@ impl Visited {
 #[inline(always)]
 fn links_of<'a>(
     links0: &'a [u32],
+    degree0: &[u8],
     upper: &'a HashMap<u32, Box<[u32]>>,
     m: usize,
-    m0: usize,
     slot: u32,
     level: usize,
 ) -> &'a [u32] {
-    let list = if level == 0 {
-        let at = slot as usize * (m0 + 1);
-        &links0[at..at + m0 + 1]
-    } else {
-        let Some(u) = upper.get(&slot) else {
-            return &[];
-        };
-        let at = (level - 1) * (m + 1);
-        &u[at..at + m + 1]
+    if level == 0 {
+        let at = slot as usize * 2 * m;
+        return &links0[at..at + usize::from(degree0[slot as usize])];
+    }
+    let Some(u) = upper.get(&slot) else {
+        return &[];
     };
-    &list[1..1 + list[0] as usize]
+    let at = (level - 1) * (m + 1);
+    &u[at + 1..at + 1 + u[at] as usize]
+}
+
+/// One cache line of plain data, the unit `LineVec` allocates.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u64; 8]);
+
+/// Integer types `LineVec` holds (any bit pattern is a valid value).
+trait Plain: Copy {}
+impl Plain for u32 {}
+impl Plain for u64 {}
+
+/// A growable array whose first element starts a cache line, so that a
+/// 64-byte sign code or a 128-byte list of links spans exactly one or two
+/// lines. (The allocator's large blocks start 16 bytes into a line, which
+/// made every code two loads, the second one not prefetched.)
+struct LineVec<T> {
+    lines: Vec<Line>,
+    len: usize,
+    _of: std::marker::PhantomData<T>,
+}
+
+impl<T: Plain> LineVec<T> {
+    const PER_LINE: usize = 64 / std::mem::size_of::<T>();
+
+    fn new() -> Self {
+        LineVec {
+            lines: Vec::new(),
+            len: 0,
+            _of: std::marker::PhantomData,
+        }
+    }
+
+    /// Appends `n` zeros.
+    fn grow_zeroed(&mut self, n: usize) {
+        self.len += n;
+        // Elements past `len` in the last line are zeros already: lines
+        // are zeroed when added and only `..len` is ever handed out.
+        self.lines
+            .resize(self.len.div_ceil(Self::PER_LINE), Line([0; 8]));
+    }
+
+    fn reserve_exact(&mut self, more: usize) {
+        let want = (self.len + more).div_ceil(Self::PER_LINE);
+        self.lines
+            .reserve_exact(want.saturating_sub(self.lines.len()));
+    }
+
+    /// Elements allocated.
+    fn capacity(&self) -> usize {
+        self.lines.capacity() * Self::PER_LINE
+    }
+}
+
+impl<T: Plain> std::ops::Deref for LineVec<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: the lines hold at least `len` elements of T (64 bytes of
+        // plain integers each, no padding), aligned to 64 >= align_of::<T>;
+        // T is an integer, valid for any bits; the borrow follows `self`.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<T>(), self.len) }
+    }
+}
+
+impl<T: Plain> std::ops::DerefMut for LineVec<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`, borrowed mutably through `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<T>(), self.len) }
+    }
 }
 
 impl VectorIndex for HnswIndex {
@@ -622,6 +707,7 @@ impl VectorIndex for HnswIndex {
         self.codes.capacity() * 8
             + self.rows.capacity() * 2
             + self.links0.capacity() * 4
+            + self.degree0.capacity()
             + self
                 .upper
                 .values()

@@ -135,11 +135,13 @@ pub fn prefetch(p: *const u8, bytes: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let mut off = 0;
-        while off < bytes {
+        // Every line the range touches (an unaligned range spans one more).
+        let mut line = (p as usize & !63) as *const u8;
+        let end = p.wrapping_add(bytes);
+        while line < end {
             // SAFETY: prefetch never faults; the address is only a hint.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off) as *const i8) };
-            off += 64;
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
+            line = line.wrapping_add(64);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
