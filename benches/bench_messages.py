@@ -12,7 +12,7 @@ import json
 
 import pytest
 from baselines.messages import ChatRules, num_tokens_from_messages, offline_tiktoken
-from conftest import record
+from conftest import interleaved, record
 
 import llmedge
 from llmedge import _core
@@ -74,6 +74,25 @@ def test_count_chats_cold(benchmark, impl, chats, rules, reference, quick):
 
     result = benchmark.pedantic(run, setup=_forget, rounds=8 if quick else 30, iterations=1)
     record(benchmark, impl, result == reference)
+
+
+def test_count_chats_cold_interleaved(benchmark, chats, rules, reference, quick):
+    """The cold case with the baseline run just before each llmedge round."""
+    benchmark.group = "messages: count_messages, 100 chats, cold, interleaved"
+    ours, theirs = _counter("llmedge", rules), _counter("python", rules)
+
+    def check(name, result):
+        assert result == reference, name
+
+    result = interleaved(
+        benchmark,
+        lambda: [ours(c) for c in chats],
+        {"python": lambda: [theirs(c) for c in chats]},
+        rounds=8 if quick else 30,
+        setup=_forget,
+        check=check,
+    )
+    record(benchmark, "llmedge", result == reference)
 
 
 @pytest.mark.parametrize("impl", ["llmedge", "python"])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from baselines import prompt as baseline
-from conftest import record
+from conftest import interleaved, record
 
 import llmedge
 
@@ -112,6 +112,26 @@ def test_compress_cpu_time(benchmark, prompts, counter, quick, level, impl):
             _python, args=(prompts, level, counter), rounds=3 if quick else 7
         )
     record(benchmark, impl, result == expected)
+    assert result == expected
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_compress_interleaved(benchmark, prompts, counter, quick, level):
+    """`test_compress` with the baseline run just before each llmedge round."""
+    benchmark.group = f"prompt: compress {level}, {len(prompts)} prompts, interleaved"
+    expected = _llmedge(prompts, level)
+
+    def check(name, result):
+        assert result == expected, name
+
+    result = interleaved(
+        benchmark,
+        lambda: _llmedge(prompts, level),
+        {"python": lambda: _python(prompts, level, counter)},
+        rounds=5 if quick else 15,
+        check=check,
+    )
+    record(benchmark, "llmedge", result == expected)
     assert result == expected
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from baselines.tokens import PythonBPE, offline_tiktoken_cache, tiktoken_assets
-from conftest import data_path, record
+from conftest import data_path, interleaved, record
 
 import llmedge
 
@@ -119,3 +119,30 @@ def test_count_batch_prompts(benchmark, tiktoken_mod, data_dir, impl, quick):
 
         result = benchmark(fn)
     record(benchmark, impl, result == expected)
+
+
+def test_count_batch_prompts_interleaved(benchmark, tiktoken_mod, data_dir, quick):
+    """`count_tokens_batch` with tiktoken at 1, 2, 4 and 8 threads run just before
+    each llmedge round; "best" is the fastest thread count of each round."""
+    with (data_dir / "prompts.csv").open(newline="", encoding="utf-8") as f:
+        prompts = [row["prompt"] for row in csv.DictReader(f)]
+    enc = tiktoken_mod.get_encoding("o200k_base")
+    expected = [len(x) for x in enc.encode_ordinary_batch(prompts, num_threads=2)]
+    benchmark.group = (
+        f"tokens: count_tokens_batch, {len(prompts)} prompts (o200k_base), interleaved"
+    )
+
+    def tiktoken_at(threads):
+        return lambda: [len(x) for x in enc.encode_ordinary_batch(prompts, num_threads=threads)]
+
+    def check(name, result):
+        assert result == expected, name
+
+    result = interleaved(
+        benchmark,
+        lambda: llmedge.count_tokens_batch(prompts, model="gpt-4o"),
+        {f"tiktoken, {t} thr": tiktoken_at(t) for t in (1, 2, 4, 8)},
+        rounds=10 if quick else 30,
+        check=check,
+    )
+    record(benchmark, "llmedge", result == expected)

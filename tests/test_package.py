@@ -68,6 +68,30 @@ def test_bench_report_formats_ratios():
     assert "== tokens ==" in report
 
 
+def test_bench_report_shows_interleaved_baselines():
+    from llmedge._bench import format_report
+
+    data = {
+        "benchmarks": [
+            {
+                "group": "messages: count, interleaved",
+                "name": "a",
+                "stats": {"median": 2e-3},
+                "extra_info": {
+                    "impl": "llmedge",
+                    "correct": True,
+                    "interleaved": {"python": {"median": 0.031, "ratio": 15.25}},
+                },
+            }
+        ]
+    }
+    report = format_report(data)
+    row = next(line for line in report.splitlines() if "python" in line)
+    assert "31.00 ms" in row
+    assert "15.25x*" in row
+    assert "*: interleaved" in report
+
+
 @pytest.mark.parametrize("bad", [None, 3, b"bytes"])
 def test_count_tokens_rejects_non_strings(bad):
     with pytest.raises(TypeError):

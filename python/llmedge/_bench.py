@@ -63,10 +63,17 @@ def format_report(data: dict[str, Any]) -> str:
                     f"{case[:44]:<44} {impl[:18]:<18} {_fmt_time(median):>12} {rel:>10}  {agree}"
                 )
                 case = ""
+                for name, b in info.get("interleaved", {}).items():
+                    paired = f"{b['ratio']:8.2f}x*"
+                    lines.append(
+                        f"{'':<44} {name[:18]:<18} {_fmt_time(b['median']):>12} {paired:>10}"
+                    )
     lines.append("")
     lines.append(
         "relative: the implementation's median time divided by llmedge's (higher = "
-        "llmedge faster); agree: its result matched the reference."
+        "llmedge faster); agree: its result matched the reference. *: interleaved "
+        "(the baseline ran just before each of llmedge's rounds; relative is the median "
+        "of the per-round ratios, which a slowdown of the machine moves much less)."
     )
     return "\n".join(lines)
 
