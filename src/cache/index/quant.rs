@@ -270,6 +270,10 @@ fn fwht(x: &mut [f32]) {
 /// one instruction.
 #[inline(always)]
 pub fn ham(a: &[u64], b: &[u64]) -> u32 {
+    // 512-bit codes (dimensions 257 to 512, 384 among them) unrolled
+    if let (Ok(a), Ok(b)) = (<&[u64; 8]>::try_from(a), <&[u64; 8]>::try_from(b)) {
+        return (0..8).map(|i| (a[i] ^ b[i]).count_ones()).sum();
+    }
     a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
 }
 
