@@ -43,49 +43,36 @@ def test_cli_bench_rejects_unknown_component():
     assert "no_such_component" in out.stderr
 
 
-def test_bench_report_formats_ratios():
+def _report(*rows):
+    """The bench report of pytest-benchmark entries (group, median, extra_info)."""
     from llmedge._bench import format_report
 
-    data = {
-        "benchmarks": [
-            {
-                "group": "tokens: count",
-                "name": "a",
-                "stats": {"median": 1e-6},
-                "extra_info": {"impl": "llmedge", "correct": True},
-            },
-            {
-                "group": "tokens: count",
-                "name": "b",
-                "stats": {"median": 3e-6},
-                "extra_info": {"impl": "tiktoken", "correct": False},
-            },
-        ]
-    }
-    report = format_report(data)
+    benchmarks = [
+        {"group": group, "name": f"b{i}", "stats": {"median": median}, "extra_info": info}
+        for i, (group, median, info) in enumerate(rows)
+    ]
+    return format_report({"benchmarks": benchmarks})
+
+
+def test_bench_report_formats_ratios():
+    report = _report(
+        ("tokens: count", 1e-6, {"impl": "llmedge", "correct": True}),
+        ("tokens: count", 3e-6, {"impl": "tiktoken", "correct": False}),
+    )
     assert "3.00x" in report
     assert "NO" in report
     assert "== tokens ==" in report
 
 
 def test_bench_report_shows_interleaved_baselines():
-    from llmedge._bench import format_report
-
-    data = {
-        "benchmarks": [
-            {
-                "group": "messages: count, interleaved",
-                "name": "a",
-                "stats": {"median": 2e-3},
-                "extra_info": {
-                    "impl": "llmedge",
-                    "correct": True,
-                    "interleaved": {"python": {"median": 0.031, "ratio": 15.25}},
-                },
-            }
-        ]
-    }
-    report = format_report(data)
+    interleaved = {"python": {"median": 0.031, "ratio": 15.25}}
+    report = _report(
+        (
+            "messages: count, interleaved",
+            2e-3,
+            {"impl": "llmedge", "correct": True, "interleaved": interleaved},
+        )
+    )
     row = next(line for line in report.splitlines() if "python" in line)
     assert "31.00 ms" in row
     assert "15.25x*" in row

@@ -387,7 +387,7 @@ mod tests {
             coder.encode(&c),
             coder.encode(&neg),
         );
-        let h = |x: &[u64], y: &[u64]| ham(x, y);
+        let h = ham;
         assert_eq!(h(&ca, &ca), 0);
         assert!(h(&ca, &cb) < h(&ca, &cc), "{} {}", h(&ca, &cb), h(&ca, &cc));
         // The opposite vector differs in (almost) every bit.
