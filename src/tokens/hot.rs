@@ -16,7 +16,7 @@ pub const MAX_LEN: usize = 15;
 /// A string of 1 to 15 bytes packed with its length: `Short` (up to 7 bytes,
 /// length in the low nibble of the top byte of a `u64`) or `Long` (8 to 15,
 /// the same in a `u128`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Key {
     Short(u64),
     Long(u128),
@@ -91,19 +91,22 @@ macro_rules! table {
             }
 
             /// New strings enter in the middle, so one-off strings do not push
-            /// out the most used.
+            /// out the most used. Returns whether a string was dropped.
             #[inline]
-            fn put(&mut self, key: $int, count: usize) {
+            fn put(&mut self, key: $int, count: usize) -> bool {
                 const MID: usize = $ways / 2;
+                let dropped = self.0[$ways - 1] != 0;
                 self.0.copy_within(MID..$ways - 1, MID + 1);
                 self.0[MID] = key | ((count as $int) << Self::SHIFT);
+                dropped
             }
         }
     };
 }
 
+const LONG_WAYS: usize = 4;
 table!(ShortSet, u64, 8);
-table!(LongSet, u128, 4);
+table!(LongSet, u128, LONG_WAYS);
 
 #[inline]
 fn mix(lo: u64, hi: u64) -> u64 {
@@ -116,12 +119,23 @@ pub struct HotCounts {
     long: Box<[LongSet]>,
     short_shift: u32,
     long_shift: u32,
+    /// the long table doubles, up to this many strings, when it has dropped
+    /// as many strings as it holds
+    long_max: usize,
+    long_dropped: usize,
 }
 
 impl HotCounts {
     /// A cache of `2^short_bits` strings of up to 7 bytes (8 bytes each) and
     /// `2^long_bits` of 8 to 15 bytes (16 bytes each); bits from 3 to 24.
     pub fn new(short_bits: u32, long_bits: u32) -> Self {
+        Self::growing(short_bits, long_bits, long_bits)
+    }
+
+    /// As [`new`](Self::new), with a table of long strings that doubles,
+    /// up to `2^long_max_bits` strings, each time it has dropped as many
+    /// strings as it holds (text with more distinct long words than it holds).
+    pub fn growing(short_bits: u32, long_bits: u32, long_max_bits: u32) -> Self {
         let sb = short_bits.clamp(3, 24) - 3;
         let lb = long_bits.clamp(3, 24) - 2;
         HotCounts {
@@ -129,6 +143,31 @@ impl HotCounts {
             long: vec![LongSet::default(); 1 << lb].into_boxed_slice(),
             short_shift: 64 - sb,
             long_shift: 64 - lb,
+            long_max: 1 << long_max_bits.clamp(long_bits.clamp(3, 24), 24),
+            long_dropped: 0,
+        }
+    }
+
+    /// Bytes held by the tables.
+    pub fn bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.short) + std::mem::size_of_val(&*self.long)
+    }
+
+    fn grow_long(&mut self) {
+        let lb = 64 - self.long_shift + 1;
+        let old = std::mem::replace(
+            &mut self.long,
+            vec![LongSet::default(); 1 << lb].into_boxed_slice(),
+        );
+        self.long_shift = 64 - lb;
+        self.long_dropped = 0;
+        for set in old.iter() {
+            // least useful first, so the most useful end up in front
+            for &v in set.0.iter().rev().filter(|&&v| v != 0) {
+                let k = v & !LongSet::MASK;
+                let i = (mix(k as u64, (k >> 64) as u64) >> self.long_shift) as usize;
+                self.long[i].put(k, (v >> LongSet::SHIFT) as usize);
+            }
         }
     }
 
@@ -185,7 +224,13 @@ impl HotCounts {
             }
             Key::Long(k) => {
                 let i = (mix(k as u64, (k >> 64) as u64) >> self.long_shift) as usize;
-                self.long[i].put(k, count);
+                if self.long[i].put(k, count) {
+                    self.long_dropped += 1;
+                    let held = self.long.len() * LONG_WAYS;
+                    if self.long_dropped >= held && held < self.long_max {
+                        self.grow_long();
+                    }
+                }
             }
         }
     }
@@ -194,6 +239,34 @@ impl HotCounts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_table_grows_to_its_bound_and_keeps_counts() {
+        let mut h = HotCounts::growing(3, 6, 8);
+        let start = h.bytes();
+        let word = |i: u32| format!("word{i:011}");
+        for i in 0..5_000u32 {
+            let k = key(word(i).as_bytes()).expect("15 bytes");
+            h.put(k, (i % 16) as usize);
+        }
+        // 64 -> 128 -> 256 long strings of 16 bytes, then no more
+        assert_eq!(h.bytes() - start, (256 - 64) * 16);
+        let mut found = 0;
+        for i in 0..5_000u32 {
+            if let Some(n) = h.get(key(word(i).as_bytes()).expect("15 bytes")) {
+                assert_eq!(n, (i % 16) as usize);
+                found += 1;
+            }
+        }
+        assert!(found > 0 && found <= 256, "{found}");
+        // a fixed table does not grow
+        let mut f = HotCounts::new(3, 6);
+        let before = f.bytes();
+        for i in 0..5_000u32 {
+            f.put(key(word(i).as_bytes()).expect("15 bytes"), 1);
+        }
+        assert_eq!(f.bytes(), before);
+    }
 
     #[test]
     fn remembers_exact_strings_only() {
