@@ -17,6 +17,8 @@ pub mod phrases;
 pub mod rules;
 pub mod text;
 
+use std::borrow::Cow;
+
 use phrases::PhraseSet;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +52,9 @@ impl Step {
         }
     }
 
-    pub fn apply(self, text: &str) -> String {
+    /// The text after this step, borrowed when the step certainly changed
+    /// nothing.
+    pub fn apply(self, text: &str) -> Cow<'_, str> {
         match self {
             Step::Json => rules::minify_json(text),
             Step::Whitespace => rules::whitespace(text),
@@ -145,10 +149,11 @@ pub fn compress(
                 break;
             }
         }
-        let next = step.apply(&cur);
-        if next == cur {
-            continue;
-        }
+        let next = match step.apply(&cur) {
+            Cow::Borrowed(_) => continue,
+            Cow::Owned(next) if next == cur => continue,
+            Cow::Owned(next) => next,
+        };
         let n = counter.recount(&cur, tokens, &next);
         if n <= tokens {
             cur = next;

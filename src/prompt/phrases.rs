@@ -11,6 +11,7 @@
 //!   deleted text started with a capital, the next emitted character is
 //!   capitalised (`Please provide` -> `Provide`).
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use super::text::{fence_mask, is_word, map_free};
@@ -374,8 +375,9 @@ impl PhraseSet {
     }
 
     /// Apply to every free segment of every line outside fenced code.
-    pub fn apply(&self, text: &str) -> String {
-        self.apply_changed(text).unwrap_or_else(|| text.to_string())
+    pub fn apply<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        self.apply_changed(text)
+            .map_or(Cow::Borrowed(text), Cow::Owned)
     }
 }
 
@@ -407,11 +409,11 @@ mod tests {
     use super::*;
 
     fn f(s: &str) -> String {
-        PhraseSet::fillers().apply(s)
+        PhraseSet::fillers().apply(s).into_owned()
     }
 
     fn sw(s: &str) -> String {
-        PhraseSet::stop_words().apply(s)
+        PhraseSet::stop_words().apply(s).into_owned()
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! code blocks are copied unchanged (the JSON step's ```json fences aside), and
 //! within a line only the free segments between protected spans are rewritten.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use super::json;
@@ -56,15 +57,24 @@ fn paragraphs(lines: &[&str], fenced: &[bool]) -> Vec<(usize, usize)> {
 /// objects or arrays that form the tail of a paragraph (from the first line
 /// starting with `{`/`[` to the last line ending with `}`/`]`). A paragraph
 /// block is left alone if minifying would break a protected span of its lines.
-pub fn minify_json(text: &str) -> String {
+pub fn minify_json(text: &str) -> Cow<'_, str> {
     // every candidate (a fence body or a paragraph) has a line whose first
     // byte after spaces, tabs and carriage returns is `{` or `[`
-    let candidate = text.split('\n').any(|l| {
-        l.trim_start_matches([' ', '\t', '\r'])
-            .starts_with(['{', '['])
+    let mut line_start = true;
+    let candidate = text.bytes().any(|c| match c {
+        b'\n' => {
+            line_start = true;
+            false
+        }
+        b' ' | b'\t' | b'\r' => false,
+        b'{' | b'[' if line_start => true,
+        _ => {
+            line_start = false;
+            false
+        }
     });
     if !candidate {
-        return text.to_string();
+        return Cow::Borrowed(text);
     }
     let lines = lines_of(text);
     let blocks = fences(&lines);
@@ -89,6 +99,7 @@ pub fn minify_json(text: &str) -> String {
         }
     }
     let mut buf = Vec::new();
+    let mut needles = Vec::new();
     for (ps, pe) in paragraphs(&lines, &fenced) {
         let first = (ps..pe).find(|&i| {
             let t = lines[i].trim_start_matches([' ', '\t']);
@@ -104,14 +115,17 @@ pub fn minify_json(text: &str) -> String {
         let Some(min) = minified_container(&body) else {
             continue;
         };
-        let survives = lines[first..=last].iter().all(|l| {
+        // every protected span with whitespace in it must occur in the result
+        needles.clear();
+        for l in &lines[first..=last] {
             spans(l, &mut buf);
-            buf.iter().all(|&(a, b)| {
-                let sp = &l[a..b];
-                !sp.contains([' ', '\t', '\r']) || min.contains(sp)
-            })
-        });
-        if !survives {
+            needles.extend(
+                buf.iter()
+                    .map(|&(a, b)| &l[a..b])
+                    .filter(|sp| sp.contains([' ', '\t', '\r'])),
+            );
+        }
+        if !all_occur(&needles, &min) {
             continue;
         }
         let line = format!("{}{}", indentation(lines[first]), min);
@@ -120,7 +134,7 @@ pub fn minify_json(text: &str) -> String {
         }
     }
     if repl.is_empty() {
-        return text.to_string();
+        return Cow::Borrowed(text);
     }
     repl.sort_by_key(|r| r.0);
     let mut out: Vec<&str> = Vec::with_capacity(lines.len());
@@ -131,7 +145,23 @@ pub fn minify_json(text: &str) -> String {
         i = *e;
     }
     out.extend_from_slice(&lines[i..]);
-    join(&out, text.len())
+    Cow::Owned(join(&out, text.len()))
+}
+
+/// Whether every one of `needles` occurs in `hay`. They are searched for
+/// from where the previous one was found (spans keep their order when JSON
+/// is minified, so the searches together read `hay` about once), and from
+/// the start only when that fails.
+fn all_occur(needles: &[&str], hay: &str) -> bool {
+    let mut from = 0;
+    for n in needles {
+        match hay[from..].find(n) {
+            Some(i) => from += i,
+            None if hay.contains(n) => {}
+            None => return false,
+        }
+    }
+    true
 }
 
 fn minified_container(body: &str) -> Option<String> {
@@ -147,9 +177,9 @@ fn minified_container(body: &str) -> Option<String> {
 /// Outside code: collapse each run of spaces and tabs after a line's
 /// indentation to one space, drop trailing spaces and tabs, and collapse runs
 /// of blank lines to one.
-pub fn whitespace(text: &str) -> String {
+pub fn whitespace(text: &str) -> Cow<'_, str> {
     if whitespace_is_noop(text) {
-        return text.to_string();
+        return Cow::Borrowed(text);
     }
     let lines = lines_of(text);
     let fenced = fence_mask(&lines);
@@ -210,7 +240,7 @@ pub fn whitespace(text: &str) -> String {
         let trimmed = out[start..].trim_end_matches([' ', '\t']).len();
         out.truncate(start + trimmed);
     }
-    out
+    Cow::Owned(out)
 }
 
 /// True when [`whitespace`] certainly leaves `text` as it is: after each
@@ -261,7 +291,7 @@ fn substantial(s: &str) -> bool {
 /// the first occurrence. Only "substantial" units count (at least 16
 /// characters with a letter); table rows (`|...`) are never removed as lines.
 /// A paragraph removed entirely takes the blank lines before it along.
-pub fn duplicates(text: &str) -> String {
+pub fn duplicates(text: &str) -> Cow<'_, str> {
     let lines = lines_of(text);
     let fenced = fence_mask(&lines);
     // byte offset of each line: a paragraph's lines joined with `\n` are the
@@ -273,8 +303,10 @@ pub fn duplicates(text: &str) -> String {
         off += l.len() + 1;
     }
     let mut delete = vec![false; lines.len()];
-    let mut seen_paras: HashSet<&str, ahash::RandomState> = HashSet::default();
-    let mut seen_lines: HashSet<&str, ahash::RandomState> = HashSet::default();
+    let mut seen_paras: HashSet<&str, ahash::RandomState> =
+        HashSet::with_capacity_and_hasher(lines.len() / 2, Default::default());
+    let mut seen_lines: HashSet<&str, ahash::RandomState> =
+        HashSet::with_capacity_and_hasher(lines.len(), Default::default());
     let mut any = false;
     for (s, e) in paragraphs(&lines, &fenced) {
         let joined = &text[starts[s]..starts[e - 1] + lines[e - 1].len()];
@@ -307,7 +339,7 @@ pub fn duplicates(text: &str) -> String {
         }
     }
     if !any {
-        return text.to_string();
+        return Cow::Borrowed(text);
     }
     let kept: Vec<&str> = lines
         .iter()
@@ -315,7 +347,7 @@ pub fn duplicates(text: &str) -> String {
         .filter(|(_, &d)| !d)
         .map(|(l, _)| *l)
         .collect();
-    join(&kept, text.len())
+    Cow::Owned(join(&kept, text.len()))
 }
 
 // ---- markdown ---------------------------------------------------------------
@@ -396,9 +428,9 @@ fn emphasis_at(seg: &str, i: usize, d: u8) -> Option<(usize, usize)> {
 
 /// Drop thematic breaks (`---`, `***`, `___`; a blank line right after a dropped
 /// break is dropped too when the previous kept line is blank) and emphasis markers.
-pub fn markdown(text: &str) -> String {
+pub fn markdown(text: &str) -> Cow<'_, str> {
     if markdown_is_noop(text) {
-        return text.to_string();
+        return Cow::Borrowed(text);
     }
     let lines = lines_of(text);
     let fenced = fence_mask(&lines);
@@ -435,12 +467,33 @@ pub fn markdown(text: &str) -> String {
             out.push_str(line);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_occur_finds_each_needle_once_or_fails() {
+        let hay = "{\"a\":\"x y\",\"b\":\"p q\"}";
+        for (needles, expect) in [
+            (vec![], true),
+            (vec!["x y"], true),
+            (vec!["x y", "p q", "\"a\":", "x y"], true),
+            (vec!["x y", "p q", "\"a\": "], false),
+            (vec!["x y", "p  q", "a", "b"], false),
+            (vec!["y\",\"b", "x", "q\"}", "{"], true),
+        ] {
+            assert_eq!(all_occur(&needles, hay), expect, "{needles:?}");
+        }
+        // a block with several strings with spaces, each kept as it was
+        let t = "Use:\n{\"k\": \"a b\",\n \"l\": 1, \"m\": \"c  d\", \"n\": \"e f\"}";
+        assert_eq!(
+            minify_json(t),
+            "Use:\n{\"k\":\"a b\",\"l\":1,\"m\":\"c  d\",\"n\":\"e f\"}"
+        );
+    }
 
     #[test]
     fn whitespace_keeps_code_and_indentation() {
