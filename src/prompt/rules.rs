@@ -60,18 +60,13 @@ fn paragraphs(lines: &[&str], fenced: &[bool]) -> Vec<(usize, usize)> {
 pub fn minify_json(text: &str) -> Cow<'_, str> {
     // every candidate (a fence body or a paragraph) has a line whose first
     // byte after spaces, tabs and carriage returns is `{` or `[`
-    let mut line_start = true;
-    let candidate = text.bytes().any(|c| match c {
-        b'\n' => {
-            line_start = true;
-            false
-        }
-        b' ' | b'\t' | b'\r' => false,
-        b'{' | b'[' if line_start => true,
-        _ => {
-            line_start = false;
-            false
-        }
+    let b = text.as_bytes();
+    let candidate = memchr::memchr2_iter(b'{', b'[', b).any(|i| {
+        b[..i]
+            .iter()
+            .rev()
+            .find(|&&c| !matches!(c, b' ' | b'\t' | b'\r'))
+            .is_none_or(|&c| c == b'\n')
     });
     if !candidate {
         return Cow::Borrowed(text);
