@@ -243,11 +243,30 @@ pub fn whitespace(text: &str) -> Cow<'_, str> {
 /// before a line end or at the end of the text, and no two blank lines in a
 /// row (protected spans and code are not told apart: a conservative test).
 fn whitespace_is_noop(text: &str) -> bool {
+    plain_spacing(text.as_bytes()) || whitespace_scan_is_noop(text.as_bytes())
+}
+
+/// Most prompts: no tab, carriage return, double space or space before a
+/// line end, and no two empty lines in a row (a blank line could then only be
+/// empty); a sufficient condition for [`whitespace_is_noop`], found by
+/// vectorised searches.
+fn plain_spacing(b: &[u8]) -> bool {
+    memchr::memchr2(b'\t', b'\r', b).is_none()
+        && memchr::memmem::find(b, b"  ").is_none()
+        && memchr::memmem::find(b, b" \n").is_none()
+        && memchr::memmem::find(b, b"\n\n\n").is_none()
+        && !b.starts_with(b"\n\n")
+        && !b.ends_with(b"\n\n")
+        && !b.ends_with(b" ")
+        && b != b"\n"
+}
+
+fn whitespace_scan_is_noop(text: &[u8]) -> bool {
     let mut prev = b'\n';
     let mut in_indent = true;
     let mut line_blank = true;
     let mut prev_line_blank = false;
-    for &c in text.as_bytes() {
+    for &c in text {
         match c {
             b'\n' => {
                 if matches!(prev, b' ' | b'\t') || (line_blank && prev_line_blank) {
@@ -468,6 +487,31 @@ pub fn markdown(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_spacing_implies_the_scan_finds_nothing_to_do() {
+        // every text of up to 7 bytes over the bytes that matter
+        let alphabet = [b' ', b'\n', b'a', b'\t', b'\r'];
+        let mut plain = 0;
+        for len in 0..=7u32 {
+            for mut code in 0..5usize.pow(len) {
+                let text: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let c = alphabet[code % 5];
+                        code /= 5;
+                        c
+                    })
+                    .collect();
+                if plain_spacing(&text) {
+                    plain += 1;
+                    assert!(whitespace_scan_is_noop(&text), "{text:?}");
+                    let t = std::str::from_utf8(&text).expect("ascii");
+                    assert_eq!(whitespace(t), t);
+                }
+            }
+        }
+        assert!(plain > 100);
+    }
 
     #[test]
     fn all_occur_finds_each_needle_once_or_fails() {
