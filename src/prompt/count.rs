@@ -342,6 +342,12 @@ fn cut_mask64(w: &[u8]) -> (u64, u64) {
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
 fn cut_mask64(w: &[u8]) -> (u64, u64) {
+    cut_mask64_portable(w)
+}
+
+/// [`cut_mask64`] without SIMD (other architectures; the tests compare the two).
+#[cfg(any(test, not(target_arch = "x86_64")))]
+fn cut_mask64_portable(w: &[u8]) -> (u64, u64) {
     let mut maybe = 0;
     for i in 0..64 {
         let (x, y) = (w[i], w[i + 1]);
@@ -430,6 +436,23 @@ mod tests {
             pieces(&words).collect::<Vec<_>>(),
             pieces_by_definition(&words)
         );
+    }
+
+    #[test]
+    fn simd_block_masks_equal_portable_ones() {
+        let alphabet = b" \t\n\r/a~\x7f\x80\xe6!{";
+        let mut seed = 0x1234_5678_9abc_def1_u64;
+        for _ in 0..20_000 {
+            let w: Vec<u8> = (0..66)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    alphabet[(seed % alphabet.len() as u64) as usize]
+                })
+                .collect();
+            assert_eq!(cut_mask64(&w), cut_mask64_portable(&w), "{w:?}");
+        }
     }
 
     #[test]
