@@ -16,7 +16,7 @@ pub const MAX_LEN: usize = 15;
 /// A string of 1 to 15 bytes packed with its length: `Short` (up to 7 bytes,
 /// length in the low nibble of the top byte of a `u64`) or `Long` (8 to 15,
 /// the same in a `u128`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Key {
     Short(u64),
     Long(u128),
@@ -149,7 +149,8 @@ impl HotCounts {
     }
 
     /// Bytes held by the tables.
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
         std::mem::size_of_val(&*self.short) + std::mem::size_of_val(&*self.long)
     }
 
