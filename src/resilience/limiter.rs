@@ -62,6 +62,16 @@ impl Limit {
             tau: burst as f64 * interval,
         })
     }
+
+    /// Seconds per unit.
+    pub fn interval(&self) -> f64 {
+        self.interval
+    }
+
+    /// Seconds of credit a full bucket holds.
+    pub fn tau(&self) -> f64 {
+        self.tau
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]

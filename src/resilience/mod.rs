@@ -7,8 +7,10 @@
 
 pub mod breaker;
 pub mod limiter;
+pub mod limiter_redis;
 
 pub use breaker::{
     Breaker, BreakerConfig, Metrics, Permit, Rejection, State, Transition, WindowType,
 };
 pub use limiter::{Decision, Gcra, Limit};
+pub use limiter_redis::RedisGcra;
