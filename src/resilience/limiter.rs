@@ -95,6 +95,31 @@ fn tolerance(now: f64) -> f64 {
     1e-9_f64.max(now.abs() * 1e-15)
 }
 
+/// Rejects a cost vector of the wrong length or a cost above a burst.
+pub fn validate_costs(limits: &[Limit], costs: &[u64]) -> Result<(), String> {
+    if costs.len() != limits.len() {
+        return Err(format!(
+            "expected {} costs, got {}",
+            limits.len(),
+            costs.len()
+        ));
+    }
+    for (l, &c) in limits.iter().zip(costs) {
+        if c > l.burst {
+            let label = if l.name.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", l.name)
+            };
+            return Err(format!(
+                "cost{label}={c} exceeds the burst of {} and could never be granted",
+                l.burst
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug)]
 pub struct Gcra {
     limits: Vec<Limit>,
@@ -127,27 +152,7 @@ impl Gcra {
 
     /// Rejects a cost vector of the wrong length or a cost above a burst.
     pub fn validate_costs(&self, costs: &[u64]) -> Result<(), String> {
-        if costs.len() != self.limits.len() {
-            return Err(format!(
-                "expected {} costs, got {}",
-                self.limits.len(),
-                costs.len()
-            ));
-        }
-        for (l, &c) in self.limits.iter().zip(costs) {
-            if c > l.burst {
-                let label = if l.name.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {}", l.name)
-                };
-                return Err(format!(
-                    "cost{label}={c} exceeds the burst of {} and could never be granted",
-                    l.burst
-                ));
-            }
-        }
-        Ok(())
+        validate_costs(&self.limits, costs)
     }
 
     /// New TATs for `costs` against `stored` (or a full bucket), or the wait.
