@@ -305,7 +305,7 @@ impl RedisGcra {
     }
 
     /// Keys of this limiter that carry state (idle ones have expired).
-    pub fn len(&self, store: &Store) -> Result<usize, StoreError> {
+    pub fn stored_keys(&self, store: &Store) -> Result<usize, StoreError> {
         Ok(self.scan(store)?.len())
     }
 

@@ -100,8 +100,11 @@ pub struct LimiterCounts {
     pub deny_cache_hits: u64,
 }
 
+/// Until when, and for which costs, Redis refused a key.
+type Refused = (Instant, Box<[u64]>);
+
 struct DenyCache {
-    until: Mutex<AHashMap<Box<str>, (Instant, Box<[u64]>)>>,
+    until: Mutex<AHashMap<Box<str>, Refused>>,
     max_keys: usize,
 }
 
@@ -285,8 +288,8 @@ impl StoreLimiter {
         self.remote.clear(&self.store)
     }
 
-    pub fn len(&self) -> Result<usize, StoreError> {
-        self.remote.len(&self.store)
+    pub fn stored_keys(&self) -> Result<usize, StoreError> {
+        self.remote.stored_keys(&self.store)
     }
 }
 
