@@ -234,3 +234,19 @@ def _answers(store: RedisStore) -> bool:
     except StoreError:
         return False
     return True
+
+
+def test_the_readme_example_runs(redis_server, capsys):
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text().split("### Shared limits: `RedisStore`", 1)[1]
+    source = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "redis://localhost:6379/0" in source
+    exec(
+        compile(source.replace("redis://localhost:6379/0", redis_server.url), "README", "exec"), {}
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str([True] * 5 + [False])
+    assert "'shared': True" in out[1] and "'fallbacks': 0" in out[1]
+    assert out[2] == "True 1"
