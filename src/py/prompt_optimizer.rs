@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
+use crate::messages::fit::FitOptions;
 use crate::models::{self, ModelInfo};
 use crate::prompt::count::ChunkCounter;
 use crate::prompt::{self, Level};
@@ -272,17 +273,15 @@ impl PromptOptimizer {
             self.history_limit
                 .map(|h| i64::try_from(h).unwrap_or(i64::MAX))
         });
-        fit_messages_impl(
-            py,
-            messages,
-            &self.info,
+        let opts = FitOptions::validate(
             max_tokens,
             strategy,
             keep_system,
             history_limit,
             allow_partial,
-            tools,
         )
+        .map_err(value_error)?;
+        fit_messages_impl(py, messages, &self.info, &opts, tools)
     }
 
     fn __repr__(&self) -> String {
