@@ -303,7 +303,10 @@ mod tests {
                 allow_partial: true,
             }
         );
-        assert_eq!(FitOptions::validate(1, "last", true, None, false).unwrap(), opts(1));
+        assert_eq!(
+            FitOptions::validate(1, "last", true, None, false).unwrap(),
+            opts(1)
+        );
         let err = |r: Result<FitOptions, String>| r.unwrap_err();
         assert_eq!(
             err(FitOptions::validate(0, "last", true, None, false)),

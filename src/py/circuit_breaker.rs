@@ -146,7 +146,12 @@ impl CircuitBreaker {
                 self.fire(py, t);
                 Ok(Ok(permit))
             }
-            Err(r) => Ok(Err(circuit_open(py, &self.name, r.state.as_str(), r.retry_after))),
+            Err(r) => Ok(Err(circuit_open(
+                py,
+                &self.name,
+                r.state.as_str(),
+                r.retry_after,
+            ))),
         }
     }
 

@@ -5,11 +5,10 @@ use pyo3::types::{PyList, PyString};
 
 use crate::messages::fit::FitOptions;
 use crate::models::{self, ModelInfo};
-use crate::prompt::count::ChunkCounter;
 use crate::prompt::{self, Level};
 use crate::py::errors::{type_error, unknown_model, value_error};
 use crate::py::messages::{count_messages_impl, fit_messages_impl};
-use crate::tokens;
+use crate::tokens::{self, chunked::ChunkCounter};
 
 /// The result of `PromptOptimizer.compress`.
 #[pyclass(frozen, module = "llmedge._core")]

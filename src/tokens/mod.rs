@@ -21,7 +21,8 @@
 //! threads (`&'static`).
 
 mod bpe;
-pub mod hot;
+pub mod chunked;
+mod hot;
 mod pretok;
 mod special;
 mod truncate;
