@@ -22,7 +22,7 @@
 
 mod bpe;
 pub mod chunked;
-mod hot;
+pub mod hot;
 mod pretok;
 mod special;
 mod truncate;
