@@ -175,20 +175,7 @@ class CircuitBreaker(_core.CircuitBreaker):
 
     async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
         """``await fn(*args, **kwargs)`` through the breaker."""
-        try:
-            permit = self._acquire()
-        except CircuitOpenError:
-            result = self._rejected(args, kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            return result  # type: ignore[no-any-return]
-        try:
-            value = await fn(*args, **kwargs)
-        except BaseException as exc:
-            self._on_error(permit, exc)
-            raise
-        self._on_result(permit, value)
-        return value
+        return await self._wrap_async(fn)(*args, **kwargs)
 
     # -- context managers --------------------------------------------------
     # The permit of each `with` lives in a context variable, so threads and
