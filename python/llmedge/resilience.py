@@ -173,9 +173,10 @@ class CircuitBreaker(_core.CircuitBreaker):
         """``fn(*args, **kwargs)`` through the breaker."""
         return _GuardedFn(self, fn)(*args, **kwargs)  # type: ignore[no-any-return]
 
-    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """``await fn(*args, **kwargs)`` through the breaker."""
-        return await self._wrap_async(fn)(*args, **kwargs)
+    def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> Awaitable[T]:
+        """``await fn(*args, **kwargs)`` through the breaker (nothing runs
+        until the result is awaited)."""
+        return self._wrap_async(fn)(*args, **kwargs)
 
     # -- context managers --------------------------------------------------
     # The permit of each `with` lives in a context variable, so threads and

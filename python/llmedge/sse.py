@@ -96,19 +96,27 @@ def iter_events(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
     raise _ended_without_done()
 
 
-async def aiter_events(lines: AsyncIterable[str]) -> AsyncGenerator[dict[str, Any], None]:
+async def aiter_events(
+    lines: AsyncIterable[str],
+    *,
+    on_usage: Callable[[dict[str, Any]], Any] | None = None,
+) -> AsyncGenerator[dict[str, Any], None]:
     """:func:`iter_events` for lines read asynchronously
-    (``httpx.Response.aiter_lines()``)."""
+    (``httpx.Response.aiter_lines()``); ``on_usage(usage)`` is called with an
+    event's ``usage`` when it has one."""
     async for line in lines:
         event = _event(line)
         if isinstance(event, dict):
+            usage = event.get("usage")
+            if usage and on_usage is not None:
+                on_usage(usage)
             yield event
         elif event == DONE:
             return
     raise _ended_without_done()
 
 
-async def parse_openai_events(
+def parse_openai_events(
     lines: AsyncIterable[str],
     *,
     on_usage: Callable[[dict[str, Any]], Any] | None = None,
@@ -118,17 +126,10 @@ async def parse_openai_events(
 
     ``on_usage(usage)`` is called with a usage chunk's ``usage``. A stream
     that ends without ``data: [DONE]``, sends an ``error`` event or a
-    malformed one raises :class:`IncompleteStreamError`.
+    malformed one raises :class:`IncompleteStreamError`. (It is
+    :func:`aiter_events`, under the name the FastAPI helpers have always had.)
     """
-    events = aiter_events(lines)
-    try:
-        async for event in events:
-            usage = event.get("usage")
-            if usage and on_usage is not None:
-                on_usage(usage)
-            yield event
-    finally:
-        await events.aclose()
+    return aiter_events(lines, on_usage=on_usage)
 
 
 def event_content(event: Mapping[str, Any]) -> str:
