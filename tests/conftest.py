@@ -1,20 +1,30 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 from redis_support import RedisCluster, RedisServer, require_redis
 
+from llmedge import CircuitBreaker
+from llmedge.testing import MockLLM
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 class FakeClock:
-    """An injectable monotonic clock: ``clock()`` reads, ``advance`` moves it."""
+    """An injectable monotonic clock: ``clock()`` reads, ``advance`` moves it.
+
+    Tests of a broken clock set ``now`` to a bad reading, or to an exception,
+    which reading the clock then raises.
+    """
 
     def __init__(self, now: float = 1000.0):
         self.now = now
 
     def __call__(self) -> float:
+        if isinstance(self.now, BaseException):
+            raise self.now
         return self.now
 
     def advance(self, seconds: float) -> None:
@@ -46,3 +56,59 @@ def redis_cluster(_redis_cluster_module):
     if not all(s.running for s in cluster.servers) or not cluster.state_ok():
         cluster.heal()
     cluster.flushall()
+
+
+#: What a broken clock returns (or raises), the error a class that reads it
+#: must raise, and a pattern of that error's message (which names the value).
+BAD_CLOCK_READINGS = [
+    (math.nan, ValueError, r"clock\(\) returned nan; expected a finite float"),
+    (math.inf, ValueError, r"clock\(\) returned inf; expected a finite float"),
+    (-math.inf, ValueError, r"clock\(\) returned -inf; expected a finite float"),
+    ("soon", TypeError, r"clock\(\) must return a float of seconds, got 'soon'"),
+    (None, TypeError, r"clock\(\) must return a float of seconds, got None"),
+    (ZeroDivisionError("the clock broke"), ZeroDivisionError, "the clock broke"),
+]
+
+
+# Shared by the circuit breaker tests (test_circuit_breaker*.py).
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(1000.0)
+
+
+def boom():
+    raise RuntimeError("boom")
+
+
+def ok():
+    return "ok"
+
+
+def fail_n(b: CircuitBreaker, n: int) -> None:
+    for _ in range(n):
+        with pytest.raises(RuntimeError):
+            b.call(boom)
+
+
+# Shared by the reference service's tests (test_chat_service*.py): two mock
+# upstreams per test module, their faults and statistics cleared for each test.
+
+ANSWER_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def mocks():
+    with MockLLM(answer_tokens=ANSWER_TOKENS) as a, MockLLM(answer_tokens=ANSWER_TOKENS) as b:
+        yield a, b
+
+
+@pytest.fixture()
+def upstreams(mocks):
+    for m in mocks:
+        m.clear_faults()
+        m.reset_stats()
+    yield mocks
+    for m in mocks:
+        m.clear_faults()
