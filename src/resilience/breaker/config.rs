@@ -21,6 +21,18 @@ impl State {
             State::Disabled => "disabled",
         }
     }
+
+    pub fn parse(s: &str) -> Option<State> {
+        [
+            State::Closed,
+            State::Open,
+            State::HalfOpen,
+            State::ForcedOpen,
+            State::Disabled,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+    }
 }
 
 impl fmt::Display for State {

@@ -13,6 +13,7 @@
 //! that has since opened and half-opened.
 
 mod config;
+pub mod shared;
 mod window;
 
 pub use config::{BreakerConfig, State, WindowType, MAX_COUNT_WINDOW, MAX_TIME_WINDOW};

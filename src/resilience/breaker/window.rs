@@ -12,7 +12,7 @@ pub struct Counts {
 }
 
 #[derive(Clone, Copy, Debug, Default)]
-struct Bucket {
+pub(super) struct Bucket {
     second: i64,
     counts: Counts,
 }
