@@ -83,3 +83,12 @@ def test_bench_report_shows_interleaved_baselines():
 def test_count_tokens_rejects_non_strings(bad):
     with pytest.raises(TypeError):
         llmedge.count_tokens(bad)
+
+
+def test_bench_report_shows_latency_percentiles_beside_the_reference():
+    latency = {"p50": 120e-6, "p99": 300e-6, "ping_p50": 100e-6, "ping_p99": 250e-6}
+    report = _report(("redis: latency", 1.2e-4, {"impl": "llmedge", "latency": latency}))
+    row = next(line for line in report.splitlines() if "PING" in line)
+    assert "p50 120.00 us, p99 300.00 us" in row
+    assert "PING p50 100.00 us, p99 250.00 us" in row
+    assert "(p99 1.20x PING's)" in row

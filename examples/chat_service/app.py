@@ -8,8 +8,9 @@ Run it::
 
 Endpoints: ``POST /chat`` (``{"question", "history", "stream", "model"}``),
 ``POST /v1/chat/completions`` (OpenAI-compatible, streaming and not),
-``GET /health``, ``GET /metrics``. Every worker process keeps its own cache,
-breakers, limiter and counters.
+``GET /health``, ``GET /metrics``. Every worker process keeps its own cache
+and counters; its breakers and rate limiter too, unless ``LLMEDGE_REDIS_URL``
+names a Redis (or a Redis Cluster) that all workers and hosts then share.
 
 Per request: rate limit (per API key, else per client address), history cut
 to the last 4 messages and to the model's context budget, a semantic cache
@@ -39,6 +40,13 @@ Configuration (environment):
 ``LLMEDGE_CACHE_TTL``          seconds (3600)
 ``LLMEDGE_SSE_EVERY``          chunks coalesced per SSE event at most (8)
 ``LLMEDGE_SSE_MAX_DELAY``      seconds a chunk may wait in the coalescer (0.05)
+``LLMEDGE_REDIS_URL``          ``redis://``, ``rediss://`` or ``unix://`` URL, or
+                               comma-separated cluster node URLs: the limiter
+                               and breakers share their state there (unset:
+                               per process; llmedge backend only)
+``LLMEDGE_REDIS_TIMEOUT``      seconds any request waits for Redis (0.05)
+``LLMEDGE_REDIS_LOCAL_SHARE``  processes sharing the limit: while Redis is
+                               unreachable each admits rate / this (1)
 =============================  ==============================================
 """
 
@@ -116,6 +124,9 @@ class Settings:
     sse_every: int = 8
     sse_max_delay: float | None = 0.05
     reserve_output_tokens: int = 1024
+    redis_url: str | list[str] | None = None
+    redis_timeout: float = 0.05
+    redis_local_share: int = 1
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -143,6 +154,8 @@ class Settings:
                 ) from None
             rate = (nums[0], nums[1], int(nums[2]))
         delay = _env_float("LLMEDGE_SSE_MAX_DELAY", 0.05)
+        redis_urls = [u.strip() for u in os.environ.get("LLMEDGE_REDIS_URL", "").split(",")]
+        redis_urls = [u for u in redis_urls if u]
         return cls(
             upstreams=ups,
             backend=os.environ.get("LLMEDGE_SERVICE_BACKEND", "llmedge").strip() or "llmedge",
@@ -162,6 +175,9 @@ class Settings:
             cache_ttl=_env_float("LLMEDGE_CACHE_TTL", 3600.0),
             sse_every=int(_env_float("LLMEDGE_SSE_EVERY", 8)),
             sse_max_delay=delay if delay > 0 else None,
+            redis_url=(redis_urls[0] if len(redis_urls) == 1 else redis_urls) or None,
+            redis_timeout=_env_float("LLMEDGE_REDIS_TIMEOUT", 0.05),
+            redis_local_share=int(_env_float("LLMEDGE_REDIS_LOCAL_SHARE", 1)),
         )
 
     def validate(self) -> None:
@@ -183,6 +199,15 @@ class Settings:
             raise ValueError(f"sse_every (LLMEDGE_SSE_EVERY) must be >= 1, got {self.sse_every!r}")
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
+        if self.redis_url is not None and self.backend != "llmedge":
+            raise ValueError(
+                f"LLMEDGE_REDIS_URL needs LLMEDGE_SERVICE_BACKEND=llmedge, got {self.backend!r}"
+            )
+        if self.redis_local_share < 1:
+            raise ValueError(
+                f"redis_local_share (LLMEDGE_REDIS_LOCAL_SHARE) must be >= 1, "
+                f"got {self.redis_local_share!r}"
+            )
         llmedge.model_info(self.model)
 
 
@@ -397,8 +422,17 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         settings.validate()
         self.settings = settings
+        # one connection object per process; limiter and breakers share state through it
+        self.store = (
+            llmedge.RedisStore(settings.redis_url, timeout=settings.redis_timeout)
+            if settings.redis_url is not None
+            else None
+        )
+        shared = (
+            {"store": self.store, "local_share": settings.redis_local_share} if self.store else {}
+        )
         self.backend = make_backend(
-            settings.backend, threshold=settings.cache_threshold, ttl=settings.cache_ttl
+            settings.backend, threshold=settings.cache_threshold, ttl=settings.cache_ttl, **shared
         )
         self.client: httpx.AsyncClient = None  # type: ignore[assignment]  # set in the lifespan
         self.upstreams = [Upstream(i, u, self) for i, u in enumerate(settings.upstreams)]
@@ -859,6 +893,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             service.client = client
             yield
         service.client = None  # type: ignore[assignment]
+        if service.store is not None:
+            service.store.close()
 
     app = FastAPI(title="llmedge reference chat service", lifespan=lifespan)
     app.state.service = service
@@ -871,6 +907,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "saved_by_optimizer": service.saved_by_optimizer,
         },
         rate_limits=[service.rate_limit] if service.rate_limit else [],
+        stores={"redis": service.store} if service.store else None,
     )
     app.state.monitor = monitor
     monitor.install(app)

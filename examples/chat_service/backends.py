@@ -17,7 +17,8 @@ The interface (what ``app.py`` calls):
   ``name``, ``state``, ``metrics()``, ``add_listener(fn)``; an open breaker
   raises ``llmedge.CircuitOpenError`` (``.retry_after``);
 * ``limiter(requests=(rate, per, burst), tokens=...)``: for
-  ``llmedge.fastapi.RateLimit(limiter=...)``;
+  ``llmedge.fastapi.RateLimit(limiter=...)``; with a ``store`` (llmedge
+  only), breakers and limiter share their state through Redis;
 * ``fit(model, messages, max_tokens)``, ``count_messages(model, messages)``,
   ``count_tokens(model, text)``, ``cost_tracker()``.
 """
@@ -42,7 +43,17 @@ HISTORY_LIMIT = 4
 class LlmedgeBackend:
     name = "llmedge"
 
-    def __init__(self, *, threshold: float = 0.85, ttl: float = 3600.0, max_entries: int = 10_000):
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.85,
+        ttl: float = 3600.0,
+        max_entries: int = 10_000,
+        store: llmedge.RedisStore | None = None,
+        local_share: int = 1,
+    ):
+        self.store = store
+        self.local_share = local_share
         self.cache = _LlmedgeCache(
             llmedge.SemanticCache(threshold=threshold, ttl=ttl, max_entries=max_entries)
         )
@@ -50,12 +61,18 @@ class LlmedgeBackend:
         self._lock = threading.Lock()
 
     def breaker(self, name: str, *, exclude: tuple[type[BaseException], ...], **config: Any) -> Any:
+        if self.store is not None:
+            config["store"] = self.store
         b = llmedge.CircuitBreaker(name, exclude=exclude, **config)
         b.stream = b.__call__  # type: ignore[attr-defined]  # decorating an async generator
         return b
 
     def limiter(self, **limits: Any) -> Any:
-        return llmedge.RateLimiter.multi(limits)
+        if self.store is None:
+            return llmedge.RateLimiter.multi(limits)
+        return llmedge.MultiRateLimiter(
+            limits, store=self.store, name="chat", local_share=self.local_share
+        )
 
     def _optimizer(self, model: str) -> llmedge.PromptOptimizer:
         opt = self._optimizers.get(model)  # one per known model: bounded by the model table

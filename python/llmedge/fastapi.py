@@ -314,20 +314,16 @@ class RateLimit:
                 type="tokens",
                 code="request_too_large",
             )
-        if self._single:
-            granted = self.limiter.try_acquire(key, costs["requests"])
+        # a limiter on a store makes a round trip to Redis: off the event loop
+        if getattr(self.limiter, "shared", False):
+            denied = await asyncio.to_thread(self._decide, key, costs)
         else:
-            granted = self.limiter.try_acquire(key, **costs)
-        if granted:
+            denied = self._decide(key, costs)
+        if denied is None:
             with self._lock:
                 self.granted += 1
             return key
-        if self._single:
-            retry = self.limiter.retry_after(key, costs["requests"])
-            binding = "requests"
-        else:
-            retry = self.limiter.retry_after(key, **costs)
-            binding = self._binding(key, costs)
+        binding, retry = denied
         self._count(binding)
         seconds = max(1, math.ceil(retry))
         raise OpenAIError(
@@ -337,6 +333,16 @@ class RateLimit:
             code="rate_limit_exceeded",
             headers={"Retry-After": str(seconds)},
         )
+
+    def _decide(self, key: str, costs: dict[str, int]) -> tuple[str, float] | None:
+        """None when granted, else (the binding limit, seconds to wait)."""
+        if self._single:
+            if self.limiter.try_acquire(key, costs["requests"]):
+                return None
+            return "requests", self.limiter.retry_after(key, costs["requests"])
+        if self.limiter.try_acquire(key, **costs):
+            return None
+        return self._binding(key, costs), self.limiter.retry_after(key, **costs)
 
     def _binding(self, key: str, costs: Mapping[str, int]) -> str:
         available = getattr(self.limiter, "available", None)
@@ -444,10 +450,13 @@ class Monitor:
     :class:`llmedge.SemanticCache` (or anything with ``stats()``) and
     :class:`llmedge.CostTracker` (anything with ``summary()``);
     ``rate_limits``: the :class:`RateLimit` dependencies whose rejections to
-    count. Each monitor has its own ``CollectorRegistry`` (``.registry``).
+    count; ``stores``: one :class:`llmedge.RedisStore` or a name mapping
+    (``health()`` in ``/health``, its counters in ``/metrics``). Each monitor
+    has its own ``CollectorRegistry`` (``.registry``).
 
     Health: ``unhealthy`` (HTTP 503) when every breaker is open, ``degraded``
-    when some breaker is open or half-open, else ``healthy`` (HTTP 200).
+    when some breaker is open or half-open or a store is disconnected (its
+    users are on their fallback policy), else ``healthy`` (HTTP 200).
     """
 
     def __init__(
@@ -457,6 +466,7 @@ class Monitor:
         caches: Any = None,
         costs: Any = None,
         rate_limits: Iterable[RateLimit] = (),
+        stores: Any = None,
         namespace: str = "llmedge",
         buckets: Iterable[float] = DEFAULT_BUCKETS,
     ) -> None:
@@ -476,6 +486,13 @@ class Monitor:
             self._breakers = {b.name: b for b in seq}
         self.caches = _named("caches", caches, lambda c: callable(getattr(c, "stats", None)))
         self.costs = _named("costs", costs, lambda c: callable(getattr(c, "summary", None)))
+        self.stores = _named(
+            "stores",
+            stores,
+            lambda s: (
+                callable(getattr(s, "health", None)) and callable(getattr(s, "metrics", None))
+            ),
+        )
         self.rate_limits = list(rate_limits)
         for rl in self.rate_limits:
             if not isinstance(rl, RateLimit):
@@ -508,7 +525,8 @@ class Monitor:
     def __repr__(self) -> str:
         return (
             f"Monitor(breakers={sorted(self.breakers())!r}, caches={sorted(self.caches)!r}, "
-            f"costs={sorted(self.costs)!r}, rate_limits={len(self.rate_limits)})"
+            f"costs={sorted(self.costs)!r}, rate_limits={len(self.rate_limits)}, "
+            f"stores={sorted(self.stores)!r})"
         )
 
     def breakers(self) -> dict[str, Any]:
@@ -536,9 +554,12 @@ class Monitor:
                 "failure_rate": m.get("failure_rate", 0.0),
                 "retry_after": m.get("retry_after", 0.0),
             }
+        stores = {name: s.health() for name, s in self.stores.items()}
         if states and all(s in _OPEN_STATES for s in states):
             status = "unhealthy"
-        elif any(s in (*_OPEN_STATES, "half_open") for s in states):
+        elif any(s in (*_OPEN_STATES, "half_open") for s in states) or not all(
+            h.get("connected") for h in stores.values()
+        ):
             status = "degraded"
         else:
             status = "healthy"
@@ -552,6 +573,8 @@ class Monitor:
         }
         if self.costs:
             body["costs"] = {name: c.summary()["total"] for name, c in self.costs.items()}
+        if stores:
+            body["stores"] = stores
         if self.rate_limits:
             body["rate_limits"] = {
                 rl.name: {"granted": rl.granted, "rejections": dict(rl.rejections)}
@@ -714,6 +737,27 @@ class _Collector:
             for limit, n in sorted(dict(lim.rejections).items()):
                 rl.add_metric([lim.name, limit], n)
         yield from (rl, granted)
+
+        connected = GaugeMetricFamily(
+            f"{ns}_store_connected", "1 while the store reaches Redis", labels=["store"]
+        )
+        counters = {
+            kind: CounterMetricFamily(f"{ns}_store_{kind}", help_text, labels=["store"])
+            for kind, help_text in (
+                ("calls", "Calls to Redis"),
+                ("errors", "Calls to Redis that failed"),
+                ("timeouts", "Calls to Redis that passed the store's timeout"),
+                ("fallbacks", "Decisions made by a fallback policy instead of Redis"),
+                ("reconnects", "Connections to Redis re-established"),
+            )
+        }
+        for name, store in m.stores.items():
+            connected.add_metric([name], 1.0 if store.health().get("connected") else 0.0)
+            counts = store.metrics()
+            for kind, family in counters.items():
+                family.add_metric([name], counts.get(kind, 0))
+        yield connected
+        yield from counters.values()
 
         tokens = CounterMetricFamily(
             f"{ns}_llm_tokens", "LLM tokens by model and kind", labels=["tracker", "model", "kind"]

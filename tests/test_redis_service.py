@@ -1,0 +1,187 @@
+"""The reference service under ``gunicorn -w 4`` with ``LLMEDGE_REDIS_URL``: the
+four workers share one rate limit and one breaker per upstream through Redis,
+checked through HTTP; ``/health`` reports the store; losing Redis degrades the
+service to its fallback without a single 5xx, and it recovers on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gunicorn")
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+import llmedge  # noqa: E402
+from llmedge.testing import MockLLM  # noqa: E402
+
+if not hasattr(llmedge, "RedisStore"):
+    pytest.skip("llmedge.RedisStore is not built yet", allow_module_level=True)
+
+pytestmark = pytest.mark.timeout(300)
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICE = ROOT / "examples" / "chat_service"
+WORKERS = 4
+
+
+@contextlib.contextmanager
+def gunicorn(env: dict[str, str], workers: int):
+    """The reference service under gunicorn; yields its base URL once every
+    worker answers (/health reports each worker's pid)."""
+    from redis_support import free_port
+
+    port = free_port()
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "python"), *filter(None, [full_env.get("PYTHONPATH")])]
+    )
+    full_env.update(env)
+    cmd = [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker",
+           "-w", str(workers), "--chdir", str(SERVICE), "-b", f"127.0.0.1:{port}",
+           "--graceful-timeout", "5", "app:app"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 120
+        while len(pids) < workers:
+            assert time.monotonic() < deadline, f"only workers {pids} answered within 120 s"
+            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+            with contextlib.suppress(httpx.TransportError):
+                r = httpx.get(url + "/health", timeout=5, headers={"Connection": "close"})
+                if r.status_code in (200, 503):
+                    pids.add(r.json()["pid"])
+                    continue
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def healths(url: str, workers: int = WORKERS) -> dict[int, dict]:
+    """/health of every worker (new connections until each pid answered)."""
+    seen: dict[int, dict] = {}
+    for _ in range(400):
+        r = httpx.get(url + "/health", timeout=10, headers={"Connection": "close"})
+        body = r.json()
+        seen[body["pid"]] = body
+        if len(seen) == workers:
+            return seen
+    raise AssertionError(f"only {len(seen)} of {workers} workers answered /health")
+
+
+async def post_many(url: str, n: int, concurrency: int, key: str) -> list[int]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as c:
+        sem = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> int:
+            async with sem:
+                r = await c.post(
+                    "/chat",
+                    json={"question": f"question {i}?"},
+                    headers={"Authorization": f"Bearer {key}", "Connection": "close"},
+                )
+                return r.status_code
+
+        return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+def test_gunicorn_workers_share_one_limit_and_report_the_store(redis_server):
+    with MockLLM(answer_tokens=8) as upstream:
+        env = {
+            "LLMEDGE_UPSTREAMS": upstream.base_url,
+            "LLMEDGE_REDIS_URL": redis_server.url,
+            "LLMEDGE_REDIS_TIMEOUT": "0.5",
+            "LLMEDGE_REDIS_LOCAL_SHARE": str(WORKERS),
+            # 40 requests per hour per key: nothing refills during the test
+            "LLMEDGE_RATE_LIMIT": "1/3600/40",
+        }
+        with gunicorn(env, WORKERS) as url:
+            codes = asyncio.run(post_many(url, 160, concurrency=16, key="tenant"))
+            assert codes.count(200) == 40, sorted(set(codes))
+            assert codes.count(429) == 120
+            per_worker = healths(url)
+            granted = {pid: h["rate_limits"]["chat"]["granted"] for pid, h in per_worker.items()}
+            assert sum(granted.values()) == 40
+            assert sum(1 for g in granted.values() if g > 0) >= 2, granted
+            for h in per_worker.values():
+                store = h["stores"]["redis"]
+                assert store["connected"] is True and store["cluster"] is False
+                assert store["scripts_loaded"] >= 1
+                assert h["status"] == "healthy"
+            # another key has its own limit, in every worker
+            assert asyncio.run(post_many(url, 10, 5, key="other")) == [200] * 10
+
+            # Redis lost: no 5xx, the local fallback (40 / 4 workers per hour each)
+            redis_server.kill()
+            codes = asyncio.run(post_many(url, 80, concurrency=8, key="fresh"))
+            assert set(codes) <= {200, 429}, codes
+            assert 0 < codes.count(200) <= 40
+            for h in healths(url).values():
+                assert h["status"] == "degraded"
+                assert h["stores"]["redis"]["connected"] is False
+            metrics = httpx.get(url + "/metrics", timeout=10).text
+            assert 'llmedge_store_connected{store="redis"} 0.0' in metrics
+
+            # back on its own
+            redis_server.restart()
+            deadline = time.monotonic() + 60
+            while not all(h["status"] == "healthy" for h in healths(url).values()):
+                assert time.monotonic() < deadline, "workers did not reconnect within 60 s"
+                time.sleep(0.2)
+            codes = asyncio.run(post_many(url, 60, concurrency=8, key="after"))
+            assert codes.count(200) == 40 and codes.count(429) == 20
+
+
+def test_gunicorn_workers_share_their_breakers(redis_server):
+    with MockLLM(answer_tokens=8) as upstream:
+        env = {
+            "LLMEDGE_UPSTREAMS": upstream.base_url,
+            "LLMEDGE_REDIS_URL": redis_server.url,
+            "LLMEDGE_REDIS_TIMEOUT": "0.5",
+            "LLMEDGE_RATE_LIMIT": "off",
+            "LLMEDGE_BREAKER_FAILURES": "3",
+            "LLMEDGE_BREAKER_FAILURE_RATE": "0",
+            "LLMEDGE_BREAKER_RECOVERY": "600",
+        }
+        with gunicorn(env, WORKERS) as url:
+            upstream.set_faults(fail_all=True)
+            upstream.reset_stats()
+            codes = []
+            for i in range(12):  # one at a time, on new connections: any worker
+                r = httpx.post(
+                    url + "/chat",
+                    json={"question": f"down {i}?"},
+                    headers={"Connection": "close"},
+                    timeout=30,
+                )
+                codes.append(r.status_code)
+                time.sleep(0.2)  # outcomes reach Redis in batches, 50 ms at most
+            # three failures in the whole service open the breaker everywhere
+            # (per-worker breakers would each let three through: up to 12)
+            failed_upstream = upstream.stats()["requests"]
+            assert 3 <= failed_upstream <= 4, (failed_upstream, codes)
+            assert codes.count(502) == failed_upstream
+            assert codes.count(503) == 12 - failed_upstream
+            states = {
+                pid: next(iter(h["breakers"].values()))["state"] for pid, h in healths(url).items()
+            }
+            assert set(states.values()) == {"open"}, states
