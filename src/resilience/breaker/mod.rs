@@ -26,6 +26,10 @@ pub struct Permit {
     pub epoch: u64,
     pub probe: bool,
     pub start: f64,
+    /// The probe's lease in Redis (0: none); see [`shared`].
+    pub lease: u64,
+    /// Admitted by the shared state (false: by this process's breaker).
+    pub shared: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -148,6 +152,8 @@ impl Breaker {
                         epoch: self.epoch,
                         probe: false,
                         start: now,
+                        lease: 0,
+                        shared: false,
                     },
                     None,
                 ));
@@ -178,6 +184,8 @@ impl Breaker {
                     epoch: self.epoch,
                     probe: true,
                     start: now,
+                    lease: 0,
+                    shared: false,
                 },
                 transition,
             ))
@@ -188,6 +196,51 @@ impl Breaker {
                 retry_after: 0.0,
             })
         }
+    }
+
+    /// A closed-state permit of the current epoch started at `start`: how a
+    /// shared breaker feeds this process's outcomes to its local shadow.
+    pub fn plain_permit(&self, start: f64) -> Permit {
+        Permit {
+            epoch: self.epoch,
+            probe: false,
+            start,
+            lease: 0,
+            shared: false,
+        }
+    }
+
+    /// Counts a call rejected on this breaker's behalf (by the shared state).
+    pub fn note_rejection(&mut self) {
+        self.rejections += 1;
+    }
+
+    /// Takes a state decided elsewhere (the shared state other processes
+    /// agreed on): `remaining` seconds until an open circuit half-opens.
+    /// Lifetime counters stay; no transition is reported.
+    pub fn adopt(
+        &mut self,
+        state: State,
+        now: f64,
+        remaining: f64,
+        recovery: f64,
+        consecutive_failures: u32,
+    ) {
+        if state != self.state {
+            self.epoch += 1;
+            self.entered_at = now;
+            self.half_open_in_flight = 0;
+            self.half_open_successes = 0;
+            if state == State::Closed {
+                self.window.clear();
+            }
+            self.state = state;
+        }
+        if state == State::Open {
+            self.open_until = now + remaining;
+        }
+        self.current_recovery = recovery;
+        self.consecutive_failures = consecutive_failures;
     }
 
     /// Records the outcome of an admitted call that finished at `now`.

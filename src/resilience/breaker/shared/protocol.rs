@@ -220,9 +220,11 @@ pub struct Snapshot {
     pub window: Counts,
     pub grant: Grant,
     pub time_in_state: f64,
+    /// With no free lease: seconds until the first lease expires.
+    pub lease_wait: f64,
 }
 
-const SNAPSHOT_FIELDS: usize = 14;
+const SNAPSHOT_FIELDS: usize = 15;
 
 impl Snapshot {
     /// Whether `self` is newer than `other` (a different life counts as newer).
@@ -268,6 +270,7 @@ impl Snapshot {
                 _ => Grant::None,
             },
             time_in_state: secs(13)?,
+            lease_wait: secs(14)?,
         })
     }
 
@@ -361,14 +364,14 @@ mod tests {
 
     #[test]
     fn snapshots_parse_from_replies_and_events() {
-        let event = "17|4|2|open|1500|2000|5|0|0|10|5|0|0|12|a|b";
+        let event = "17|4|2|open|1500|2000|5|0|0|10|5|0|0|12|0|a|b";
         let (name, s) = Snapshot::parse_event(event).expect("valid");
         assert_eq!(name, "a|b");
         assert_eq!((s.gen, s.seq, s.epoch, s.state), (17, 4, 2, State::Open));
         assert_eq!((s.remaining, s.recovery), (1.5, 2.0));
         assert_eq!(s.window.failures, 5);
         assert_eq!(s.grant, Grant::None);
-        assert!(Snapshot::parse_event("17|4|2|ajar|0|0|0|0|0|0|0|0|0|0|n")
+        assert!(Snapshot::parse_event("17|4|2|ajar|0|0|0|0|0|0|0|0|0|0|0|n")
             .expect_err("bad state")
             .contains("ajar"));
         assert!(Snapshot::parse_event("1|2|3").is_err());

@@ -114,11 +114,16 @@ local function snapshot(granted)
   elseif st.state == 'forced_open' then
     remaining = st.recovery
   end
+  local free, lease_wait = free_leases(), 0
+  if st.state == 'half_open' and free == 0 then
+    local first = redis.call('ZRANGE', L, 0, 0, 'WITHSCORES')
+    if first[2] then lease_wait = math.max(tonumber(first[2]) - now, 0) end
+  end
   local out = {}
   for _, v in ipairs({st.gen, st.seq, st.epoch}) do out[#out + 1] = string.format('%d', v) end
   out[#out + 1] = st.state
-  for _, v in ipairs({remaining, st.recovery, st.consec, st.ho_succ, free_leases(),
-                      st.wc, st.wf, st.ws, granted, now - st.entered}) do
+  for _, v in ipairs({remaining, st.recovery, st.consec, st.ho_succ, free,
+                      st.wc, st.wf, st.ws, granted, now - st.entered, lease_wait}) do
     out[#out + 1] = string.format('%d', v)
   end
   return out
