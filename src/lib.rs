@@ -10,6 +10,7 @@ pub mod models;
 pub mod prompt;
 pub mod py;
 pub mod resilience;
+pub mod store;
 pub mod tokens;
 
 use pyo3::prelude::*;

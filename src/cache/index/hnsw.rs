@@ -669,7 +669,9 @@ impl<T: Plain> LineVec<T> {
 impl<T: Plain> std::ops::Deref for LineVec<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        debug_assert!(self.len == 0 || self.buf.as_ptr().wrapping_add(self.off) as usize % 64 == 0);
+        debug_assert!(
+            self.len == 0 || (self.buf.as_ptr().wrapping_add(self.off) as usize).is_multiple_of(64)
+        );
         // SAFETY: `buf[off..]` holds `words(len)` words, at least `len`
         // elements of T, aligned (8 >= align_of::<T>()); T is an integer,
         // valid for any bits; the borrow follows `self`.

@@ -232,7 +232,7 @@ impl SignCoder {
 fn fwht(x: &mut [f32]) {
     let n = x.len();
     let mut h = 1;
-    if n % 8 == 0 {
+    if n.is_multiple_of(8) {
         // The first three butterfly stages within each group of eight, in
         // registers (as separate passes their inner loops are too short to
         // vectorise); same operations in the same order.
