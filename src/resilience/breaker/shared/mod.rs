@@ -69,8 +69,13 @@ struct Mirror {
 struct Inner {
     mirror: Mirror,
     batch: Batch,
+    /// The batch being reported (counted in the next snapshot).
+    in_flight: Option<Batch>,
     local: Breaker,
     fallback: bool,
+    /// The mirror was opened from this process's own batch, which has not
+    /// been reported yet: replies and events from before it do not close it.
+    provisional: bool,
 }
 
 impl Inner {
@@ -162,8 +167,10 @@ impl SharedBreaker {
                     leases_full_until: now,
                 },
                 batch: Batch::for_config(&cfg, 0),
+                in_flight: None,
                 local: Breaker::new(cfg.clone(), now),
                 fallback: false,
+                provisional: false,
             }),
             cfg,
             store,
@@ -283,7 +290,7 @@ impl SharedBreaker {
             Ok(snap) => {
                 let grant = snap.grant;
                 let epoch = snap.epoch;
-                sh.apply(snap, (sh.clock)());
+                sh.apply(snap, (sh.clock)(), false);
                 match grant {
                     Grant::Probe | Grant::Plain => Ok(Permit {
                         epoch,
@@ -347,11 +354,12 @@ impl SharedBreaker {
             g.batch = Batch::for_config(&sh.cfg, permit.epoch);
         }
         g.batch.push(failed, slow);
-        let opens = g
-            .mirror
-            .snap
-            .as_ref()
-            .is_some_and(|s| runtime::would_open(&sh.cfg, s, &g.batch));
+        let opens = match &g.in_flight {
+            Some(f) if f.epoch == g.batch.epoch => {
+                runtime::would_open(&sh.cfg, g.mirror.snap.as_ref(), &f.then(&g.batch))
+            }
+            _ => runtime::would_open(&sh.cfg, g.mirror.snap.as_ref(), &g.batch),
+        };
         if opens {
             let recovery = g
                 .mirror
@@ -359,6 +367,7 @@ impl SharedBreaker {
                 .as_ref()
                 .map_or(sh.cfg.recovery_timeout, |s| s.recovery);
             g.mirror.state = State::Open;
+            g.provisional = true;
             g.mirror.open_until = now + recovery;
             g.mirror.entered_at = now;
             drop(g);
@@ -405,7 +414,7 @@ impl SharedBreaker {
             .store
             .block_on(sh.store.eval(&sh.scripts.control, &sh.keys, &args));
         match sh.parse(reply) {
-            Ok(snap) => sh.apply(snap, now),
+            Ok(snap) => sh.apply(snap, now, false),
             Err(_) => {
                 let t = local(&mut sh.inner.lock().local, now);
                 sh.push_transition(t);
@@ -503,19 +512,29 @@ impl Shared {
         }
         let from = g.visible();
         g.fallback = true;
+        g.provisional = false;
         let to = g.visible();
         drop(g);
         self.push_transition(Some(Transition { from, to }));
     }
 
     /// Adopts a snapshot newer than the mirror (leaving the fallback).
-    fn apply(&self, snap: Snapshot, now: f64) {
+    /// `settles`: the reply to the report that carried the batch behind a
+    /// provisional opening.
+    fn apply(&self, snap: Snapshot, now: f64, settles: bool) {
         let mut g = self.inner.lock();
         if let Some(old) = &g.mirror.snap {
             if !snap.newer_than(old) && !g.fallback {
                 return;
             }
         }
+        if settles {
+            g.provisional = false;
+        } else if g.provisional && snap.epoch == g.mirror.epoch && snap.state == State::Closed {
+            g.mirror.snap = Some(snap); // older news: the opening stands
+            return;
+        }
+        g.provisional = false;
         let from = g.visible();
         g.fallback = false;
         if snap.state != g.mirror.state || snap.epoch != g.mirror.epoch {
@@ -554,7 +573,7 @@ impl Shared {
             args.extend([id, permit.epoch.to_string(), outcome.to_owned()]);
             let reply = sh.store.eval(&sh.scripts.probe_done, &sh.keys, &args).await;
             if let Ok(snap) = sh.parse(reply) {
-                sh.apply(snap, (sh.clock)());
+                sh.apply(snap, (sh.clock)(), false);
             }
         });
     }

@@ -165,6 +165,36 @@ impl Batch {
         }
     }
 
+    /// The counts of `self` followed by `later` (codes are not kept): what
+    /// Redis will have heard once a batch in flight and the next one arrive.
+    pub fn then(&self, later: &Batch) -> Batch {
+        let (lead, max_run, trail) = match (self.has_success, later.has_success) {
+            (false, false) => (self.lead + later.lead, 0, 0),
+            (false, true) => (self.lead + later.lead, later.max_run, later.trail),
+            (true, false) => {
+                let trail = self.trail + later.lead;
+                (self.lead, self.max_run.max(trail), trail)
+            }
+            (true, true) => (
+                self.lead,
+                self.max_run.max(self.trail + later.lead).max(later.max_run),
+                later.trail,
+            ),
+        };
+        Batch {
+            epoch: later.epoch,
+            calls: self.calls + later.calls,
+            failures: self.failures + later.failures,
+            slow: self.slow + later.slow,
+            lead,
+            has_success: self.has_success || later.has_success,
+            max_run,
+            trail,
+            codes: Vec::new(),
+            keep: 0,
+        }
+    }
+
     /// Takes the outcomes, leaving an empty batch for `epoch`.
     pub fn take(&mut self, epoch: u64) -> Batch {
         let fresh = Batch::new(epoch, self.keep);
@@ -310,6 +340,36 @@ mod tests {
             (b.lead, b.has_success, b.max_run, b.trail),
             (2, false, 0, 0)
         );
+    }
+
+    #[test]
+    fn batches_compose_like_one_sequence() {
+        let seqs: [&[bool]; 6] = [
+            &[],
+            &[true],
+            &[false],
+            &[true, true, false, true],
+            &[false, true, true, true],
+            &[true, false, true, true, false, true, true],
+        ];
+        for a in seqs {
+            for b in seqs {
+                let joined: Vec<bool> = a.iter().chain(b).copied().collect();
+                let want = outcomes(&joined);
+                let got = outcomes(a).then(&outcomes(b));
+                let key = |x: &Batch| {
+                    (
+                        x.calls,
+                        x.failures,
+                        x.lead,
+                        x.has_success,
+                        x.max_run,
+                        x.trail,
+                    )
+                };
+                assert_eq!(key(&got), key(&want), "{a:?} then {b:?}");
+            }
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::protocol::{Batch, Snapshot};
 use super::{Shared, FALLBACK_RETRY, FLUSH_INTERVAL, IDLE_SYNC};
-use crate::resilience::breaker::BreakerConfig;
+use crate::resilience::breaker::{BreakerConfig, Counts};
 use crate::store::Push;
 
 /// Starts the tasks; they end when the returned sender is dropped.
@@ -28,10 +28,12 @@ pub(super) fn start(shared: &Arc<Shared>, channel: &str) -> watch::Sender<()> {
     stop
 }
 
-/// Whether the shared counts `s` plus this process's `batch` cross a
-/// threshold (the decision the report script will take).
-pub(super) fn would_open(cfg: &BreakerConfig, s: &Snapshot, batch: &Batch) -> bool {
-    let consec = u64::from(s.consecutive_failures);
+/// Whether the shared counts `s` (none heard yet: zero) plus this process's
+/// `batch` cross a threshold (the decision the report script will take).
+pub(super) fn would_open(cfg: &BreakerConfig, s: Option<&Snapshot>, batch: &Batch) -> bool {
+    let (consec, window) = s.map_or((0, Counts::default()), |s| {
+        (u64::from(s.consecutive_failures), s.window)
+    });
     if consec + batch.lead >= u64::from(cfg.failure_threshold)
         || batch.max_run >= u64::from(cfg.failure_threshold)
     {
@@ -40,13 +42,13 @@ pub(super) fn would_open(cfg: &BreakerConfig, s: &Snapshot, batch: &Batch) -> bo
     if !cfg.uses_window() {
         return false;
     }
-    let calls = s.window.calls + batch.calls;
+    let calls = window.calls + batch.calls;
     if calls < u64::from(cfg.minimum_calls) || calls == 0 {
         return false;
     }
     let calls = calls as f64;
-    let failures = (s.window.failures + batch.failures) as f64;
-    let slow = (s.window.slow + batch.slow) as f64;
+    let failures = (window.failures + batch.failures) as f64;
+    let slow = (window.slow + batch.slow) as f64;
     cfg.failure_rate_threshold
         .is_some_and(|r| failures >= r * calls)
         || cfg.slow_rate_threshold().is_some_and(|r| slow >= r * calls)
@@ -69,14 +71,12 @@ async fn report_loop(weak: Weak<Shared>, mut stopped: watch::Receiver<()>) {
             }
         }
         let Some(sh) = weak.upgrade() else { return };
-        let (batch, fallback) = {
+        let (batch, fallback, settles) = {
             let mut g = sh.inner.lock();
             let epoch = g.mirror.epoch;
-            if g.batch.is_empty() {
-                (None, g.fallback)
-            } else {
-                (Some(g.batch.take(epoch)), g.fallback)
-            }
+            let batch = (!g.batch.is_empty()).then(|| g.batch.take(epoch));
+            g.in_flight = batch.clone();
+            (batch, g.fallback, g.provisional)
         };
         let due = batch.is_some()
             || fallback
@@ -93,8 +93,9 @@ async fn report_loop(weak: Weak<Shared>, mut stopped: watch::Receiver<()>) {
         let mut args = sh.args.clone();
         args.extend(batch.args());
         let reply = sh.store.eval(&sh.scripts.report, &sh.keys, &args).await;
+        sh.inner.lock().in_flight = None;
         if let Ok(snap) = sh.parse(reply) {
-            sh.apply(snap, (sh.clock)());
+            sh.apply(snap, (sh.clock)(), settles);
         }
     }
 }
@@ -121,7 +122,7 @@ async fn listen(
                 }
                 if let Ok((name, snap)) = Snapshot::parse_event(text) {
                     if name == sh.name && !sh.inner.lock().fallback {
-                        sh.apply(snap, (sh.clock)());
+                        sh.apply(snap, (sh.clock)(), false);
                     }
                 }
             }
