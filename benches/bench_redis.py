@@ -310,3 +310,112 @@ def test_latency_against_ping(benchmark, impls, impl):
         "ping_p99": base["p99"],
         "p99_over_ping_p99": ours["p99"] / base["p99"],
     }
+
+
+# -- breakers ------------------------------------------------------------------
+
+BREAKER_CALLS = 1000
+
+
+def _trivial(x):
+    return x
+
+
+def test_breaker_closed_overhead(benchmark, server):
+    """1,000 guarded calls, breaker closed: with a store (the fast path makes no
+    round trip), without one, and the bare function."""
+    store = llmedge.RedisStore(server.url, timeout=1.0)
+    try:
+        shared = llmedge.CircuitBreaker("bench-shared", failure_threshold=5, store=store)
+        local = llmedge.CircuitBreaker("bench-local", failure_threshold=5)
+        guarded = {"llmedge": shared(_trivial), "local": local(_trivial), "none": _trivial}
+
+        def loop(fn):
+            for i in range(BREAKER_CALLS):
+                fn(i)
+            return fn(7)
+
+        benchmark.group = f"redis: {BREAKER_CALLS} calls through a closed breaker"
+        record(benchmark, "llmedge", shared.shared and shared(_trivial)(42) == 42)
+        others = {
+            "llmedge, no store": lambda: loop(guarded["local"]),
+            "none (bare function)": lambda: loop(guarded["none"]),
+        }
+        assert (
+            interleaved(benchmark, lambda: loop(guarded["llmedge"]), others, rounds=ROUNDS * 4) == 7
+        )
+        assert shared.metrics()["fallbacks"] == 0
+    finally:
+        llmedge.breakers().pop("bench-shared", None)
+        llmedge.breakers().pop("bench-local", None)
+        store.close()
+
+
+def _watch_breaker(url: str, name: str, ready, out, trials: int) -> None:
+    """In another process: for each trial, spin on the shared breaker until it
+    rejects, then put the wall-clock time of the first rejection; wait for the
+    next trial's reset."""
+    import time as t
+
+    import llmedge as le
+
+    store = le.RedisStore(url, timeout=1.0)
+    br = le.CircuitBreaker(name, failure_threshold=5, recovery_timeout=600, store=store)
+    guarded = br(lambda: None)
+    ready.put(True)
+    for _ in range(trials):
+        while br.state != "closed":
+            t.sleep(0.001)
+        ready.put(True)
+        while True:
+            try:
+                guarded()
+            except le.CircuitOpenError:
+                out.put(t.time())
+                break
+            t.sleep(0.0002)
+    store.close()
+
+
+def test_breaker_open_propagation(benchmark, server):
+    """Time from one process opening a shared breaker to another process's first
+    rejection (it polls every 0.2 ms), p50/p99 over the trials."""
+    import multiprocessing
+
+    trials = 30 if QUICK else 200
+    name = f"bench-propagation-{time.monotonic_ns()}"
+    ctx = multiprocessing.get_context("spawn")
+    ready, out = ctx.Queue(), ctx.Queue()
+    watcher = ctx.Process(target=_watch_breaker, args=(server.url, name, ready, out, trials))
+    watcher.start()
+    store = llmedge.RedisStore(server.url, timeout=1.0)
+    delays: list[float] = []
+    try:
+        br = llmedge.CircuitBreaker(name, failure_threshold=5, recovery_timeout=600, store=store)
+        ready.get(timeout=120)
+
+        def trial() -> float:
+            ready.get(timeout=60)  # the watcher saw the breaker closed
+            t0 = time.time()
+            br.force_open()
+            seen = out.get(timeout=60)
+            br.reset()
+            return seen - t0
+
+        benchmark.group = "redis: breaker opened in one process, rejected in another"
+
+        def run() -> float:
+            delays.append(trial())
+            return delays[-1]
+
+        benchmark.pedantic(run, rounds=trials, iterations=1)
+        pct = _percentiles(delays)
+        # correct: every opening reached the other process (and nothing else rejected)
+        record(benchmark, "llmedge", len(delays) == trials and min(delays) > 0)
+        benchmark.extra_info["latency"] = {"p50": pct["p50"], "p99": pct["p99"]}
+    finally:
+        watcher.join(timeout=60)
+        if watcher.is_alive():
+            watcher.kill()
+        store.close()
+        llmedge.breakers().pop(name, None)

@@ -24,6 +24,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::cost::register(m)?;
     py::circuit_breaker::register(m)?;
     py::rate_limiter::register(m)?;
+    py::redis_store::register(m)?;
     py::guard::register(m)?;
     py::hashing_embedder::register(m)?;
     py::prompt_optimizer::register(m)?;

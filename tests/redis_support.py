@@ -233,7 +233,7 @@ class RedisServer:
         return cmd + self.extra_args
 
     def start(self) -> None:
-        """Start the process (on the same port as before, if it ran before)."""
+        """Start the process; after a kill(), on the same port, empty."""
         if self.running:
             return
         last_error = ""
@@ -252,6 +252,7 @@ class RedisServer:
             _live.add(self)
             try:
                 self._wait_ready()
+                self._fixed_port = self.port  # a later start() comes back on it
                 return
             except RedisUnavailable as e:
                 last_error = str(e)
@@ -308,7 +309,6 @@ class RedisServer:
     def restart(self) -> None:
         """Kill if running, then start again on the same port, empty (no keys, no scripts)."""
         self.kill()
-        self._fixed_port = self.port
         self.start()
 
     def stop(self) -> None:

@@ -41,6 +41,9 @@ def test_kill_drops_connections_and_restart_comes_back_empty_on_the_same_port(re
     assert redis_server.port == port and redis_server.pid != pid
     assert r.get("k") is None
     assert r.script_exists(sha) == [False]
+    redis_server.kill()
+    redis_server.start()
+    assert redis_server.port == port and r.ping()
     r.close()
 
 

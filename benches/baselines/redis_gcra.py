@@ -1,33 +1,32 @@
-"""Pure-Python baseline for the shared rate limiter: redis-py and a GCRA in one
-Lua script, the way a careful engineer writes it without llmedge.
+"""Pure-Python baseline for the shared rate limiter: redis-py running the very
+Lua GCRA that llmedge runs, so the comparison measures the client (Rust and
+the redis crate against redis-py), not the algorithm.
 
-The script keeps one value per key, the theoretical arrival time (TAT, in
-microseconds of the server's clock), reads the time from Redis ``TIME`` so
-that hosts with skewed clocks agree, and lets an idle key expire once it is
-full again. It is loaded once (``SCRIPT LOAD``) and run with ``EVALSHA``;
-redis-py's ``Script`` object reloads it on ``NOSCRIPT``.
+The script is read from llmedge's source (``GCRA_LUA`` in
+``src/resilience/limiter_redis.rs``; benchmarks run from a checkout). It keeps
+one hash per user key with the theoretical arrival time (TAT, microseconds of
+the server's clock) of each limit, reads the time from Redis ``TIME`` and lets
+an idle key expire. redis-py's ``Script`` runs it with ``EVALSHA`` and loads
+it again on ``NOSCRIPT``.
 """
 
 from __future__ import annotations
 
+import re
+from functools import cache
+from pathlib import Path
 from typing import Any
 
-GCRA_LUA = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])   -- microseconds per unit
-local tolerance = tonumber(ARGV[2])  -- interval * burst
-local cost = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + cost * interval
-local allow_at = new_tat - tolerance
-if now < allow_at then
-  return {0, allow_at - now}
-end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
-return {1, 0}
-"""
+SOURCE = Path(__file__).resolve().parents[2] / "src" / "resilience" / "limiter_redis.rs"
+
+
+@cache
+def gcra_lua() -> str:
+    text = SOURCE.read_text()
+    match = re.search(r'const GCRA_LUA: &str = r#"\n(.*?)"#;', text, re.S)
+    if match is None:
+        raise RuntimeError(f"GCRA_LUA not found in {SOURCE}")
+    return match.group(1)
 
 
 class _Config:
@@ -35,11 +34,15 @@ class _Config:
         if rate <= 0 or per <= 0 or burst < 1:
             raise ValueError(f"rate, per must be > 0 and burst >= 1, got {rate}, {per}, {burst}")
         self.interval = per / rate * 1e6
-        self.tolerance = self.interval * burst
+        self.tau = self.interval * burst
         self.prefix = prefix
 
+    def keys(self, key: str) -> list[str]:
+        return [f"{self.prefix}{{{key}}}"]
+
     def args(self, cost: int) -> list[Any]:
-        return [self.interval, self.tolerance, cost]
+        # mode, now ("": the server's TIME), one limit: field, interval, tau, cost
+        return ["acquire", "", 1, "tat", f"{self.interval:.17e}", f"{self.tau:.17e}", cost]
 
 
 class RedisGCRA:
@@ -47,11 +50,11 @@ class RedisGCRA:
 
     def __init__(self, client: Any, rate: float, per: float = 1.0, *, burst: int, prefix: str):
         self.config = _Config(rate, per, burst, prefix)
-        self.script = client.register_script(GCRA_LUA)
+        self.script = client.register_script(gcra_lua())
 
     def try_acquire(self, key: str, cost: int = 1) -> bool:
-        allowed, _ = self.script(keys=[self.config.prefix + key], args=self.config.args(cost))
-        return bool(allowed)
+        allowed, _ = self.script(keys=self.config.keys(key), args=self.config.args(cost))
+        return allowed == 1
 
 
 class AsyncRedisGCRA:
@@ -59,8 +62,8 @@ class AsyncRedisGCRA:
 
     def __init__(self, client: Any, rate: float, per: float = 1.0, *, burst: int, prefix: str):
         self.config = _Config(rate, per, burst, prefix)
-        self.script = client.register_script(GCRA_LUA)
+        self.script = client.register_script(gcra_lua())
 
     async def try_acquire(self, key: str, cost: int = 1) -> bool:
-        allowed, _ = await self.script(keys=[self.config.prefix + key], args=self.config.args(cost))
-        return bool(allowed)
+        allowed, _ = await self.script(keys=self.config.keys(key), args=self.config.args(cost))
+        return allowed == 1

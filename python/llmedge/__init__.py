@@ -30,6 +30,7 @@ from llmedge.errors import (
     ContextOverflowError,
     LlmEdgeError,
     RateLimitExceeded,
+    StoreError,
     UnknownEncodingError,
     UnknownModelError,
     UnknownTokenError,
@@ -41,6 +42,7 @@ from llmedge.resilience import (
     breakers,
     get_breaker,
 )
+from llmedge.store import RedisStore
 
 __version__: str = _core.__version__
 
@@ -72,6 +74,9 @@ __all__ = [
     "get_breaker",
     "CircuitOpenError",
     "RateLimitExceeded",
+    # shared state
+    "RedisStore",
+    "StoreError",
     # cache: guard and built-in embedder
     "HashingEmbedder",
     "guard_check",

@@ -18,6 +18,7 @@ __all__ = [
     "CircuitOpenError",
     "RateLimitExceeded",
     "CacheSnapshotError",
+    "StoreError",
 ]
 
 
@@ -104,3 +105,16 @@ class CacheSnapshotError(LlmEdgeError, ValueError):
     """A semantic cache snapshot that cannot be loaded: made with another
     embedder or dimension, truncated, corrupted, or not a snapshot at all.
     The cache it was loaded into is left unchanged."""
+
+
+class StoreError(LlmEdgeError, ConnectionError):
+    """A :class:`~llmedge.RedisStore` could not do what was asked: Redis is
+    unreachable or did not answer within the store's ``timeout``, refused the
+    credentials, the store was closed, or a key holds a value of the wrong
+    type (written by another program).
+
+    Limiters and breakers with ``store=`` apply their fallback policy instead
+    of raising it when Redis is merely unusable; it reaches the caller from
+    ``RedisStore`` construction and ``ping()``, and from limiter calls when a
+    key holds data the limiter cannot read.
+    """

@@ -360,12 +360,15 @@ def _check_timeout(timeout: float | None) -> None:
         raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
 
 
-async def _wait_async(attempt: Callable[[], float], key: str, timeout: float | None) -> bool:
+async def _wait_async(
+    attempt: Callable[[], float], key: str, timeout: float | None, shared: bool = False
+) -> bool:
     _check_timeout(timeout)
     loop = asyncio.get_running_loop()
     start = loop.time()
     while True:
-        wait = attempt()
+        # With a store each attempt is a Redis round trip: off the event loop.
+        wait = await loop.run_in_executor(None, attempt) if shared else attempt()
         if wait == 0.0:
             return True
         if timeout is not None and wait > timeout - (loop.time() - start):
@@ -379,7 +382,12 @@ class RateLimiter(_core.RateLimiter):
     """A keyed GCRA rate limiter: ``rate`` units per ``per`` seconds, bursts of
     ``burst`` (default ``max(1, floor(rate))``).
 
-    ``RateLimiter(rate, per=1.0, *, burst=None, clock=None, max_keys=100_000)``
+    ``RateLimiter(rate, per=1.0, *, burst=None, clock=None, max_keys=100_000,
+    store=None, name=None, on_store_error="local", local_share=1, deny_cache=True)``
+
+    With ``store=`` (a :class:`llmedge.RedisStore`) every decision is made in
+    Redis by one Lua script, so all processes sharing the store and ``name``
+    share the limit.
     """
 
     async def acquire_async(
@@ -388,7 +396,7 @@ class RateLimiter(_core.RateLimiter):
         """Waits with ``asyncio.sleep`` (never blocking the loop) until ``cost``
         units are granted; RateLimitExceeded as soon as the wait would pass
         ``timeout``."""
-        return await _wait_async(lambda: self._try_or_wait(key, cost), key, timeout)
+        return await _wait_async(lambda: self._try_or_wait(key, cost), key, timeout, self.shared)
 
     @classmethod
     def multi(
@@ -397,11 +405,14 @@ class RateLimiter(_core.RateLimiter):
         *,
         clock: Callable[[], float] | None = None,
         max_keys: int = 100_000,
+        **sharing: Any,
     ) -> MultiRateLimiter:
         """Several limits per key, charged all or nothing:
         ``RateLimiter.multi({"requests": (500, 60.0), "tokens": (90_000, 60.0)})``
-        then ``try_acquire(key, requests=1, tokens=1200)``."""
-        return MultiRateLimiter(dict(limits), clock=clock, max_keys=max_keys)
+        then ``try_acquire(key, requests=1, tokens=1200)``. ``sharing`` takes the
+        ``store=``, ``name=``, ``on_store_error=``, ``local_share=`` and
+        ``deny_cache=`` arguments of :class:`MultiRateLimiter`."""
+        return MultiRateLimiter(dict(limits), clock=clock, max_keys=max_keys, **sharing)
 
 
 class MultiRateLimiter(_core.MultiRateLimiter):
@@ -411,4 +422,4 @@ class MultiRateLimiter(_core.MultiRateLimiter):
         self, key: str = "", *, timeout: float | None = None, **costs: int
     ) -> bool:
         """Waits with ``asyncio.sleep`` until every named cost is granted at once."""
-        return await _wait_async(lambda: self._try_or_wait(key, costs), key, timeout)
+        return await _wait_async(lambda: self._try_or_wait(key, costs), key, timeout, self.shared)

@@ -11,7 +11,8 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::py::circuit_breaker::read_clock;
 use crate::py::errors::{new_error, value_error};
-use crate::resilience::{Decision, Gcra, Limit};
+use crate::py::limiter_store::{self, limiter_error, StoreArgs};
+use crate::resilience::{Decision, Gcra, Limit, StoreLimiter, Verdict};
 
 fn to_max_keys(v: i64) -> PyResult<usize> {
     usize::try_from(v)
@@ -53,6 +54,18 @@ fn callable_clock(clock: Option<Bound<'_, PyAny>>) -> PyResult<Option<Py<PyAny>>
 struct Shared {
     core: Mutex<Gcra>,
     clock: Option<Py<PyAny>>,
+    /// With a store: decisions in Redis; `core` is then the local fallback.
+    remote: Option<StoreLimiter>,
+}
+
+/// Costs the local fallback can grant: a cost valid for the shared burst may
+/// exceed the fallback's smaller one.
+fn clamp_costs(core: &Gcra, costs: &[u64]) -> Vec<u64> {
+    core.limits()
+        .iter()
+        .zip(costs)
+        .map(|(l, &c)| c.min(l.burst))
+        .collect()
 }
 
 impl Shared {
@@ -61,6 +74,18 @@ impl Shared {
     }
 
     fn try_acquire(&self, py: Python<'_>, key: &str, costs: &[u64]) -> PyResult<Decision> {
+        if let Some(remote) = &self.remote {
+            remote.validate_costs(costs).map_err(value_error)?;
+            match py.detach(|| remote.try_acquire(key, costs)) {
+                Ok(Verdict::Decided(d)) => return Ok(d),
+                Ok(Verdict::Local) => {}
+                Err(e) => return Err(limiter_error(py, key, e)),
+            }
+            let now = self.now(py)?;
+            let mut core = self.core.lock();
+            let costs = clamp_costs(&core, costs);
+            return Ok(core.try_acquire(key, &costs, now));
+        }
         let now = self.now(py)?;
         let mut core = self.core.lock();
         core.validate_costs(costs).map_err(value_error)?;
@@ -96,6 +121,17 @@ impl Shared {
     }
 
     fn retry_after(&self, py: Python<'_>, key: &str, costs: &[u64]) -> PyResult<f64> {
+        if let Some(remote) = &self.remote {
+            remote.validate_costs(costs).map_err(value_error)?;
+            match py.detach(|| remote.retry_after(key, costs)) {
+                Ok(Verdict::Decided(wait)) => return Ok(wait),
+                Ok(Verdict::Local) => {}
+                Err(e) => return Err(limiter_error(py, key, e)),
+            }
+            let now = self.now(py)?;
+            let core = self.core.lock();
+            return Ok(core.retry_after(key, &clamp_costs(&core, costs), now));
+        }
         let now = self.now(py)?;
         let core = self.core.lock();
         core.validate_costs(costs).map_err(value_error)?;
@@ -110,13 +146,46 @@ impl Shared {
     }
 
     fn len(&self, py: Python<'_>) -> PyResult<usize> {
+        if let Some(remote) = &self.remote {
+            return py
+                .detach(|| remote.stored_keys())
+                .map_err(|e| limiter_error(py, "*", e));
+        }
         let now = self.now(py)?;
         Ok(self.core.lock().purge(now))
     }
 
     fn available(&self, py: Python<'_>, key: &str) -> PyResult<Vec<u64>> {
+        if let Some(remote) = &self.remote {
+            match py.detach(|| remote.available(key)) {
+                Ok(Verdict::Decided(avail)) => return Ok(avail),
+                Ok(Verdict::Local) => {}
+                Err(e) => return Err(limiter_error(py, key, e)),
+            }
+        }
         let now = self.now(py)?;
         Ok(self.core.lock().available(key, now))
+    }
+
+    /// Forgets `key` (in Redis too, with a store).
+    fn reset(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        let local = self.core.lock().reset(key);
+        match &self.remote {
+            None => Ok(local),
+            Some(remote) => py
+                .detach(|| remote.reset(key))
+                .map_err(|e| limiter_error(py, key, e)),
+        }
+    }
+
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        self.core.lock().clear();
+        match &self.remote {
+            None => Ok(()),
+            Some(remote) => py
+                .detach(|| remote.clear())
+                .map_err(|e| limiter_error(py, "*", e)),
+        }
     }
 }
 
@@ -138,13 +207,22 @@ pub struct RateLimiter {
 #[pymethods]
 impl RateLimiter {
     #[new]
-    #[pyo3(signature = (rate, per = 1.0, *, burst = None, clock = None, max_keys = 100_000))]
+    #[pyo3(signature = (
+        rate, per = 1.0, *, burst = None, clock = None, max_keys = 100_000, store = None,
+        name = None, on_store_error = "local", local_share = 1, deny_cache = true
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         rate: f64,
         per: f64,
         burst: Option<i64>,
         clock: Option<Bound<'_, PyAny>>,
         max_keys: i64,
+        store: Option<Bound<'_, PyAny>>,
+        name: Option<&str>,
+        on_store_error: &str,
+        local_share: i64,
+        deny_cache: bool,
     ) -> PyResult<Self> {
         let burst = match burst {
             None => None,
@@ -157,11 +235,23 @@ impl RateLimiter {
         };
         let limit = Limit::new("", rate, per, burst).map_err(value_error)?;
         let burst = limit.burst;
-        let core = Gcra::new(vec![limit], to_max_keys(max_keys)?).map_err(value_error)?;
+        let max_keys = to_max_keys(max_keys)?;
+        let clock = callable_clock(clock)?;
+        let sharing = StoreArgs {
+            store: store.as_ref(),
+            name,
+            on_store_error,
+            local_share,
+            deny_cache,
+            clock_given: clock.is_some(),
+        };
+        let (remote, local) = limiter_store::attach(sharing, vec![limit], max_keys)?;
+        let core = Gcra::new(local, max_keys).map_err(value_error)?;
         Ok(RateLimiter {
             shared: Shared {
                 core: Mutex::new(core),
-                clock: callable_clock(clock)?,
+                clock,
+                remote,
             },
             burst,
         })
@@ -169,7 +259,10 @@ impl RateLimiter {
 
     #[getter]
     fn rate(&self) -> f64 {
-        self.shared.core.lock().limits()[0].rate
+        match &self.shared.remote {
+            Some(r) => r.limits()[0].rate,
+            None => self.shared.core.lock().limits()[0].rate,
+        }
     }
 
     #[getter]
@@ -233,12 +326,23 @@ impl RateLimiter {
 
     /// Forgets `key` (its bucket is full again); True if it carried state.
     #[pyo3(signature = (key = ""))]
-    fn reset(&self, key: &str) -> bool {
-        self.shared.core.lock().reset(key)
+    fn reset(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        self.shared.reset(py, key)
     }
 
-    fn clear(&self) {
-        self.shared.core.lock().clear();
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        self.shared.clear(py)
+    }
+
+    /// Whether a store is attached (state in Redis).
+    #[getter]
+    fn shared(&self) -> bool {
+        self.shared.remote.is_some()
+    }
+
+    /// {"shared", "store_errors", "fallbacks", "deny_cache_hits", "decisions"}
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        limiter_store::metrics(py, self.shared.remote.as_ref())
     }
 
     #[pyo3(signature = (key, cost))]
@@ -254,14 +358,16 @@ impl RateLimiter {
 
     fn __repr__(&self) -> String {
         let core = self.shared.core.lock();
-        let l = &core.limits()[0];
+        let remote = self.shared.remote.as_ref();
+        let l = remote.map_or(&core.limits()[0], |r| &r.limits()[0]);
         format!(
-            "RateLimiter(rate={}, per={}, burst={}, max_keys={}, keys={})",
+            "RateLimiter(rate={}, per={}, burst={}, max_keys={}, keys={}{})",
             fmt_num(l.rate),
             fmt_num(l.per),
             l.burst,
             core.max_keys(),
-            core.stored_keys()
+            core.stored_keys(),
+            limiter_store::repr_suffix(remote)
         )
     }
 }
@@ -305,11 +411,20 @@ impl MultiRateLimiter {
 impl MultiRateLimiter {
     /// `limits` maps a name to `(rate, per)` or `(rate, per, burst)`.
     #[new]
-    #[pyo3(signature = (limits, *, clock = None, max_keys = 100_000))]
+    #[pyo3(signature = (
+        limits, *, clock = None, max_keys = 100_000, store = None, name = None,
+        on_store_error = "local", local_share = 1, deny_cache = true
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         limits: &Bound<'_, PyDict>,
         clock: Option<Bound<'_, PyAny>>,
         max_keys: i64,
+        store: Option<Bound<'_, PyAny>>,
+        name: Option<&str>,
+        on_store_error: &str,
+        local_share: i64,
+        deny_cache: bool,
     ) -> PyResult<Self> {
         if limits.is_empty() {
             return Err(value_error("limits must name at least one limit, got {}"));
@@ -358,11 +473,23 @@ impl MultiRateLimiter {
             parsed.push(Limit::new(&name, rate, per, burst).map_err(value_error)?);
             names.push(name);
         }
-        let core = Gcra::new(parsed, to_max_keys(max_keys)?).map_err(value_error)?;
+        let max_keys = to_max_keys(max_keys)?;
+        let clock = callable_clock(clock)?;
+        let sharing = StoreArgs {
+            store: store.as_ref(),
+            name,
+            on_store_error,
+            local_share,
+            deny_cache,
+            clock_given: clock.is_some(),
+        };
+        let (remote, local) = limiter_store::attach(sharing, parsed, max_keys)?;
+        let core = Gcra::new(local, max_keys).map_err(value_error)?;
         Ok(MultiRateLimiter {
             shared: Shared {
                 core: Mutex::new(core),
-                clock: callable_clock(clock)?,
+                clock,
+                remote,
             },
             names,
         })
@@ -372,7 +499,13 @@ impl MultiRateLimiter {
     #[getter]
     fn limits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        for l in self.shared.core.lock().limits() {
+        let core = self.shared.core.lock();
+        let limits = self
+            .shared
+            .remote
+            .as_ref()
+            .map_or(core.limits(), |r| r.limits());
+        for l in limits {
             d.set_item(&l.name, (l.rate, l.per, l.burst))?;
         }
         Ok(d)
@@ -439,12 +572,23 @@ impl MultiRateLimiter {
     }
 
     #[pyo3(signature = (key = ""))]
-    fn reset(&self, key: &str) -> bool {
-        self.shared.core.lock().reset(key)
+    fn reset(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+        self.shared.reset(py, key)
     }
 
-    fn clear(&self) {
-        self.shared.core.lock().clear();
+    fn clear(&self, py: Python<'_>) -> PyResult<()> {
+        self.shared.clear(py)
+    }
+
+    /// Whether a store is attached (state in Redis).
+    #[getter]
+    fn shared(&self) -> bool {
+        self.shared.remote.is_some()
+    }
+
+    /// {"shared", "store_errors", "fallbacks", "deny_cache_hits", "decisions"}
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        limiter_store::metrics(py, self.shared.remote.as_ref())
     }
 
     #[pyo3(signature = (key, costs))]
@@ -464,8 +608,9 @@ impl MultiRateLimiter {
 
     fn __repr__(&self) -> String {
         let core = self.shared.core.lock();
-        let parts: Vec<String> = core
-            .limits()
+        let remote = self.shared.remote.as_ref();
+        let parts: Vec<String> = remote
+            .map_or(core.limits(), |r| r.limits())
             .iter()
             .map(|l| {
                 format!(
@@ -478,10 +623,11 @@ impl MultiRateLimiter {
             })
             .collect();
         format!(
-            "MultiRateLimiter({{{}}}, max_keys={}, keys={})",
+            "MultiRateLimiter({{{}}}, max_keys={}, keys={}{})",
             parts.join(", "),
             core.max_keys(),
-            core.stored_keys()
+            core.stored_keys(),
+            limiter_store::repr_suffix(remote)
         )
     }
 }

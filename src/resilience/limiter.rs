@@ -62,6 +62,16 @@ impl Limit {
             tau: burst as f64 * interval,
         })
     }
+
+    /// Seconds per unit.
+    pub fn interval(&self) -> f64 {
+        self.interval
+    }
+
+    /// Seconds of credit a full bucket holds.
+    pub fn tau(&self) -> f64 {
+        self.tau
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -83,6 +93,31 @@ fn tolerance(now: f64) -> f64 {
     // Sums of float intervals drift by a few ulps; a nanosecond of slack keeps
     // "exactly one interval later" allowed.
     1e-9_f64.max(now.abs() * 1e-15)
+}
+
+/// Rejects a cost vector of the wrong length or a cost above a burst.
+pub fn validate_costs(limits: &[Limit], costs: &[u64]) -> Result<(), String> {
+    if costs.len() != limits.len() {
+        return Err(format!(
+            "expected {} costs, got {}",
+            limits.len(),
+            costs.len()
+        ));
+    }
+    for (l, &c) in limits.iter().zip(costs) {
+        if c > l.burst {
+            let label = if l.name.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", l.name)
+            };
+            return Err(format!(
+                "cost{label}={c} exceeds the burst of {} and could never be granted",
+                l.burst
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -117,27 +152,7 @@ impl Gcra {
 
     /// Rejects a cost vector of the wrong length or a cost above a burst.
     pub fn validate_costs(&self, costs: &[u64]) -> Result<(), String> {
-        if costs.len() != self.limits.len() {
-            return Err(format!(
-                "expected {} costs, got {}",
-                self.limits.len(),
-                costs.len()
-            ));
-        }
-        for (l, &c) in self.limits.iter().zip(costs) {
-            if c > l.burst {
-                let label = if l.name.is_empty() {
-                    String::new()
-                } else {
-                    format!(" {}", l.name)
-                };
-                return Err(format!(
-                    "cost{label}={c} exceeds the burst of {} and could never be granted",
-                    l.burst
-                ));
-            }
-        }
-        Ok(())
+        validate_costs(&self.limits, costs)
     }
 
     /// New TATs for `costs` against `stored` (or a full bucket), or the wait.

@@ -7,8 +7,12 @@
 
 pub mod breaker;
 pub mod limiter;
+pub mod limiter_redis;
+pub mod limiter_store;
 
 pub use breaker::{
     Breaker, BreakerConfig, Metrics, Permit, Rejection, State, Transition, WindowType,
 };
 pub use limiter::{Decision, Gcra, Limit};
+pub use limiter_redis::RedisGcra;
+pub use limiter_store::{local_limits, LimiterCounts, OnStoreError, StoreLimiter, Verdict};

@@ -523,12 +523,14 @@ impl Inner {
         }
         match &*self.conn.read() {
             Some((gen, conn)) => Ok((*gen, conn.clone())),
-            None => Err(StoreError::Unavailable(format!(
-                "not connected ({})",
-                self.health
-                    .last_error()
-                    .unwrap_or_else(|| "connecting".into())
-            ))),
+            None => {
+                let last = self.health.last_error();
+                let last = last.as_deref().unwrap_or("connecting");
+                Err(StoreError::Unavailable(format!(
+                    "not connected ({})",
+                    last.strip_prefix("Redis is unavailable: ").unwrap_or(last)
+                )))
+            }
         }
     }
 

@@ -1,0 +1,30 @@
+"""Shared state in Redis: :class:`RedisStore` is the connection that
+``RateLimiter(..., store=)``, ``MultiRateLimiter(..., store=)`` and
+``CircuitBreaker(..., store=)`` share.
+
+The client is Rust (the ``redis`` crate on a small tokio runtime owned by the
+store): calls release the GIL, threads do not serialise on one connection, and
+no call waits longer than ``timeout`` for Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from llmedge import _core
+
+__all__ = ["RedisStore"]
+
+
+class RedisStore(_core.RedisStore):
+    """A connection to Redis (``redis://``, ``rediss://``, ``unix://``) or to a
+    Redis Cluster (a list of node URLs).
+
+    ``RedisStore(url="redis://localhost:6379/0", *, key_prefix="llmedge:",
+    timeout=0.05, connect_timeout=1.0, cluster=None)``
+    """
+
+    async def aping(self) -> float:
+        """:meth:`ping` without blocking the event loop (it runs in the
+        loop's default executor)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.ping)
