@@ -95,6 +95,7 @@ class Impl:
             from limits.storage import RedisStorage
 
             storage = RedisStorage(url)
+            self._closers.append(storage.storage.close)
             strategy = (
                 strategies.MovingWindowRateLimiter
                 if kind == "limits-moving"
@@ -145,7 +146,8 @@ class Impl:
             else strategies.SlidingWindowCounterRateLimiter
         )(storage)
         item = self._item()
-        return (lambda key: strategy.hit(item, f"{self.name}:{key}")), None
+        # limits has no close(): its redis.asyncio client is the bridge's
+        return (lambda key: strategy.hit(item, f"{self.name}:{key}")), storage.bridge.storage.aclose
 
     # -- the timed workloads -----------------------------------------------------
 
