@@ -12,11 +12,9 @@ from __future__ import annotations
 import pytest
 from redis_load import run_processes
 
-pytestmark = pytest.mark.timeout(300)
+import llmedge
 
-llmedge = pytest.importorskip("llmedge")
-if not hasattr(llmedge, "RedisStore"):
-    pytest.skip("llmedge.RedisStore is not built yet", allow_module_level=True)
+pytestmark = pytest.mark.timeout(300)
 
 PROCESSES = 4
 

@@ -20,11 +20,7 @@ pytest.importorskip("gunicorn")
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-import llmedge  # noqa: E402
 from llmedge.testing import MockLLM  # noqa: E402
-
-if not hasattr(llmedge, "RedisStore"):
-    pytest.skip("llmedge.RedisStore is not built yet", allow_module_level=True)
 
 pytestmark = pytest.mark.timeout(300)
 
