@@ -35,6 +35,10 @@ impl StoreConfig {
         if urls.is_empty() {
             return Err("url must be a Redis URL or a non-empty list of cluster node URLs".into());
         }
+        let urls = urls
+            .into_iter()
+            .map(|u| unix_credentials_to_query(&u))
+            .collect::<Vec<_>>();
         for url in &urls {
             check_url(url)?;
         }
@@ -86,6 +90,38 @@ fn seconds(name: &str, v: f64) -> Result<Duration, String> {
 
 fn is_unix(url: &str) -> bool {
     url.starts_with("unix:") || url.starts_with("redis+unix:")
+}
+
+/// `unix://user:pw@/path` (the form redis-py accepts) as the redis crate
+/// reads it: `unix:///path?user=user&pass=pw`.
+fn unix_credentials_to_query(url: &str) -> String {
+    if !is_unix(url) {
+        return url.to_owned();
+    }
+    let Some(after) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[after..];
+    let Some(at) = rest.find('@').filter(|&a| !rest[..a].contains('/')) else {
+        return url.to_owned();
+    };
+    let (user, pass) = match rest[..at].split_once(':') {
+        Some((u, p)) => (u, Some(p)),
+        None => (&rest[..at], None),
+    };
+    let mut out = format!("{}{}", &url[..after], &rest[at + 1..]);
+    let mut sep = if out.contains('?') { '&' } else { '?' };
+    // The userinfo is already percent-encoded, as query values must be.
+    for (k, v) in [("user", Some(user)), ("pass", pass)] {
+        if let Some(v) = v.filter(|v| !v.is_empty()) {
+            out.push(sep);
+            out.push_str(k);
+            out.push('=');
+            out.push_str(v);
+            sep = '&';
+        }
+    }
+    out
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -261,6 +297,17 @@ mod tests {
         assert!(check_key_part("name", "a{b", false).is_err());
         assert!(check_key_part("name", "", false).is_err());
         assert!(check_key_part("name", "api:v1", false).is_ok());
+    }
+
+    #[test]
+    fn unix_userinfo_becomes_query_parameters() {
+        let c = one("unix://app:p%40ss@/run/redis.sock?db=1").expect("ok");
+        assert_eq!(
+            c.urls[0],
+            "unix:///run/redis.sock?db=1&user=app&pass=p%40ss"
+        );
+        let c = one("unix://:pw@/run/redis.sock").expect("ok");
+        assert_eq!(c.urls[0], "unix:///run/redis.sock?pass=pw");
     }
 
     #[test]
