@@ -34,6 +34,7 @@ from pathlib import Path
 
 import pytest
 from baselines.resilience import PyBreaker
+from bench_resilience import _breaker_opens_after_5
 from conftest import QUICK, interleaved, record
 
 import llmedge
@@ -70,10 +71,6 @@ def trivial(x):
     return x
 
 
-def failing():
-    raise RuntimeError("down")
-
-
 def _decorators(url: str, store) -> dict:
     """name -> factory(breaker name) -> decorator."""
     client = redis.Redis.from_url(url)
@@ -96,22 +93,6 @@ def _decorators(url: str, store) -> dict:
     }
 
 
-def _opens_after_5(make) -> bool:
-    guarded = make(f"check-{time.monotonic_ns()}")(failing)
-    for _ in range(5):
-        try:
-            guarded()
-        except Exception:  # pybreaker raises its own error on the 5th failure
-            pass
-    try:
-        guarded()
-    except RuntimeError:
-        return False
-    except Exception:
-        return True
-    return False
-
-
 def _loop(guarded):
     def run():
         for i in range(LOOP):
@@ -126,7 +107,11 @@ def test_closed_call_overhead(benchmark, impl, server, store):
     makers = _decorators(server.url, store)
     make = makers[impl]
     guarded = make(f"bench-{impl}")(trivial)
-    correct = guarded(42) == 42 and (impl == "none" or _opens_after_5(make))
+
+    def fresh():
+        return make(f"check-{time.monotonic_ns()}")
+
+    correct = guarded(42) == 42 and (impl == "none" or _breaker_opens_after_5(fresh))
     benchmark.group = f"breaker with a store: {LOOP} closed calls"
     record(benchmark, impl, correct)
     if impl == "llmedge-redis":

@@ -20,6 +20,14 @@ def _raise() -> None:
     raise Boom("upstream down")
 
 
+def _fail(breaker, n: int) -> None:
+    for _ in range(n):
+        try:
+            breaker(_raise)()
+        except Boom:
+            pass
+
+
 def _wait_until(predicate, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -42,11 +50,7 @@ def open_and_watch(role: int, url: str, reps: int, barrier, results) -> None:
             time.sleep(0.05)  # the first sync of a new breaker
             barrier.wait()
             if role == 0:
-                for _ in range(3):
-                    try:
-                        breaker(_raise)()
-                    except Boom:
-                        pass
+                _fail(breaker, 3)
                 results.put(("open", i, time.monotonic()))
             else:
                 _wait_until(lambda b=breaker: b.state == "open")
@@ -84,11 +88,7 @@ def probe(role: int, url: str, threads: int, barrier, release, results) -> None:
         time.sleep(0.05)
         barrier.wait()
         if role == 0:
-            for _ in range(2):
-                try:
-                    breaker(_raise)()
-                except Boom:
-                    pass
+            _fail(breaker, 2)
         _wait_until(lambda: breaker.state == "open")
         time.sleep(0.6)
         barrier.wait()

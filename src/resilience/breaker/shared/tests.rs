@@ -55,15 +55,20 @@ fn synced(b: &SharedBreaker) -> bool {
     b.shared.inner.lock().mirror.snap.is_some()
 }
 
+/// Two "processes" (a store each) sharing `name`, both synced.
+fn pair(server: &RedisServer, name: &str, c: BreakerConfig) -> (SharedBreaker, SharedBreaker) {
+    let a = SharedBreaker::new(store(server), name, c.clone(), clock);
+    let b = SharedBreaker::new(store(server), name, c, clock);
+    wait_for("both synced", || synced(&a) && synced(&b));
+    (a, b)
+}
+
 #[test]
 fn failures_in_two_processes_add_up_and_the_opening_reaches_both() {
     let Some(server) = RedisServer::start(&[]) else {
         return;
     };
-    let (sa, sb) = (store(&server), store(&server));
-    let a = SharedBreaker::new(sa, "svc", cfg(), clock);
-    let b = SharedBreaker::new(sb, "svc", cfg(), clock);
-    wait_for("both synced", || synced(&a) && synced(&b));
+    let (a, b) = pair(&server, "svc", cfg());
     fail(&a);
     fail(&b);
     wait_for("two failures counted", || {
@@ -93,9 +98,7 @@ fn a_process_that_sees_the_threshold_crossed_opens_at_once() {
     let Some(server) = RedisServer::start(&[]) else {
         return;
     };
-    let a = SharedBreaker::new(store(&server), "own", cfg(), clock);
-    let b = SharedBreaker::new(store(&server), "own", cfg(), clock);
-    wait_for("synced", || synced(&a) && synced(&b));
+    let (a, b) = pair(&server, "own", cfg());
     for _ in 0..3 {
         fail(&a);
     }
@@ -167,9 +170,7 @@ fn a_failed_probe_reopens_with_backoff_for_everyone() {
         max_recovery_timeout: Some(1.0),
         ..cfg()
     };
-    let a = SharedBreaker::new(store(&server), "backoff", c.clone(), clock);
-    let b = SharedBreaker::new(store(&server), "backoff", c, clock);
-    wait_for("synced", || synced(&a) && synced(&b));
+    let (a, b) = pair(&server, "backoff", c);
     for _ in 0..3 {
         fail(&a);
     }
@@ -194,9 +195,7 @@ fn a_probe_whose_process_died_does_not_block_recovery() {
         success_threshold: 1,
         ..cfg()
     };
-    let a = SharedBreaker::new(store(&server), "dead", c.clone(), clock);
-    let b = SharedBreaker::new(store(&server), "dead", c, clock);
-    wait_for("synced", || synced(&a) && synced(&b));
+    let (a, b) = pair(&server, "dead", c);
     for _ in 0..3 {
         fail(&a);
     }
@@ -218,9 +217,7 @@ fn manual_states_reach_every_process() {
     let Some(server) = RedisServer::start(&[]) else {
         return;
     };
-    let a = SharedBreaker::new(store(&server), "manual", cfg(), clock);
-    let b = SharedBreaker::new(store(&server), "manual", cfg(), clock);
-    wait_for("synced", || synced(&a) && synced(&b));
+    let (a, b) = pair(&server, "manual", cfg());
     a.force_open(clock());
     wait_for("b forced open", || b.state() == State::ForcedOpen);
     assert_eq!(admit(&b).expect_err("rejected").state, State::ForcedOpen);
@@ -238,9 +235,7 @@ fn redis_loss_falls_back_locally_and_converges_when_it_returns() {
     let Some(mut server) = RedisServer::start(&[]) else {
         return;
     };
-    let a = SharedBreaker::new(store(&server), "loss", cfg(), clock);
-    let b = SharedBreaker::new(store(&server), "loss", cfg(), clock);
-    wait_for("synced", || synced(&a) && synced(&b));
+    let (a, b) = pair(&server, "loss", cfg());
     server.kill();
     wait_for("a falls back", || a.local_fallback_active());
     // Local decisions, no waiting: three failures open a's own breaker.
@@ -302,9 +297,7 @@ fn failure_and_slow_rates_count_every_process_in_one_window() {
             minimum_calls: 4,
             ..cfg()
         };
-        let a = SharedBreaker::new(store(&server), name, c.clone(), clock);
-        let b = SharedBreaker::new(store(&server), name, c, clock);
-        wait_for("synced", || synced(&a) && synced(&b));
+        let (a, b) = pair(&server, name, c);
         for failed in [false, false, true] {
             let p = admit(&a).expect("closed");
             a.record(p, clock(), failed);
@@ -326,9 +319,7 @@ fn failure_and_slow_rates_count_every_process_in_one_window() {
         minimum_calls: 2,
         ..cfg()
     };
-    let a = SharedBreaker::new(store(&server), "slow", c.clone(), clock);
-    let b = SharedBreaker::new(store(&server), "slow", c, clock);
-    wait_for("synced", || synced(&a) && synced(&b));
+    let (a, b) = pair(&server, "slow", c);
     for x in [&a, &b] {
         let p = admit(x).expect("closed");
         std::thread::sleep(Duration::from_millis(3));
