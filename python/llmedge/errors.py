@@ -19,6 +19,7 @@ __all__ = [
     "RateLimitExceeded",
     "CacheSnapshotError",
     "StoreError",
+    "IncompleteStreamError",
 ]
 
 
@@ -118,3 +119,8 @@ class StoreError(LlmEdgeError, ConnectionError):
     ``RedisStore`` construction and ``ping()``, and from limiter calls when a
     key holds data the limiter cannot read.
     """
+
+
+class IncompleteStreamError(LlmEdgeError, ConnectionError):
+    """An SSE stream that did not finish: it ended without ``data: [DONE]``
+    (cut mid-way), or sent an error event or a malformed one."""
