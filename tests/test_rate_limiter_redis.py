@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-import time
 
 import pytest
 from conftest import FakeClock
+from store_support import answers, wait_for
 
 from llmedge import MultiRateLimiter, RateLimiter, RateLimitExceeded, RedisStore, StoreError
 
@@ -26,13 +26,6 @@ def store(redis_server):
     s = RedisStore(redis_server.url, timeout=0.5)
     yield s
     s.close()
-
-
-def _wait_for(cond, what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def test_same_decisions_as_the_local_limiter(store):
@@ -101,7 +94,7 @@ def test_idle_keys_expire(store, redis_server):
     assert 3_500_000 < int(redis_server.cli("PTTL", "llmedge:rl:slow:{k}")) <= 3_600_001
     limiter = RateLimiter(1000, 1.0, burst=5, store=store, name="idle")
     assert limiter.try_acquire("k", 5)
-    _wait_for(lambda: redis_server.cli("EXISTS", "llmedge:rl:idle:{k}") == "0", "expiry")
+    wait_for(lambda: redis_server.cli("EXISTS", "llmedge:rl:idle:{k}") == "0", "expiry")
     assert limiter.available("k") == 5
 
 
@@ -204,7 +197,7 @@ def test_fallback_policies_when_redis_dies_and_recovery(redis_server, policy):
     with pytest.raises(StoreError):
         limiter.reset("k")
     redis_server.start()  # empty: the key's bucket is full again
-    _wait_for(lambda: _answers(store), "the store to reconnect")
+    wait_for(lambda: answers(store), "the store to reconnect")
     fallbacks = limiter.metrics()["fallbacks"]
     assert limiter.available("k") == 10
     assert limiter.metrics()["fallbacks"] == fallbacks
@@ -222,15 +215,23 @@ def test_a_paused_server_costs_at_most_the_timeout_per_call(redis_server):
     assert results == [True, True, True]
     assert store.metrics()["timeouts"] >= 1
     assert limiter.metrics()["fallbacks"] >= 1
-    _wait_for(lambda: _answers(store), "the pause to end")
+    wait_for(lambda: answers(store), "the pause to end")
     decisions = limiter.metrics()["decisions"]
     assert limiter.try_acquire("k")
     assert limiter.metrics()["decisions"] == decisions + 1
 
 
-def _answers(store: RedisStore) -> bool:
-    try:
-        store.ping()
-    except StoreError:
-        return False
-    return True
+def test_the_readme_example_runs(redis_server, capsys):
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text().split("### Shared limits: `RedisStore`", 1)[1]
+    source = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "redis://localhost:6379/0" in source
+    exec(
+        compile(source.replace("redis://localhost:6379/0", redis_server.url), "README", "exec"), {}
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str([True] * 5 + [False])
+    assert "'shared': True" in out[1] and "'fallbacks': 0" in out[1]
+    assert out[2] == "True 1"

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from redis_support import RedisServer, require_redis
+from store_support import answers, wait_for
 
 import llmedge
 from llmedge import LlmEdgeError, RateLimiter, RedisStore, StoreError
@@ -93,7 +94,7 @@ def test_unreachable_at_construction_then_connects(redis_server):
         store.ping()
     assert store.health()["last_error"]
     redis_server.start()
-    _wait_for(lambda: _pings(store))
+    wait_for(lambda: answers(store), "the background connect")
     assert store.health()["connected"] is True
     assert store.metrics()["reconnects"] == 1
 
@@ -137,7 +138,7 @@ def test_closing_while_threads_use_it(redis_server):
     assert errors == []
     assert len(results) == 1200
     m = limiter.metrics()
-    assert m["decisions"] + m["fallbacks"] == 1200
+    assert m["decisions"] + m["fallbacks"] + m["deny_cache_hits"] == 1200
 
 
 def test_aping_does_not_block_the_loop(redis_server):
@@ -181,21 +182,3 @@ def test_cluster(redis_cluster):
         assert multi.try_acquire(key, requests=1, tokens=600)
         assert not multi.try_acquire(key, requests=1, tokens=600)
         assert multi.available(key) == {"requests": 1, "tokens": 400}
-
-
-def _pings(store: RedisStore) -> bool:
-    try:
-        store.ping()
-    except StoreError:
-        return False
-    return True
-
-
-def _wait_for(cond, what: str = "the condition") -> None:
-    """Polls `cond` (fails after 10 s: a hang, not a slow machine)."""
-    import time
-
-    deadline = time.monotonic() + 10
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::py::errors::{new_error, type_error, value_error};
-use crate::store::{Store, StoreConfig, StoreError};
+use crate::store::{Counters, Store, StoreConfig, StoreError};
 
 /// A `StoreError` as a Python exception: configuration problems are
 /// ValueErrors, everything else `llmedge.StoreError`.
@@ -37,6 +37,13 @@ fn to_urls(url: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
         "url must be a string or a list of strings (cluster nodes), got {}",
         url.get_type().name()?
     )))
+}
+
+fn set_counters(d: &Bound<'_, PyDict>, c: &Counters) -> PyResult<()> {
+    d.set_item("errors", c.errors)?;
+    d.set_item("timeouts", c.timeouts)?;
+    d.set_item("fallbacks", c.fallbacks)?;
+    d.set_item("reconnects", c.reconnects)
 }
 
 /// A connection to Redis (one server or a Redis Cluster) that limiters and
@@ -97,11 +104,7 @@ impl RedisStore {
         d.set_item("rtt_p50_ms", h.rtt_p50_ms)?;
         d.set_item("rtt_p99_ms", h.rtt_p99_ms)?;
         d.set_item("scripts_loaded", h.scripts_loaded)?;
-        let c = h.counters;
-        d.set_item("errors", c.errors)?;
-        d.set_item("timeouts", c.timeouts)?;
-        d.set_item("fallbacks", c.fallbacks)?;
-        d.set_item("reconnects", c.reconnects)?;
+        set_counters(&d, &h.counters)?;
         Ok(d)
     }
 
@@ -110,10 +113,7 @@ impl RedisStore {
         let c = self.store.counters();
         let d = PyDict::new(py);
         d.set_item("calls", c.calls)?;
-        d.set_item("errors", c.errors)?;
-        d.set_item("timeouts", c.timeouts)?;
-        d.set_item("fallbacks", c.fallbacks)?;
-        d.set_item("reconnects", c.reconnects)?;
+        set_counters(&d, &c)?;
         Ok(d)
     }
 

@@ -10,8 +10,10 @@
 //! The deny cache remembers, per key, that Redis refused `costs` until a
 //! monotonic instant T. Until T a request for at least as much of every limit
 //! is refused without a round trip: buckets only refill with time, and other
-//! processes only drain them, so Redis would refuse it too. (A `reset` made
-//! by another process is the exception: this process keeps refusing until T.)
+//! processes only drain them, so Redis would refuse it too. The cache is
+//! emptied when the store reconnects (the server may have restarted empty);
+//! a `reset` made by another process is the exception: this process keeps
+//! refusing until T.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -106,11 +108,18 @@ type Refused = (Instant, Box<[u64]>);
 struct DenyCache {
     until: Mutex<AHashMap<Box<str>, Refused>>,
     max_keys: usize,
+    /// The store connection the entries came from.
+    generation: AtomicU64,
 }
 
 impl DenyCache {
-    fn check(&self, key: &str, costs: &[u64]) -> Option<f64> {
-        let until = self.until.lock();
+    fn check(&self, key: &str, costs: &[u64], generation: u64) -> Option<f64> {
+        let mut until = self.until.lock();
+        if self.generation.swap(generation, Relaxed) != generation {
+            // A new connection: the server may have restarted empty.
+            until.clear();
+            return None;
+        }
         let (t, denied) = until.get(key)?;
         let left = t.checked_duration_since(Instant::now())?.as_secs_f64();
         costs
@@ -163,6 +172,7 @@ impl StoreLimiter {
             deny: deny_cache.then(|| DenyCache {
                 until: Mutex::new(AHashMap::new()),
                 max_keys: max_keys.max(1),
+                generation: AtomicU64::new(0),
             }),
             counts: Counts::default(),
         })
@@ -238,7 +248,12 @@ impl StoreLimiter {
 
     /// Charges `costs` (validated) to `key` if every limit allows it.
     pub fn try_acquire(&self, key: &str, costs: &[u64]) -> Result<Verdict<Decision>, StoreError> {
-        if let Some(retry_after) = self.deny.as_ref().and_then(|d| d.check(key, costs)) {
+        let generation = self.store.connection_generation();
+        let cached = self
+            .deny
+            .as_ref()
+            .and_then(|d| d.check(key, costs, generation));
+        if let Some(retry_after) = cached {
             self.counts.deny_cache_hits.fetch_add(1, Relaxed);
             return Ok(Verdict::Decided(Decision::Denied { retry_after }));
         }

@@ -288,6 +288,12 @@ impl Store {
         self.inner.closed.load(Relaxed)
     }
 
+    /// Changes each time a connection is (re-)established: state derived
+    /// from earlier replies may be stale (the server may have restarted empty).
+    pub fn connection_generation(&self) -> u64 {
+        self.inner.generation.load(Relaxed)
+    }
+
     pub fn is_connected(&self) -> bool {
         self.inner.health.connected.load(Relaxed)
     }
