@@ -40,7 +40,6 @@ from conftest import QUICK, interleaved, record
 import llmedge
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from redis_support import RedisServer, missing_binaries  # noqa: E402
 
 redis = pytest.importorskip("redis")
 pybreaker = pytest.importorskip("pybreaker")
@@ -52,17 +51,8 @@ IMPLS = ["none", "llmedge-redis", "llmedge", "python", "pybreaker", "pybreaker-r
 
 
 @pytest.fixture(scope="module")
-def server():
-    missing = missing_binaries()
-    if missing:
-        pytest.skip(f"{' and '.join(missing)} not found: this suite needs a local Redis")
-    with RedisServer() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def store(server):
-    s = llmedge.RedisStore(server.url, timeout=1.0)
+def store(redis_server):
+    s = llmedge.RedisStore(redis_server.url, timeout=1.0)
     yield s
     s.close()
 
@@ -103,8 +93,8 @@ def _loop(guarded):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-def test_closed_call_overhead(benchmark, impl, server, store):
-    makers = _decorators(server.url, store)
+def test_closed_call_overhead(benchmark, impl, redis_server, store):
+    makers = _decorators(redis_server.url, store)
     make = makers[impl]
     guarded = make(f"bench-{impl}")(trivial)
 
@@ -123,11 +113,11 @@ def test_closed_call_overhead(benchmark, impl, server, store):
         assert benchmark(_loop(guarded)) == 7
 
 
-def test_opening_reaches_other_processes(benchmark, server):
+def test_opening_reaches_other_processes(benchmark, redis_server):
     from test_circuit_breaker_redis import opening_latencies
 
     def run():
-        return opening_latencies(server.url, REPS)
+        return opening_latencies(redis_server.url, REPS)
 
     lat = benchmark.pedantic(run, rounds=1, iterations=1)
     lat.sort()

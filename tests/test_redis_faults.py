@@ -307,10 +307,24 @@ class Boom(Exception):
     pass
 
 
-def _breaker(name, store, **kw):
-    return llmedge.CircuitBreaker(
-        name, store=store, failure_threshold=3, recovery_timeout=60.0, **kw
-    )
+def _local(*breakers) -> list[bool]:
+    return [b.metrics()["local_fallback_active"] for b in breakers]
+
+
+def _breaker(name, store):
+    return llmedge.CircuitBreaker(name, store=store, failure_threshold=3, recovery_timeout=60.0)
+
+
+def _raise():
+    raise Boom("down")
+
+
+def _opens_the_other(a, b) -> None:
+    """Shared state: failures through `a` open `b` too."""
+    for _ in range(3):
+        with pytest.raises(Boom):
+            a(_raise)()
+    wait_for(lambda: b.state == "open", "b opens after a's failures")
 
 
 def test_breaker_falls_back_locally_when_redis_dies_and_converges_when_it_returns(redis_server):
@@ -327,39 +341,21 @@ def test_breaker_falls_back_locally_when_redis_dies_and_converges_when_it_return
         with Load(ok, threads=4) as load:
             time.sleep(0.3)
             redis_server.kill()
-            wait_for(
-                lambda: (
-                    a.metrics()["local_fallback_active"] and b.metrics()["local_fallback_active"]
-                ),
-                "both breakers fall back to local state",
-            )
+            wait_for(lambda: all(_local(a, b)), "both breakers fall back to local state")
             time.sleep(0.5)
             redis_server.restart()
-            wait_for(
-                lambda: (
-                    not a.metrics()["local_fallback_active"]
-                    and not b.metrics()["local_fallback_active"]
-                ),
-                "both breakers share state again",
-            )
+            wait_for(lambda: not any(_local(a, b)), "both breakers share state again")
             calls = load.stop()
         assert_no_call_waited(calls, "breaker, Redis killed")
         assert all(isinstance(r, int) for r in calls.results), "closed: every call ran"
         assert a.metrics()["fallbacks"] > 0 or a.metrics()["store_errors"] > 0
         # shared again: failures in one process open the breaker in the other
-        for _ in range(3):
-            with pytest.raises(Boom):
-                a(_raise)()
-        wait_for(lambda: b.state == "open", "b opens after a's failures")
+        _opens_the_other(a, b)
         with pytest.raises(llmedge.CircuitOpenError):
             b(lambda: 1)()
     finally:
         a_store.close()
         b_store.close()
-
-
-def _raise():
-    raise Boom("down")
 
 
 def test_a_failing_provider_opens_the_breaker_while_redis_hangs(redis_server):
@@ -410,20 +406,14 @@ def test_breaker_on_a_cluster_survives_a_failover(redis_cluster):
             redis_cluster.kill_master(index)
             redis_cluster.wait_for_failover()
             wait_for(
-                lambda: (
-                    not a.metrics()["local_fallback_active"]
-                    and not b.metrics()["local_fallback_active"]
-                ),
+                lambda: not any(_local(a, b)),
                 "both breakers share state again after the failover",
                 timeout=60,
             )
             calls = load.stop()
         assert_no_call_waited(calls, "breaker, cluster failover")
         assert all(isinstance(r, int) for r in calls.results)
-        for _ in range(3):
-            with pytest.raises(Boom):
-                a(_raise)()
-        wait_for(lambda: b.state == "open", "b opens after a's failures, after the failover")
+        _opens_the_other(a, b)
     finally:
         a_store.close()
         b_store.close()
