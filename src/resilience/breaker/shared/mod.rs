@@ -35,7 +35,7 @@ use super::{Breaker, BreakerConfig, Metrics, Permit, Rejection, State, Transitio
 use crate::store::{Script, Store, StoreError};
 use protocol::{Batch, Grant, Snapshot};
 
-/// How often a non-empty batch of outcomes is reported (a failure reports at once).
+/// How long a batch gathers outcomes before it is reported (a failure reports at once).
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(20);
 /// How often an idle process re-reads the shared state (in case an event was lost).
 pub const IDLE_SYNC: Duration = Duration::from_secs(1);
@@ -106,7 +106,10 @@ pub struct Shared {
     inner: Mutex<Inner>,
     transitions: Mutex<Vec<Transition>>,
     has_transitions: AtomicBool,
+    /// Wakes the reporter: a batch started, a failure waits, or a re-read is due.
     wake: tokio::sync::Notify,
+    /// A failure waits: report without gathering more outcomes.
+    urgent: AtomicBool,
     sync_needed: AtomicBool,
     instance: String,
     leases: AtomicU64,
@@ -177,6 +180,7 @@ impl SharedBreaker {
             transitions: Mutex::new(Vec::new()),
             has_transitions: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            urgent: AtomicBool::new(false),
             sync_needed: AtomicBool::new(true),
             instance: instance_id(),
             leases: AtomicU64::new(0),
@@ -353,6 +357,7 @@ impl SharedBreaker {
         if g.batch.epoch != permit.epoch {
             g.batch = Batch::for_config(&sh.cfg, permit.epoch);
         }
+        let first = g.batch.is_empty();
         g.batch.push(failed, slow);
         let opens = match &g.in_flight {
             Some(f) if f.epoch == g.batch.epoch => {
@@ -379,6 +384,9 @@ impl SharedBreaker {
             drop(g);
         }
         if failed {
+            sh.urgent.store(true, Relaxed);
+            sh.wake.notify_one();
+        } else if first {
             sh.wake.notify_one();
         }
     }

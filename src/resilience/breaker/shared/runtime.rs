@@ -19,6 +19,7 @@ use crate::store::Push;
 /// Starts the tasks; they end when the returned sender is dropped.
 pub(super) fn start(shared: &Arc<Shared>, channel: &str) -> watch::Sender<()> {
     let (stop, stopped) = watch::channel(());
+    shared.wake.notify_one(); // the first read of the shared state, at once
     let weak = Arc::downgrade(shared);
     shared
         .store
@@ -59,16 +60,27 @@ async fn report_loop(weak: Weak<Shared>, mut stopped: watch::Receiver<()>) {
     loop {
         {
             let Some(sh) = weak.upgrade() else { return };
-            let interval = if sh.inner.lock().fallback {
+            let idle = if sh.inner.lock().fallback {
                 FALLBACK_RETRY
             } else {
-                FLUSH_INTERVAL
+                IDLE_SYNC.saturating_sub(last_report.elapsed())
             };
             tokio::select! {
                 () = sh.wake.notified() => {}
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(idle) => {}
                 _ = stopped.changed() => return,
             }
+            // A batch just started: let it gather outcomes for a while,
+            // unless a failure waits (it wakes this wait too).
+            let gathering = !sh.inner.lock().batch.is_empty();
+            if gathering && !sh.urgent.load(Relaxed) {
+                tokio::select! {
+                    () = sh.wake.notified() => {}
+                    () = tokio::time::sleep(FLUSH_INTERVAL) => {}
+                    _ = stopped.changed() => return,
+                }
+            }
+            sh.urgent.store(false, Relaxed);
         }
         let Some(sh) = weak.upgrade() else { return };
         let (batch, fallback, settles) = {
