@@ -96,3 +96,17 @@ def interleaved(benchmark, run, baselines, *, rounds, setup=None, check=None):
         for name, ts in base.items()
     }
     return result
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A local ``redis-server`` (no persistence) for the Redis suites, one per
+    module; see tests/redis_support.py."""
+    sys.path.insert(0, str(BENCHES.parent / "tests"))
+    from redis_support import RedisServer, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not found: this suite needs a local Redis")
+    with RedisServer() as server:
+        yield server

@@ -150,8 +150,9 @@ def limiter_process(spec: dict[str, Any], ready: Any, start: Any, out: Any) -> N
     calls ``try_acquire`` from ``spec["threads"]`` threads (and, when
     ``spec["tasks"]``, from that many asyncio tasks) until ``spec["attempts"]``
     calls each, or until ``spec["duration"]`` seconds passed. Puts a dict of
-    totals (and the Redis TIME just before the first and after the last call) on
-    `out`."""
+    totals on `out`, with the Redis TIME just before the first call (``t_first``)
+    and after the last (``t_last``), and when the last call started
+    (``t_last_call``, on the server's clock)."""
     try:
         store, limiter = _build_limiter(spec)
         store.ping()  # connected before the start
@@ -162,6 +163,8 @@ def limiter_process(spec: dict[str, Any], ready: Any, start: Any, out: Any) -> N
         start.wait()
         deadline = time.monotonic() + duration if duration else None
         t_first = _redis_time(spec["url"])
+        mono_first = time.monotonic()
+        last_call = [mono_first]  # when the last call started (monotonic)
         lock = threading.Lock()
         totals: dict[str, Any] = {"admitted": 0, "attempts": 0, "charged": {}, "errors": []}
 
@@ -171,8 +174,9 @@ def limiter_process(spec: dict[str, Any], ready: Any, start: Any, out: Any) -> N
             assert deadline is not None
             return time.monotonic() >= deadline
 
-        def account(granted: bool, cost: dict[str, int]) -> None:
+        def account(granted: bool, cost: dict[str, int], started: float) -> None:
             with lock:
+                last_call[0] = max(last_call[0], started)
                 totals["attempts"] += 1
                 if granted:
                     totals["admitted"] += 1
@@ -184,7 +188,8 @@ def limiter_process(spec: dict[str, Any], ready: Any, start: Any, out: Any) -> N
             try:
                 while not done(n):
                     cost = costs[(i + n) % len(costs)]
-                    account(bool(limiter.try_acquire(spec["key"], **cost)), cost)
+                    t = time.monotonic()
+                    account(bool(limiter.try_acquire(spec["key"], **cost)), cost, t)
                     n += 1
             except Exception:
                 with lock:
@@ -196,11 +201,12 @@ def limiter_process(spec: dict[str, Any], ready: Any, start: Any, out: Any) -> N
             n = 0
             while not done(n):
                 cost = costs[(i + n) % len(costs)]
+                t = time.monotonic()
                 try:
                     granted = await limiter.acquire_async(spec["key"], timeout=0, **cost)
                 except llmedge.RateLimitExceeded:
                     granted = False
-                account(granted, cost)
+                account(granted, cost, t)
                 n += 1
 
         async def tasks_main() -> None:
@@ -220,6 +226,9 @@ def limiter_process(spec: dict[str, Any], ready: Any, start: Any, out: Any) -> N
             w.join()
         totals["t_first"] = t_first
         totals["t_last"] = _redis_time(spec["url"])
+        # the last call's start on the server's clock (for a lower bound that
+        # leaves out the time the threads took to finish)
+        totals["t_last_call"] = t_first + (last_call[0] - mono_first)
         totals["metrics"] = limiter.metrics()
         totals["store_metrics"] = store.metrics()
         store.close()

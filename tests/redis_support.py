@@ -318,8 +318,6 @@ class RedisServer:
         if self._own_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    close = stop
-
     def __enter__(self) -> RedisServer:
         return self
 
@@ -413,10 +411,6 @@ class ClusterNode:
     @property
     def port(self) -> int:
         return self.server.port
-
-    @property
-    def url(self) -> str:
-        return f"redis://{HOST}:{self.port}"
 
     def __repr__(self) -> str:
         return f"ClusterNode(port={self.port}, running={self.server.running})"
@@ -608,8 +602,6 @@ class RedisCluster:
         for s in self.servers:
             s.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    close = stop
 
     def __enter__(self) -> RedisCluster:
         return self

@@ -5,12 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 import llmedge
-
-if not hasattr(llmedge, "RedisStore"):
-    pytest.skip("llmedge.RedisStore is not built yet", allow_module_level=True)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -8,7 +8,7 @@ Conventions every suite in benches/ follows, so that this report can read it:
 * ``benchmark.extra_info["correct"]`` is True when the implementation's result
   agreed with the reference for that case;
 * optionally ``benchmark.extra_info["latency"]``: per-call percentiles in
-  seconds (``p50``, ``p99``), and those of a reference operation measured in
+  seconds (``p50``, ``p99``) beside those of a reference operation measured in
   the same rounds (``ping_p50``, ``ping_p99``), printed under the row.
 """
 
@@ -68,14 +68,11 @@ def format_report(data: dict[str, Any]) -> str:
                 case = ""
                 lat = info.get("latency")
                 if lat:
-                    line = f"{'':<44} p50 {_fmt_time(lat['p50'])}, p99 {_fmt_time(lat['p99'])}"
-                    if "ping_p99" in lat:
-                        line += (
-                            f"; PING p50 {_fmt_time(lat['ping_p50'])}, "
-                            f"p99 {_fmt_time(lat['ping_p99'])} "
-                            f"(p99 {lat['p99'] / lat['ping_p99']:.2f}x PING's)"
-                        )
-                    lines.append(line)
+                    lines.append(
+                        f"{'':<44} p50 {_fmt_time(lat['p50'])}, p99 {_fmt_time(lat['p99'])}; "
+                        f"PING p50 {_fmt_time(lat['ping_p50'])}, p99 {_fmt_time(lat['ping_p99'])}"
+                        f" (p99 {lat['p99'] / lat['ping_p99']:.2f}x PING's)"
+                    )
                 for name, b in info.get("interleaved", {}).items():
                     paired = f"{b['ratio']:8.2f}x*"
                     lines.append(

@@ -78,7 +78,11 @@ class CircuitBreaker(_core.CircuitBreaker):
     window_size=100, minimum_calls=10, slow_call_duration=None,
     slow_call_rate_threshold=None, half_open_max_calls=1, backoff_multiplier=1.0,
     max_recovery_timeout=None, exclude=None, include=None, is_failure=None,
-    fallback=None, clock=None)``
+    fallback=None, clock=None, store=None)``
+
+    With ``store=`` (a :class:`llmedge.RedisStore`), every breaker of the same
+    name on the same Redis shares one state across processes and hosts;
+    ``shared`` says so and ``metrics()`` reports the store's part.
     """
 
     def __init__(self, name: str, **config: Any) -> None:
@@ -119,7 +123,7 @@ class CircuitBreaker(_core.CircuitBreaker):
     def _wrap_async(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         async def guarded(*args: Any, **kwargs: Any) -> T:
             try:
-                permit = self._acquire()
+                permit = await self._acquire_async()
             except CircuitOpenError:
                 result = self._rejected(args, kwargs)
                 if inspect.isawaitable(result):
@@ -167,6 +171,14 @@ class CircuitBreaker(_core.CircuitBreaker):
 
         return guarded
 
+    async def _acquire_async(self) -> _Permit:
+        """``_acquire`` that never blocks the event loop: with a store, the
+        half-open probe lease (a Redis round trip) is taken in a thread."""
+        permit = self._try_acquire()
+        if permit is None:
+            permit = await asyncio.to_thread(self._acquire)
+        return permit
+
     # -- one-off calls -----------------------------------------------------
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -199,7 +211,9 @@ class CircuitBreaker(_core.CircuitBreaker):
             self._on_error(permit, exc)
 
     async def __aenter__(self) -> CircuitBreaker:
-        return self.__enter__()
+        permit = await self._acquire_async()
+        self._stack.set((*self._stack.get(), permit))
+        return self
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         self.__exit__(exc_type, exc, tb)

@@ -11,6 +11,8 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 
 use crate::py::clock::{monotonic, Clock};
 use crate::py::errors::{circuit_open, value_error};
+use crate::py::redis_store::RedisStore;
+use crate::resilience::breaker::shared::{Admission, SharedBreaker};
 use crate::resilience::{Breaker, BreakerConfig, Permit, Transition, WindowType};
 
 /// Logs `err` on the "llmedge" logger; never raises.
@@ -55,6 +57,9 @@ pub struct CircuitBreaker {
     is_failure: Option<Py<PyAny>>,
     fallback: Option<Py<PyAny>>,
     listeners: Mutex<Vec<Py<PyAny>>>,
+    /// With `store=`: the state shared through Redis (`core` is then unused).
+    shared: Option<SharedBreaker>,
+    store: Option<Py<RedisStore>>,
 }
 
 fn positive_int(name: &str, v: i64) -> PyResult<u32> {
@@ -123,6 +128,30 @@ fn opt_seconds(name: &str, v: Option<f64>) -> PyResult<Option<f64>> {
     }
 }
 
+/// The `store=` argument: a RedisStore, which excludes an injected clock (a
+/// shared breaker's timeouts run on the Redis server's clock).
+fn store_arg(store: Option<Bound<'_, PyAny>>, clock: &Clock) -> PyResult<Option<Py<RedisStore>>> {
+    let Some(store) = store.filter(|s| !s.is_none()) else {
+        return Ok(None);
+    };
+    let store = store.cast_into::<RedisStore>().map_err(|e| {
+        PyTypeError::new_err(format!(
+            "store must be a llmedge.RedisStore or None, got {}",
+            e.into_inner()
+                .repr()
+                .map(|r| r.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
+    if !clock.is_monotonic() {
+        return Err(value_error(
+            "clock= cannot be combined with store=: a shared breaker's recovery timeouts \
+             run on the Redis server's clock",
+        ));
+    }
+    Ok(Some(store.unbind()))
+}
+
 impl CircuitBreaker {
     pub fn now(&self, py: Python<'_>) -> PyResult<f64> {
         self.clock.now(py)
@@ -131,6 +160,17 @@ impl CircuitBreaker {
     /// Admits a call (firing the open -> half_open transition) or returns the
     /// `CircuitOpenError` to raise.
     pub fn admit(&self, py: Python<'_>) -> PyResult<Result<Permit, PyErr>> {
+        if let Some(s) = &self.shared {
+            let res = match s.try_admit(monotonic()) {
+                Admission::Admitted(p) => Ok(p),
+                Admission::Rejected(r) => Err(r),
+                Admission::NeedsLease => py.detach(|| s.acquire_lease_blocking(monotonic())),
+            };
+            self.fire_shared(py, s);
+            return Ok(
+                res.map_err(|r| circuit_open(py, &self.name, r.state.as_str(), r.retry_after))
+            );
+        }
         let res = if self.clock.is_monotonic() {
             // The Rust clock calls no Python, so it may be read under the lock,
             // and only when the state machine needs it.
@@ -157,6 +197,14 @@ impl CircuitBreaker {
 
     /// Records a finished call: `failed` None means "no outcome" (release).
     pub fn finish(&self, py: Python<'_>, permit: Permit, failed: Option<bool>) -> PyResult<()> {
+        if let Some(s) = &self.shared {
+            match failed {
+                None => s.release(permit),
+                Some(failed) => s.record(permit, monotonic(), failed),
+            }
+            self.fire_shared(py, s);
+            return Ok(());
+        }
         match failed {
             None => self.core.lock().release(permit),
             Some(failed) => {
@@ -234,6 +282,24 @@ impl CircuitBreaker {
         }
     }
 
+    /// Fires the transitions a shared breaker saw since the last call: its
+    /// own, and those pushed by other processes (whose listeners run on the
+    /// next call into this breaker, in the calling thread).
+    fn fire_shared(&self, py: Python<'_>, s: &SharedBreaker) {
+        for t in s.take_transitions() {
+            self.fire(py, Some(t));
+        }
+    }
+
+    /// Runs `op` on the shared breaker with the GIL released (it may wait
+    /// for Redis, at most the store's timeout), then fires the transitions.
+    fn shared_op(&self, py: Python<'_>, op: fn(&SharedBreaker, f64)) -> bool {
+        let Some(s) = &self.shared else { return false };
+        py.detach(|| op(s, monotonic()));
+        self.fire_shared(py, s);
+        true
+    }
+
     /// Runs the listeners for a transition, outside every lock.
     fn fire(&self, py: Python<'_>, t: Option<Transition>) {
         let Some(t) = t else { return };
@@ -280,7 +346,8 @@ impl CircuitBreaker {
         failure_rate_threshold = None, window_type = "count", window_size = 100,
         minimum_calls = 10, slow_call_duration = None, slow_call_rate_threshold = None,
         half_open_max_calls = 1, backoff_multiplier = 1.0, max_recovery_timeout = None,
-        exclude = None, include = None, is_failure = None, fallback = None, clock = None
+        exclude = None, include = None, is_failure = None, fallback = None, clock = None,
+        store = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -303,6 +370,7 @@ impl CircuitBreaker {
         is_failure: Option<Bound<'_, PyAny>>,
         fallback: Option<Bound<'_, PyAny>>,
         clock: Option<Bound<'_, PyAny>>,
+        store: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let window_type = WindowType::parse(window_type).ok_or_else(|| {
             value_error(format!(
@@ -334,8 +402,16 @@ impl CircuitBreaker {
         let is_failure = callable_or_none("is_failure", is_failure)?;
         let fallback = callable_or_none("fallback", fallback)?;
         let clock = Clock::from_arg(clock.as_ref())?;
+        let store = store_arg(store, &clock)?;
         let now = clock.now(py)?;
+        let shared = store.as_ref().map(|st| {
+            let arc = st.get().inner().clone();
+            let cfg = cfg.clone();
+            py.detach(|| SharedBreaker::new(arc, name, cfg, monotonic))
+        });
         Ok(CircuitBreaker {
+            shared,
+            store,
             name: name.to_owned(),
             core: Mutex::new(Breaker::new(cfg, now)),
             clock,
@@ -354,8 +430,26 @@ impl CircuitBreaker {
 
     /// "closed", "open", "half_open", "forced_open" or "disabled".
     #[getter]
-    fn state(&self) -> &'static str {
-        self.core.lock().state().as_str()
+    fn state(&self, py: Python<'_>) -> &'static str {
+        match &self.shared {
+            Some(s) => {
+                self.fire_shared(py, s);
+                s.state().as_str()
+            }
+            None => self.core.lock().state().as_str(),
+        }
+    }
+
+    /// True when the state is shared through a store (`store=`).
+    #[getter]
+    fn shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The RedisStore given as `store=`, or None.
+    #[getter]
+    fn store(&self, py: Python<'_>) -> Option<Py<RedisStore>> {
+        self.store.as_ref().map(|s| s.clone_ref(py))
     }
 
     #[getter]
@@ -367,12 +461,22 @@ impl CircuitBreaker {
     #[getter]
     fn retry_after(&self, py: Python<'_>) -> PyResult<f64> {
         let now = self.now(py)?;
-        Ok(self.core.lock().metrics(now).retry_after)
+        Ok(match &self.shared {
+            Some(s) => s.metrics(now).metrics.retry_after,
+            None => self.core.lock().metrics(now).retry_after,
+        })
     }
 
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let now = self.now(py)?;
-        let m = self.core.lock().metrics(now);
+        let (m, sm) = match &self.shared {
+            Some(s) => {
+                self.fire_shared(py, s);
+                let sm = s.metrics(now);
+                (sm.metrics.clone(), Some(sm))
+            }
+            None => (self.core.lock().metrics(now), None),
+        };
         let d = PyDict::new(py);
         d.set_item("name", &self.name)?;
         d.set_item("state", m.state.as_str())?;
@@ -390,11 +494,25 @@ impl CircuitBreaker {
         d.set_item("retry_after", m.retry_after)?;
         d.set_item("recovery_timeout", m.recovery_timeout)?;
         d.set_item("half_open_in_flight", m.half_open_in_flight)?;
+        d.set_item("shared", sm.is_some())?;
+        d.set_item("store", sm.as_ref().map(|_| "redis"))?;
+        d.set_item("store_errors", sm.as_ref().map_or(0, |s| s.store_errors))?;
+        d.set_item("fallbacks", sm.as_ref().map_or(0, |s| s.fallbacks))?;
+        d.set_item(
+            "local_fallback_active",
+            sm.as_ref().is_some_and(|s| s.local_fallback_active),
+        )?;
+        if let Some(s) = &sm {
+            d.set_item("last_store_error", s.last_error.as_deref())?;
+        }
         Ok(d)
     }
 
     /// Closes the circuit, clearing the window and the backoff.
     fn reset(&self, py: Python<'_>) -> PyResult<()> {
+        if self.shared_op(py, SharedBreaker::reset) {
+            return Ok(());
+        }
         let now = self.now(py)?;
         let t = self.core.lock().reset(now);
         self.fire(py, t);
@@ -403,6 +521,9 @@ impl CircuitBreaker {
 
     /// Rejects every call until `reset()`.
     fn force_open(&self, py: Python<'_>) -> PyResult<()> {
+        if self.shared_op(py, SharedBreaker::force_open) {
+            return Ok(());
+        }
         let now = self.now(py)?;
         let t = self.core.lock().force_open(now);
         self.fire(py, t);
@@ -411,6 +532,9 @@ impl CircuitBreaker {
 
     /// Admits every call and never opens until `reset()`; outcomes are still counted.
     fn disable(&self, py: Python<'_>) -> PyResult<()> {
+        if self.shared_op(py, SharedBreaker::disable) {
+            return Ok(());
+        }
         let now = self.now(py)?;
         let t = self.core.lock().disable(now);
         self.fire(py, t);
@@ -449,6 +573,27 @@ impl CircuitBreaker {
         }
     }
 
+    /// `_acquire` for coroutines: None when the decision needs a round trip
+    /// to Redis (a half-open probe lease), which the caller then makes off
+    /// the event loop.
+    fn _try_acquire(&self, py: Python<'_>) -> PyResult<Option<PyPermit>> {
+        if let Some(s) = &self.shared {
+            let res = s.try_admit(monotonic());
+            self.fire_shared(py, s);
+            return match res {
+                Admission::Admitted(permit) => Ok(Some(PyPermit { permit })),
+                Admission::Rejected(r) => Err(circuit_open(
+                    py,
+                    &self.name,
+                    r.state.as_str(),
+                    r.retry_after,
+                )),
+                Admission::NeedsLease => Ok(None),
+            };
+        }
+        self._acquire(py).map(Some)
+    }
+
     /// The call succeeded and has no value to judge (a `with` block, a stream).
     fn _on_success(&self, py: Python<'_>, permit: &PyPermit) -> PyResult<()> {
         self.finish(py, permit.permit, Some(false))
@@ -480,11 +625,15 @@ impl CircuitBreaker {
     fn __repr__(&self) -> String {
         let b = self.core.lock();
         let c = b.config();
+        let state = match &self.shared {
+            Some(s) => s.state(),
+            None => b.state(),
+        };
         let mut s = format!(
             "CircuitBreaker({:?}, state={:?}, failure_threshold={}, recovery_timeout={}, \
              success_threshold={}, half_open_max_calls={}",
             self.name,
-            b.state().as_str(),
+            state.as_str(),
             c.failure_threshold,
             c.recovery_timeout,
             c.success_threshold,
@@ -503,6 +652,13 @@ impl CircuitBreaker {
         }
         if c.backoff_multiplier != 1.0 {
             s += &format!(", backoff_multiplier={}", c.backoff_multiplier);
+        }
+        if let Some(sh) = &self.shared {
+            s += if sh.local_fallback_active() {
+                ", store=redis (local fallback)"
+            } else {
+                ", store=redis"
+            };
         }
         s.push(')');
         s

@@ -12,336 +12,13 @@
 //! state machine: a slow call admitted while closed must not close a circuit
 //! that has since opened and half-opened.
 
-use std::fmt;
+mod config;
+pub mod shared;
+mod window;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum State {
-    Closed,
-    Open,
-    HalfOpen,
-    ForcedOpen,
-    Disabled,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Closed => "closed",
-            State::Open => "open",
-            State::HalfOpen => "half_open",
-            State::ForcedOpen => "forced_open",
-            State::Disabled => "disabled",
-        }
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WindowType {
-    Count,
-    Time,
-}
-
-impl WindowType {
-    pub const ALLOWED: &'static [&'static str] = &["count", "time"];
-
-    pub fn parse(s: &str) -> Option<WindowType> {
-        match s {
-            "count" => Some(WindowType::Count),
-            "time" => Some(WindowType::Time),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WindowType::Count => "count",
-            WindowType::Time => "time",
-        }
-    }
-}
-
-/// Configuration, validated once by [`BreakerConfig::validate`].
-#[derive(Clone, Debug)]
-pub struct BreakerConfig {
-    pub failure_threshold: u32,
-    pub recovery_timeout: f64,
-    pub success_threshold: u32,
-    pub failure_rate_threshold: Option<f64>,
-    pub window_type: WindowType,
-    /// Calls (count window) or whole seconds (time window).
-    pub window_size: u32,
-    pub minimum_calls: u32,
-    pub slow_call_duration: Option<f64>,
-    /// Defaults to 1.0 when `slow_call_duration` is set.
-    pub slow_call_rate_threshold: Option<f64>,
-    pub half_open_max_calls: u32,
-    pub backoff_multiplier: f64,
-    pub max_recovery_timeout: Option<f64>,
-}
-
-impl Default for BreakerConfig {
-    fn default() -> Self {
-        BreakerConfig {
-            failure_threshold: 5,
-            recovery_timeout: 60.0,
-            success_threshold: 3,
-            failure_rate_threshold: None,
-            window_type: WindowType::Count,
-            window_size: 100,
-            minimum_calls: 10,
-            slow_call_duration: None,
-            slow_call_rate_threshold: None,
-            half_open_max_calls: 1,
-            backoff_multiplier: 1.0,
-            max_recovery_timeout: None,
-        }
-    }
-}
-
-/// Largest time window: one day of per-second buckets.
-pub const MAX_TIME_WINDOW: u32 = 86_400;
-/// Largest count window.
-pub const MAX_COUNT_WINDOW: u32 = 1_000_000;
-
-fn positive_finite(name: &str, v: f64) -> Result<(), String> {
-    if v.is_finite() && v > 0.0 {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name} must be a positive finite number of seconds, got {v}"
-        ))
-    }
-}
-
-fn rate(name: &str, v: f64) -> Result<(), String> {
-    if v > 0.0 && v <= 1.0 {
-        Ok(())
-    } else {
-        Err(format!("{name} must be in (0, 1], got {v}"))
-    }
-}
-
-impl BreakerConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.failure_threshold == 0 {
-            return Err("failure_threshold must be >= 1, got 0".into());
-        }
-        if self.success_threshold == 0 {
-            return Err("success_threshold must be >= 1, got 0".into());
-        }
-        if self.half_open_max_calls == 0 {
-            return Err("half_open_max_calls must be >= 1, got 0".into());
-        }
-        if self.minimum_calls == 0 {
-            return Err("minimum_calls must be >= 1, got 0".into());
-        }
-        positive_finite("recovery_timeout", self.recovery_timeout)?;
-        if let Some(r) = self.failure_rate_threshold {
-            rate("failure_rate_threshold", r)?;
-        }
-        if let Some(r) = self.slow_call_rate_threshold {
-            rate("slow_call_rate_threshold", r)?;
-            if self.slow_call_duration.is_none() {
-                return Err(
-                    "slow_call_rate_threshold needs slow_call_duration (the duration, in \
-                     seconds, from which a call counts as slow)"
-                        .into(),
-                );
-            }
-        }
-        if let Some(d) = self.slow_call_duration {
-            positive_finite("slow_call_duration", d)?;
-        }
-        let max_window = match self.window_type {
-            WindowType::Count => MAX_COUNT_WINDOW,
-            WindowType::Time => MAX_TIME_WINDOW,
-        };
-        if self.window_size == 0 || self.window_size > max_window {
-            return Err(format!(
-                "window_size must be in 1..={max_window} for window_type={:?}, got {}",
-                self.window_type.as_str(),
-                self.window_size
-            ));
-        }
-        if !(self.backoff_multiplier.is_finite() && self.backoff_multiplier >= 1.0) {
-            return Err(format!(
-                "backoff_multiplier must be a finite number >= 1.0, got {}",
-                self.backoff_multiplier
-            ));
-        }
-        if let Some(m) = self.max_recovery_timeout {
-            positive_finite("max_recovery_timeout", m)?;
-            if m < self.recovery_timeout {
-                return Err(format!(
-                    "max_recovery_timeout ({m}) must be >= recovery_timeout ({})",
-                    self.recovery_timeout
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn slow_rate_threshold(&self) -> Option<f64> {
-        match (self.slow_call_duration, self.slow_call_rate_threshold) {
-            (Some(_), Some(r)) => Some(r),
-            (Some(_), None) => Some(1.0),
-            _ => None,
-        }
-    }
-
-    fn uses_window(&self) -> bool {
-        self.failure_rate_threshold.is_some() || self.slow_call_duration.is_some()
-    }
-}
-
-/// Outcome counts over a window.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    pub calls: u64,
-    pub failures: u64,
-    pub slow: u64,
-}
-
-#[derive(Clone, Copy, Debug, Default)]
-struct Bucket {
-    second: i64,
-    counts: Counts,
-}
-
-/// Sliding window over the last `size` calls or the last `size` seconds.
-#[derive(Debug)]
-enum Window {
-    Count {
-        ring: Vec<u8>, // bit 0: failed, bit 1: slow
-        next: usize,
-        len: usize,
-        totals: Counts,
-    },
-    Time {
-        buckets: Vec<Bucket>,
-    },
-}
-
-const FAILED: u8 = 1;
-const SLOW: u8 = 2;
-
-impl Window {
-    fn new(kind: WindowType, size: u32) -> Window {
-        match kind {
-            WindowType::Count => Window::Count {
-                ring: vec![0; size as usize],
-                next: 0,
-                len: 0,
-                totals: Counts::default(),
-            },
-            WindowType::Time => Window::Time {
-                buckets: vec![
-                    Bucket {
-                        second: i64::MIN,
-                        counts: Counts::default()
-                    };
-                    size as usize
-                ],
-            },
-        }
-    }
-
-    fn clear(&mut self) {
-        match self {
-            Window::Count {
-                ring,
-                next,
-                len,
-                totals,
-            } => {
-                ring.iter_mut().for_each(|b| *b = 0);
-                *next = 0;
-                *len = 0;
-                *totals = Counts::default();
-            }
-            Window::Time { buckets } => {
-                buckets.iter_mut().for_each(|b| {
-                    *b = Bucket {
-                        second: i64::MIN,
-                        ..*b
-                    }
-                });
-            }
-        }
-    }
-
-    fn record(&mut self, now: f64, failed: bool, slow: bool) {
-        match self {
-            Window::Count {
-                ring,
-                next,
-                len,
-                totals,
-            } => {
-                let cap = ring.len();
-                if *len == cap {
-                    let old = ring[*next];
-                    totals.calls -= 1;
-                    totals.failures -= u64::from(old & FAILED != 0);
-                    totals.slow -= u64::from(old & SLOW != 0);
-                } else {
-                    *len += 1;
-                }
-                let bits = if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
-                ring[*next] = bits;
-                *next = (*next + 1) % cap;
-                totals.calls += 1;
-                totals.failures += u64::from(failed);
-                totals.slow += u64::from(slow);
-            }
-            Window::Time { buckets } => {
-                let second = second_of(now);
-                let idx = second.rem_euclid(buckets.len() as i64) as usize;
-                let b = &mut buckets[idx];
-                if b.second != second {
-                    *b = Bucket {
-                        second,
-                        counts: Counts::default(),
-                    };
-                }
-                b.counts.calls += 1;
-                b.counts.failures += u64::from(failed);
-                b.counts.slow += u64::from(slow);
-            }
-        }
-    }
-
-    fn totals(&self, now: f64) -> Counts {
-        match self {
-            Window::Count { totals, .. } => *totals,
-            Window::Time { buckets } => {
-                let second = second_of(now);
-                let oldest = second.saturating_sub(buckets.len() as i64 - 1);
-                let mut t = Counts::default();
-                for b in buckets
-                    .iter()
-                    .filter(|b| b.second >= oldest && b.second <= second)
-                {
-                    t.calls += b.counts.calls;
-                    t.failures += b.counts.failures;
-                    t.slow += b.counts.slow;
-                }
-                t
-            }
-        }
-    }
-}
-
-fn second_of(now: f64) -> i64 {
-    // `as` saturates for out-of-range floats and maps NaN to 0: no panic.
-    now.floor() as i64
-}
+pub use config::{BreakerConfig, State, WindowType, MAX_COUNT_WINDOW, MAX_TIME_WINDOW};
+pub use window::Counts;
+use window::Window;
 
 /// Permission to run one call; hand it back through `record` or `release`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -349,6 +26,10 @@ pub struct Permit {
     pub epoch: u64,
     pub probe: bool,
     pub start: f64,
+    /// The probe's lease in Redis (0: none); see [`shared`].
+    pub lease: u64,
+    /// Admitted by the shared state (false: by this process's breaker).
+    pub shared: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -471,6 +152,8 @@ impl Breaker {
                         epoch: self.epoch,
                         probe: false,
                         start: now,
+                        lease: 0,
+                        shared: false,
                     },
                     None,
                 ));
@@ -501,6 +184,8 @@ impl Breaker {
                     epoch: self.epoch,
                     probe: true,
                     start: now,
+                    lease: 0,
+                    shared: false,
                 },
                 transition,
             ))
@@ -511,6 +196,51 @@ impl Breaker {
                 retry_after: 0.0,
             })
         }
+    }
+
+    /// A closed-state permit of the current epoch started at `start`: how a
+    /// shared breaker feeds this process's outcomes to its local shadow.
+    pub fn plain_permit(&self, start: f64) -> Permit {
+        Permit {
+            epoch: self.epoch,
+            probe: false,
+            start,
+            lease: 0,
+            shared: false,
+        }
+    }
+
+    /// Counts a call rejected on this breaker's behalf (by the shared state).
+    pub fn note_rejection(&mut self) {
+        self.rejections += 1;
+    }
+
+    /// Takes a state decided elsewhere (the shared state other processes
+    /// agreed on): `remaining` seconds until an open circuit half-opens.
+    /// Lifetime counters stay; no transition is reported.
+    pub fn adopt(
+        &mut self,
+        state: State,
+        now: f64,
+        remaining: f64,
+        recovery: f64,
+        consecutive_failures: u32,
+    ) {
+        if state != self.state {
+            self.epoch += 1;
+            self.entered_at = now;
+            self.half_open_in_flight = 0;
+            self.half_open_successes = 0;
+            if state == State::Closed {
+                self.window.clear();
+            }
+            self.state = state;
+        }
+        if state == State::Open {
+            self.open_until = now + remaining;
+        }
+        self.current_recovery = recovery;
+        self.consecutive_failures = consecutive_failures;
     }
 
     /// Records the outcome of an admitted call that finished at `now`.
