@@ -2,6 +2,7 @@
 
 pub mod cache_hit;
 pub mod circuit_breaker;
+pub mod convert;
 pub mod cost;
 pub mod errors;
 pub mod guard;

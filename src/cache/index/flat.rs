@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use super::{dot, VectorIndex};
+use super::simd::dot;
+use super::VectorIndex;
 
 pub struct FlatIndex {
     dim: usize,
