@@ -8,6 +8,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::Value;
 
+use crate::cache::partition::canonical_key;
 use crate::py::errors::{type_error, value_error};
 
 const TAG_STR: u8 = b'S';
@@ -285,6 +286,56 @@ pub fn read_vector(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f32>> {
             ))
         })?;
         out.push(x as f32);
+    }
+    Ok(out)
+}
+
+/// The canonical (unscoped) key of a partition argument.
+pub fn partition_text(partition: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
+    let Some(p) = partition else {
+        return Ok(String::new());
+    };
+    if p.is_none() {
+        return Ok(String::new());
+    }
+    if let Ok(s) = p.cast::<PyString>() {
+        return Ok(s.to_str()?.to_owned());
+    }
+    if p.is_instance_of::<PyDict>() {
+        let v = to_json(p, "partition")?;
+        return Ok(canonical_key(&v));
+    }
+    Err(type_error(format!(
+        "partition must be a dict, a str (e.g. from llmedge.partition_key) or None, not {}",
+        type_name(p)
+    )))
+}
+
+/// A `tags=` argument: a list of strings, duplicates dropped.
+pub fn tag_list(tags: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
+    let Some(tags) = tags else {
+        return Ok(Vec::new());
+    };
+    if tags.is_none() {
+        return Ok(Vec::new());
+    }
+    if tags.is_instance_of::<PyString>() {
+        return Err(type_error(
+            "tags must be a list of strings, not a single str",
+        ));
+    }
+    let mut out = Vec::new();
+    for t in tags
+        .try_iter()
+        .map_err(|_| type_error("tags must be a list of strings"))?
+    {
+        let t = t?;
+        let s: String = t
+            .extract()
+            .map_err(|_| type_error(format!("tags must be strings, got a {}", type_name(&t))))?;
+        if !out.contains(&s) {
+            out.push(s);
+        }
     }
     Ok(out)
 }

@@ -23,7 +23,7 @@ fn parse_dim(dim: &Bound<'_, PyAny>) -> PyResult<usize> {
     if dim.is_instance_of::<PyBool>() || !dim.is_instance_of::<PyInt>() {
         return Err(type_error(format!(
             "dim must be an int, got {}",
-            type_name(&dim)
+            type_name(dim)
         )));
     }
     match dim.extract::<i64>() {
@@ -57,7 +57,7 @@ pub fn extract_texts(texts: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     let iter = texts.try_iter().map_err(|_| {
         type_error(format!(
             "texts must be a list of str, got {}",
-            type_name(&texts)
+            type_name(texts)
         ))
     })?;
     let mut out = Vec::new();
@@ -117,7 +117,7 @@ impl HashingEmbedder {
     fn embed(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
         let s = text
             .cast::<PyString>()
-            .map_err(|_| type_error(format!("text must be str, got {}", type_name(&text))))?;
+            .map_err(|_| type_error(format!("text must be str, got {}", type_name(text))))?;
         let owned = s.to_str()?.to_owned();
         let inner = &self.inner;
         Ok(py.detach(|| inner.embed(&owned)))

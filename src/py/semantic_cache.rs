@@ -14,28 +14,21 @@ use std::time::Instant;
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
-use serde_json::Value;
+use pyo3::types::PyDict;
 
-use crate::cache::hashing::HashingEmbedder;
 use crate::cache::index::{HnswParams, IndexKind};
 use crate::cache::partition::canonical_key;
 use crate::cache::snapshot::SnapshotError;
-use crate::cache::store::Found;
 use crate::cache::{config, Cache, CacheConfig, CacheError, NewItem, Query};
 use crate::py::cache_hit::CacheHit;
 use crate::py::convert::{
-    decode_response, encode_response, from_json, read_matrix, read_vector, to_json, type_name,
+    encode_response, partition_text, read_matrix, read_vector, tag_list, to_json, type_name,
 };
+use crate::py::embedder::Embedder;
 use crate::py::errors::{new_error, type_error, value_error};
 
 /// Prompts per embedder call when warming.
 const WARM_BATCH: usize = 256;
-
-enum Embedder {
-    Hashing(HashingEmbedder),
-    Python(Py<PyAny>),
-}
 
 enum Clock {
     Monotonic,
@@ -63,103 +56,6 @@ fn snapshot_error(py: Python<'_>, e: SnapshotError, path: &str) -> PyErr {
         SnapshotError::Io(msg) => PyOSError::new_err(msg),
         other => new_error(py, "CacheSnapshotError", (format!("{path}: {other}"),)),
     }
-}
-
-/// The canonical (unscoped) key of a partition argument.
-fn partition_text(partition: Option<&Bound<'_, PyAny>>) -> PyResult<String> {
-    let Some(p) = partition else {
-        return Ok(String::new());
-    };
-    if p.is_none() {
-        return Ok(String::new());
-    }
-    if let Ok(s) = p.cast::<PyString>() {
-        return Ok(s.to_str()?.to_owned());
-    }
-    if p.is_instance_of::<PyDict>() {
-        let v = to_json(p, "partition")?;
-        return Ok(canonical_key(&v));
-    }
-    Err(type_error(format!(
-        "partition must be a dict, a str (e.g. from llmedge.partition_key) or None, not {}",
-        type_name(p)
-    )))
-}
-
-fn attr_value<'py>(obj: &Bound<'py, PyAny>, name: &str) -> Option<Bound<'py, PyAny>> {
-    let v = obj.getattr(name).ok()?;
-    if v.is_none() {
-        return None;
-    }
-    if v.is_callable() && !v.is_instance_of::<PyString>() {
-        return v.call0().ok();
-    }
-    Some(v)
-}
-
-fn embedder_identity(obj: &Bound<'_, PyAny>) -> PyResult<String> {
-    for attr in ["identity", "name", "model_name"] {
-        if let Some(v) = attr_value(obj, attr) {
-            if let Ok(s) = v.extract::<String>() {
-                if !s.is_empty() {
-                    return Ok(s);
-                }
-            }
-        }
-    }
-    let named = if obj.hasattr("__qualname__")? {
-        obj.clone()
-    } else {
-        obj.get_type().into_any()
-    };
-    let module: String = named
-        .getattr("__module__")
-        .and_then(|m| m.extract())
-        .unwrap_or_default();
-    let qual: String = named
-        .getattr("__qualname__")
-        .and_then(|m| m.extract())
-        .unwrap_or_default();
-    Ok(format!("{module}.{qual}"))
-}
-
-fn embedder_dim(obj: &Bound<'_, PyAny>) -> Option<usize> {
-    for attr in ["dim", "dimension", "get_sentence_embedding_dimension"] {
-        if let Some(v) = attr_value(obj, attr) {
-            if let Ok(d) = v.extract::<usize>() {
-                return Some(d);
-            }
-        }
-    }
-    None
-}
-
-fn parse_tags(tags: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
-    let Some(tags) = tags else {
-        return Ok(Vec::new());
-    };
-    if tags.is_none() {
-        return Ok(Vec::new());
-    }
-    if tags.is_instance_of::<PyString>() {
-        return Err(type_error(
-            "tags must be a list of strings, not a single str",
-        ));
-    }
-    let mut out = Vec::new();
-    for t in tags
-        .try_iter()
-        .map_err(|_| type_error("tags must be a list of strings"))?
-    {
-        let t = t?;
-        let s: String = t
-            .extract()
-            .map_err(|_| type_error(format!("tags must be strings, got a {}", type_name(&t))))?;
-        if !out.contains(&s) {
-            out.push(s);
-        }
-    }
-    Ok(out)
 }
 
 impl SemanticCache {
@@ -197,21 +93,9 @@ impl SemanticCache {
         }
     }
 
-    /// Embeddings of `prompts`, validated and normalised: the Rust embedder
-    /// with the GIL released, or one call of the Python embedder.
+    /// Embeddings of `prompts`, validated and normalised.
     fn embed_many(&self, py: Python<'_>, prompts: &[&str]) -> PyResult<Vec<Vec<f32>>> {
-        if prompts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let raw = match &self.embedder {
-            Embedder::Hashing(h) => py.detach(|| prompts.iter().map(|p| h.embed(p)).collect()),
-            Embedder::Python(f) => {
-                let list = PyList::new(py, prompts)?;
-                let out = f.bind(py).call1((list,))?;
-                let dim = self.core.config().dim;
-                read_matrix(&out, prompts.len(), dim, "the embedder's output")?
-            }
-        };
+        let raw = self.embedder.embed(py, prompts, self.core.config().dim)?;
         raw.into_iter()
             .zip(prompts)
             .map(|(v, p)| {
@@ -219,29 +103,6 @@ impl SemanticCache {
                 self.normalized(v, &format!("the embedding of {short:?}"))
             })
             .collect()
-    }
-
-    fn hit(&self, py: Python<'_>, f: Found) -> PyResult<Py<CacheHit>> {
-        let response = decode_response(py, &f.response)?.unbind();
-        let metadata = match &f.metadata {
-            Some(m) => {
-                let v: Value = serde_json::from_slice(m)
-                    .map_err(|_| value_error("cached metadata is corrupted"))?;
-                from_json(py, &v)?.unbind()
-            }
-            None => py.None(),
-        };
-        Py::new(
-            py,
-            CacheHit {
-                response,
-                score: f64::from(f.score),
-                kind: if f.exact { "exact" } else { "semantic" },
-                matched_prompt: f.prompt,
-                age: f.age,
-                metadata,
-            },
-        )
     }
 
     /// A batch of lookups: the exact tier for all, one embedder call for
@@ -274,7 +135,7 @@ impl SemanticCache {
             .zip(failed)
             .map(|(f, err)| match err {
                 Some(e) => Err(e),
-                None => f.map(|f| self.hit(py, f)).transpose(),
+                None => f.map(|f| CacheHit::from_found(py, f)).transpose(),
             })
             .collect())
     }
@@ -350,28 +211,7 @@ impl SemanticCache {
             }
             _ => Clock::Monotonic,
         };
-        let (embedder, identity, dim) = match embedder {
-            Some(e) if !e.is_none() => {
-                if !e.is_callable() {
-                    return Err(type_error(format!(
-                        "embedder must be a callable taking a list of strings, not {}",
-                        type_name(e)
-                    )));
-                }
-                let dim = config::embedder_dim(embedder_dim(e), dim).map_err(cache_error)?;
-                (
-                    Embedder::Python(e.clone().unbind()),
-                    embedder_identity(e)?,
-                    dim,
-                )
-            }
-            _ => {
-                let h = HashingEmbedder::new(dim.unwrap_or(384)).map_err(value_error)?;
-                let identity = h.identity();
-                let dim = h.dim();
-                (Embedder::Hashing(h), identity, dim)
-            }
-        };
+        let (embedder, identity, dim) = Embedder::from_args(embedder, dim)?;
         let cfg = CacheConfig {
             dim,
             threshold,
@@ -399,7 +239,8 @@ impl SemanticCache {
     }
     #[getter]
     fn ttl(&self) -> Option<f64> {
-        self.core.config().ttl
+        // an infinite ttl is no expiry
+        self.core.config().ttl.filter(|t| t.is_finite())
     }
     #[getter]
     fn max_entries(&self) -> usize {
@@ -507,14 +348,7 @@ impl SemanticCache {
     ) -> PyResult<()> {
         let ttl = self.core.config().entry_ttl(ttl).map_err(cache_error)?;
         let partition = partition_text(partition)?;
-        let mut item = self.item(
-            prompt,
-            response,
-            partition,
-            metadata,
-            parse_tags(tags)?,
-            ttl,
-        )?;
+        let mut item = self.item(prompt, response, partition, metadata, tag_list(tags)?, ttl)?;
         item.vector = match self.query_vector(embedding)? {
             Some(v) => v,
             None => self.embed_many(py, &[prompt])?.pop().unwrap_or_default(),
@@ -534,7 +368,7 @@ impl SemanticCache {
     ) -> PyResult<usize> {
         let ttl = self.core.config().entry_ttl(ttl).map_err(cache_error)?;
         let partition = partition_text(partition)?;
-        let tags = parse_tags(tags)?;
+        let tags = tag_list(tags)?;
         let iter = match pairs.cast::<PyDict>() {
             Ok(d) => d.items().into_any().try_iter()?,
             Err(_) => pairs.try_iter()?,
@@ -679,7 +513,7 @@ impl SemanticCache {
     fn __repr__(&self, py: Python<'_>) -> String {
         let (n, mem) = py.detach(|| (self.core.len(), self.core.memory_bytes()));
         let c = self.core.config();
-        let ttl = c.ttl.map_or("None".into(), |t| t.to_string());
+        let ttl = self.ttl().map_or("None".into(), |t| t.to_string());
         format!(
             "SemanticCache(embedder={:?}, dim={}, threshold={}, ttl={ttl}, max_entries={}, \
              max_memory_mb={}, guard={}, index={:?}, entries={n}, memory_bytes={mem})",
