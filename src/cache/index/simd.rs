@@ -9,34 +9,62 @@
 
 use super::quant::f16_to_f32;
 
-/// Dot product of two equally long f32 slices.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features `dot_f32` is compiled for.
-            return unsafe { avx2::dot_f32(a, b) };
-        }
-    }
-    dot_portable(a, b)
+/// The dot-product kernels this CPU runs: a loop over many rows detects
+/// them once before it starts, and each row's call is then a plain branch.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernels {
+    /// AVX2 and FMA: f32 rows.
+    avx2: bool,
+    /// AVX2, FMA and F16C: half-precision rows.
+    f16c: bool,
 }
 
-/// Dot product of an f32 query with a half-precision row.
-#[inline]
-pub fn dot_f16(q: &[f32], row: &[u16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("f16c")
+impl Kernels {
+    #[inline]
+    pub fn detect() -> Kernels {
+        #[cfg(target_arch = "x86_64")]
         {
-            // SAFETY: the CPU supports the features `dot_f16` is compiled for.
-            return unsafe { avx2::dot_f16(q, row) };
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma");
+            Kernels {
+                avx2,
+                f16c: avx2 && std::arch::is_x86_feature_detected!("f16c"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            Kernels {
+                avx2: false,
+                f16c: false,
+            }
         }
     }
-    q.iter().zip(row).map(|(&a, &b)| a * f16_to_f32(b)).sum()
+
+    /// Dot product of two equally long f32 slices.
+    #[inline(always)]
+    pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.avx2 {
+                // SAFETY: `detect` found the features `dot_f32` is compiled for.
+                return unsafe { avx2::dot_f32(a, b) };
+            }
+        }
+        dot_portable(a, b)
+    }
+
+    /// Dot product of an f32 query with a half-precision row.
+    #[inline(always)]
+    pub fn dot_f16(self, q: &[f32], row: &[u16]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if self.f16c {
+                // SAFETY: `detect` found the features `dot_f16` is compiled for.
+                return unsafe { avx2::dot_f16(q, row) };
+            }
+        }
+        q.iter().zip(row).map(|(&a, &b)| a * f16_to_f32(b)).sum()
+    }
 }
 
 /// Whether the CPU counts bits in one instruction (the HNSW walk's
@@ -205,6 +233,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        Kernels::detect().dot(a, b)
+    }
+
     fn naive(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
@@ -224,8 +256,9 @@ mod tests {
             prop_assert!((dot(&q, &v) - dot_portable(&q, &v)).abs() < 1e-3);
             let row: Vec<u16> = v.iter().map(|&x| f32_to_f16(x)).collect();
             let portable: f32 = q.iter().zip(&row).map(|(&a, &b)| a * f16_to_f32(b)).sum();
-            prop_assert!((dot_f16(&q, &row) - portable).abs() < 1e-3);
-            prop_assert!((dot_f16(&q, &row) - naive(&q, &v)).abs() < 1e-2);
+            let f16 = Kernels::detect().dot_f16(&q, &row);
+            prop_assert!((f16 - portable).abs() < 1e-3);
+            prop_assert!((f16 - naive(&q, &v)).abs() < 1e-2);
         }
     }
 }

@@ -26,7 +26,7 @@ use self::memory::{links_of, LineVec, Visited};
 use super::quant::{f16_to_f32, f32_to_f16, ham, SignCoder};
 #[cfg(target_arch = "x86_64")]
 use super::simd::has_popcnt;
-use super::simd::{dot_f16, prefetch};
+use super::simd::{prefetch, Kernels};
 use super::VectorIndex;
 
 mod memory;
@@ -483,9 +483,10 @@ impl HnswIndex {
         for &(_, s) in &found {
             prefetch(self.row(s).as_ptr() as *const u8, self.dim * 2);
         }
+        let kernels = Kernels::detect();
         let mut scored: Vec<(u32, f32)> = found
             .iter()
-            .map(|&(_, s)| (self.ids[s as usize], dot_f16(q, self.row(s))))
+            .map(|&(_, s)| (self.ids[s as usize], kernels.dot_f16(q, self.row(s))))
             .filter(|&(_, score)| score >= min_score)
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));

@@ -2,7 +2,11 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
-use crate::cache::index::simd::dot;
+use crate::cache::index::simd::Kernels;
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    Kernels::detect().dot(a, b)
+}
 
 struct Rng(u64);
 impl Rng {
