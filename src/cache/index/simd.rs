@@ -12,6 +12,8 @@ use super::quant::f16_to_f32;
 /// The dot-product kernels this CPU runs: a loop over many rows detects
 /// them once before it starts, and each row's call is then a plain branch.
 #[derive(Clone, Copy, Debug)]
+// read only by the x86-64 kernels
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub struct Kernels {
     /// AVX2 and FMA: f32 rows.
     avx2: bool,
