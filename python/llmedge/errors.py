@@ -18,6 +18,7 @@ __all__ = [
     "CircuitOpenError",
     "RateLimitExceeded",
     "CacheSnapshotError",
+    "IncompleteStreamError",
 ]
 
 
@@ -104,3 +105,8 @@ class CacheSnapshotError(LlmEdgeError, ValueError):
     """A semantic cache snapshot that cannot be loaded: made with another
     embedder or dimension, truncated, corrupted, or not a snapshot at all.
     The cache it was loaded into is left unchanged."""
+
+
+class IncompleteStreamError(LlmEdgeError, ConnectionError):
+    """An SSE stream that did not finish: it ended without ``data: [DONE]``
+    (cut mid-way), or sent an error event or a malformed one."""
