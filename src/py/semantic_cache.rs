@@ -9,8 +9,6 @@
 //! core with the GIL released.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
-use std::time::Instant;
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
@@ -21,30 +19,21 @@ use crate::cache::partition::canonical_key;
 use crate::cache::snapshot::SnapshotError;
 use crate::cache::{config, Cache, CacheConfig, CacheError, NewItem, Query};
 use crate::py::cache_hit::CacheHit;
+use crate::py::clock::Clock;
 use crate::py::convert::{
     encode_response, partition_text, read_matrix, read_vector, tag_list, to_json, type_name,
 };
 use crate::py::embedder::Embedder;
-use crate::py::errors::{new_error, type_error, value_error};
+use crate::py::errors::{cache_snapshot_error, type_error, value_error};
 
 /// Prompts per embedder call when warming.
 const WARM_BATCH: usize = 256;
-
-enum Clock {
-    Monotonic,
-    Python(Py<PyAny>),
-}
 
 #[pyclass(frozen, subclass, module = "llmedge._core", name = "SemanticCache")]
 pub struct SemanticCache {
     core: Cache,
     embedder: Embedder,
     clock: Clock,
-}
-
-fn monotonic() -> f64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_secs_f64()
 }
 
 fn cache_error(e: CacheError) -> PyErr {
@@ -54,30 +43,13 @@ fn cache_error(e: CacheError) -> PyErr {
 fn snapshot_error(py: Python<'_>, e: SnapshotError, path: &str) -> PyErr {
     match e {
         SnapshotError::Io(msg) => PyOSError::new_err(msg),
-        other => new_error(py, "CacheSnapshotError", (format!("{path}: {other}"),)),
+        other => cache_snapshot_error(py, format!("{path}: {other}")),
     }
 }
 
 impl SemanticCache {
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
-        match &self.clock {
-            Clock::Monotonic => Ok(monotonic()),
-            Clock::Python(f) => {
-                let v = f.bind(py).call0()?;
-                let t: f64 = v.extract().map_err(|_| {
-                    type_error(format!(
-                        "clock() must return a float, got {}",
-                        type_name(&v)
-                    ))
-                })?;
-                if !t.is_finite() {
-                    return Err(value_error(format!(
-                        "clock() returned {t}; expected a finite float"
-                    )));
-                }
-                Ok(t)
-            }
-        }
+        self.clock.now(py)
     }
 
     fn normalized(&self, v: Vec<f32>, what: &str) -> PyResult<Vec<f32>> {
@@ -199,18 +171,7 @@ impl SemanticCache {
                 IndexKind::ALLOWED
             ))
         })?;
-        let clock = match clock {
-            Some(c) if !c.is_none() => {
-                if !c.is_callable() {
-                    return Err(type_error(format!(
-                        "clock must be a zero-argument callable returning seconds, not {}",
-                        type_name(c)
-                    )));
-                }
-                Clock::Python(c.clone().unbind())
-            }
-            _ => Clock::Monotonic,
-        };
+        let clock = Clock::from_arg(clock)?;
         let (embedder, identity, dim) = Embedder::from_args(embedder, dim)?;
         let cfg = CacheConfig {
             dim,
