@@ -109,6 +109,7 @@ class _Faults:
     hang: float = 30.0
     break_rate: float = 0.0
     fail_all: bool = False
+    retry_after: float = 1.0
 
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> _Faults:
@@ -118,6 +119,7 @@ class _Faults:
             _check_number(name, getattr(faults, name), 0.0, 1.0, "a number in [0, 1]")
         _check_number("status", faults.status, 400, 599, "an HTTP error status in 400..599", int)
         _check_number("hang", faults.hang, 0.0, 3600.0, "seconds in [0, 3600]")
+        _check_number("retry_after", faults.retry_after, 0.0, 3600.0, "seconds in [0, 3600]")
         if not isinstance(faults.fail_all, bool):
             raise ValueError(f"fail_all must be a bool, got {faults.fail_all!r}")
         return faults
@@ -353,7 +355,8 @@ class _MockApp:
         fate, faults, config = self.state.decide(stream)
         if fate == "error":
             self.state.count_status(faults.status)
-            await _send_error(send, faults.status, f"mock upstream failure (HTTP {faults.status})")
+            message = f"mock upstream failure (HTTP {faults.status})"
+            await _send_error(send, faults.status, message, faults.retry_after)
             return
         if fate == "timeout":
             await _wait_or_disconnect(faults.hang, receive)
@@ -514,11 +517,11 @@ async def _send_json(
     await send({"type": "http.response.body", "body": data})
 
 
-async def _send_error(send: _Send, status: int, message: str) -> None:
+async def _send_error(send: _Send, status: int, message: str, retry_after: float = 1.0) -> None:
     kind, code = _ERROR_TYPES.get(
         status, ("server_error" if status >= 500 else "invalid_request_error", str(status))
     )
-    headers = [(b"retry-after", b"1")] if status in (429, 503) else []
+    headers = [(b"retry-after", f"{retry_after:g}".encode())] if status in (429, 503) else []
     await _send_json(
         send, status, {"error": {"message": message, "type": kind, "code": code}}, headers
     )
@@ -652,6 +655,7 @@ class MockLLM:
         hang: float = 30.0,
         break_rate: float = 0.0,
         fail_all: bool = False,
+        retry_after: float = 1.0,
     ) -> None:
         """Replace the fault settings (the defaults are no faults).
 
@@ -659,7 +663,8 @@ class MockLLM:
         0.5 is every other request); ``timeout_rate`` of them hang for
         ``hang`` seconds, then get 504; ``break_rate`` of the streams stop
         half-way without a finish reason or ``[DONE]``; ``fail_all`` answers
-        every request with ``status``.
+        every request with ``status``; 429 and 503 answers carry
+        ``Retry-After: retry_after`` (seconds).
         """
         self._state.set_faults(
             {
@@ -669,6 +674,7 @@ class MockLLM:
                 "hang": hang,
                 "break_rate": break_rate,
                 "fail_all": fail_all,
+                "retry_after": retry_after,
             }
         )
 
