@@ -66,7 +66,7 @@ def test_delays_is_the_schedule():
     assert Retry(3, backoff="constant", base=0.3, jitter="none").delays() == [0.3, 0.3]
     r = Retry(6, seed=7)
     assert r.delays() == r.delays() == Retry(6).delays(seed=7)
-    assert all(0 <= d <= c for d, c in zip(r.delays(), [0.1, 0.2, 0.4, 0.8, 1.6]))
+    assert all(0 <= d <= c for d, c in zip(r.delays(), [0.1, 0.2, 0.4, 0.8, 1.6], strict=True))
     assert Retry(1).delays() == []
 
 

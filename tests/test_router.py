@@ -27,7 +27,11 @@ def ask(i: int = 0) -> dict:
 
 @pytest.fixture(scope="module")
 def mocks():
-    with MockLLM(answer_tokens=8) as a, MockLLM(answer_tokens=8) as b, MockLLM(answer_tokens=8) as c:
+    with (
+        MockLLM(answer_tokens=8) as a,
+        MockLLM(answer_tokens=8) as b,
+        MockLLM(answer_tokens=8) as c,
+    ):
         yield a, b, c
 
 
@@ -46,7 +50,7 @@ def make(mocks, n=2, *, ups_kw=None, **kw) -> Router:
     ups_kw = ups_kw or [{}] * n
     upstreams = [
         Upstream(m.base_url, name=f"u{i}", **extra)
-        for i, (m, extra) in enumerate(zip(mocks[:n], ups_kw))
+        for i, (m, extra) in enumerate(zip(mocks[:n], ups_kw, strict=True))
     ]
     kw.setdefault("name", f"router-test-{next(_names)}")
     return Router(upstreams, **kw)
@@ -73,7 +77,9 @@ async def test_ordered_falls_back_and_a_failing_upstream_opens_its_breaker(ups):
     a, b = ups[0], ups[1]
     a.set_faults(fail_all=True, status=500)
     clock = FakeClock()
-    async with make(ups, breaker={"failure_threshold": 3, "recovery_timeout": 30}, clock=clock) as r:
+    async with make(
+        ups, breaker={"failure_threshold": 3, "recovery_timeout": 30}, clock=clock
+    ) as r:
         for i in range(10):
             res = await r.achat(ask(i))
             assert res.upstream == "u1"
@@ -133,7 +139,7 @@ async def test_a_hung_upstream_costs_one_timeout_per_breaker_period(ups):
     slow = {"read_timeout": 0.2, "timeout": 0.2}
     kw = {"breaker": {"failure_threshold": 1, "recovery_timeout": 10}, "clock": clock}
     async with make(ups, ups_kw=[slow, {}], **kw) as r:
-        for period in range(3):
+        for _period in range(3):
             for i in range(5):
                 res = await r.achat(ask(i))
                 assert res.upstream == "u1"
@@ -246,7 +252,7 @@ async def test_exploration_brings_a_recovered_upstream_back(ups):
 
 @pytest.mark.asyncio
 async def test_hedging_sends_a_second_request_after_the_p95_and_cancels_the_loser(ups):
-    a, b = ups[0], ups[1]
+    a = ups[0]
     async with make(ups, hedge=True, hedge_min_samples=5) as r:
         for i in range(10):
             await r.achat(ask(i))  # a hedge may win now and then: that is the point
@@ -262,7 +268,7 @@ async def test_hedging_sends_a_second_request_after_the_p95_and_cancels_the_lose
 
 @pytest.mark.asyncio
 async def test_streams_commit_on_the_first_token_and_hedge_a_slow_one(ups):
-    a, b = ups[0], ups[1]
+    a = ups[0]
     async with make(ups, hedge=True, hedge_min_samples=5) as r:
         for i in range(6):
             s = await r.astream(ask(i), stream_options={"include_usage": True})

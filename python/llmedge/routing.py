@@ -608,8 +608,14 @@ class _Call:
         else:
             r._selector.failure(i, self.elapsed())
             b._on_error(self.permit, exc if exc is not None else UpstreamError(outcome))
+            # A 429 is about our quota there: leave that upstream alone for as
+            # long as it asked (other statuses' Retry-After only pace retries).
             asked = getattr(exc, "retry_after", None)
-            if isinstance(asked, (int, float)) and asked > 0:
+            if (
+                getattr(exc, "status", None) == 429
+                and isinstance(asked, (int, float))
+                and asked > 0
+            ):
                 self.slot.cooldown_until = max(self.slot.cooldown_until, r._clock() + asked)
 
 
