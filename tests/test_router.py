@@ -362,3 +362,20 @@ def test_stats_and_repr():
     row = r.stats()["http://127.0.0.1:9/v1"]
     assert row["selections"] == 0 and row["breaker"] == "closed" and row["latency_p95"] is None
     assert "least_latency" in repr(r) and "r-stats" in repr(r)
+
+
+@pytest.mark.asyncio
+async def test_monitor_exports_router_stats(ups):
+    pytest.importorskip("fastapi")
+    from llmedge.fastapi import Monitor
+
+    async with make(ups) as r:
+        await r.achat(ask())
+        monitor = Monitor(breakers=r.breakers, routers={"api": r})
+        code, body = monitor.health()
+        text = monitor.metrics_text().decode()
+    assert code == 200 and body["routers"]["api"]["u0"]["selections"] == 1
+    assert 'llmedge_router_selections_total{router="api",upstream="u0"} 1.0' in text
+    assert 'llmedge_router_latency_seconds{quantile="0.95",router="api",upstream="u0"}' in text
+    with pytest.raises(TypeError, match="routers"):
+        Monitor(routers={"x": 3})

@@ -754,6 +754,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "saved_by_optimizer": service.saved_by_optimizer,
         },
         rate_limits=[service.rate_limit] if service.rate_limit else [],
+        routers={"chat": service.router},
     )
     app.state.monitor = monitor
     monitor.install(app)
