@@ -37,8 +37,8 @@ def llmedge_loop() -> list[int]:
         now += 0.001
         order, _hedge, _ = sel.rank(False, "gpt-4o-mini", now)
         i = order[0]
-        sel.begin(i, now)
-        sel.success(i, LATENCY[i], LATENCY[i], 0)
+        call = sel.begin(i, now)
+        sel.success(i, call, LATENCY[i], LATENCY[i], 0)
     return order
 
 
@@ -50,8 +50,8 @@ def python_loop() -> list[int]:
         now += 0.001
         order, _hedge = sel.rank(now)
         i = order[0]
-        sel.begin(i, now)
-        sel.success(i, LATENCY[i], LATENCY[i])
+        call = sel.begin(i, now)
+        sel.success(i, call, LATENCY[i], LATENCY[i])
     return order
 
 

@@ -244,9 +244,15 @@ async def test_exploration_brings_a_recovered_upstream_back(ups):
             await r.achat(ask(i))
         assert requests(a) <= 2
         a.clear_faults()
+        ups[1].configure(ttft=0.5)
         clock.advance(6)
         res = await r.achat(ask())
-        assert res.upstream == "u0"  # explored, and it answered
+        # explored: raced against the usual pick, and it answered first
+        assert res.upstream == "u0"
+        assert {(x.upstream, x.outcome) for x in res.attempts} == {
+            ("u0", "ok"),
+            ("u1", "cancelled"),
+        }
         assert r.stats()["u0"]["error_rate"] < 1.0
 
 

@@ -12,12 +12,12 @@ from collections import deque
 
 
 class _Stats:
-    __slots__ = ("latency", "error", "in_flight", "firsts", "p95", "since", "last")
+    __slots__ = ("latency", "error", "pending", "firsts", "p95", "since", "last")
 
     def __init__(self) -> None:
         self.latency: float | None = None
         self.error = 0.0
-        self.in_flight = 0
+        self.pending: dict[int, float] = {}
         self.firsts: deque[float] = deque(maxlen=256)
         self.p95: float | None = None
         self.since = 0
@@ -30,9 +30,13 @@ class PySelector:
         self.alpha = alpha
         self.explore_after = explore_after
         self.lock = threading.Lock()
+        self.seq = 0
 
-    def _score(self, s: _Stats) -> float:
-        expected = max(s.latency or 0.0, 0.001)
+    def _score(self, s: _Stats, now: float) -> float:
+        expected = s.latency or 0.0
+        if s.pending:
+            expected = max(expected, now - min(s.pending.values()))
+        expected = max(expected, 0.001)
         return expected * (1 + 4 * s.error) / max(1 - s.error, 0.05)
 
     def rank(self, now: float) -> tuple[list[int], list[float | None]]:
@@ -40,7 +44,7 @@ class PySelector:
             for s in self.stats:
                 if math.isnan(s.last):
                     s.last = now
-            order = sorted(range(len(self.stats)), key=lambda i: self._score(self.stats[i]))
+            order = sorted(range(len(self.stats)), key=lambda i: self._score(self.stats[i], now))
             hedge = [self.stats[i].p95 if len(self.stats[i].firsts) >= 20 else None for i in order]
             if self.explore_after is not None:
                 stale = [
@@ -55,16 +59,18 @@ class PySelector:
             self.stats[order[0]].last = now
             return order, hedge
 
-    def begin(self, i: int, now: float) -> None:
+    def begin(self, i: int, now: float) -> int:
         with self.lock:
             s = self.stats[i]
-            s.in_flight += 1
+            self.seq += 1
+            s.pending[self.seq] = now
             s.last = now
+            return self.seq
 
-    def success(self, i: int, total: float, first: float) -> None:
+    def success(self, i: int, call: int, total: float, first: float) -> None:
         with self.lock:
             s = self.stats[i]
-            s.in_flight -= 1
+            s.pending.pop(call, None)
             s.error += self.alpha * (0.0 - s.error)
             s.latency = total if s.latency is None else s.latency + self.alpha * (total - s.latency)
             s.firsts.append(first)

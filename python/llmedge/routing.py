@@ -499,6 +499,7 @@ class _Call:
         self.usage: dict[str, Any] = {}
         self.tokens = 0
         self.settled = False
+        self.id = router._selector.begin(slot.index, self.started)
 
     def elapsed(self) -> float:
         return max(0.0, self.router._clock() - self.started)
@@ -594,19 +595,19 @@ class _Call:
             return
         self.settled = True
         r, i, b = self.router, self.slot.index, self.slot.breaker
+        elapsed = self.elapsed()
         if outcome == "ok":
-            elapsed = self.elapsed()
             first = elapsed if self.first is None else max(0.0, self.first - self.started)
-            r._selector.success(i, elapsed, first, self.tokens)
+            r._selector.success(i, self.id, elapsed, first, self.tokens)
             b._on_success(self.permit)
         elif outcome == "cancelled":
-            r._selector.cancelled(i)
+            r._selector.cancelled(i, self.id, elapsed)
             b._release(self.permit)
         elif outcome == "client_error":
-            r._selector.cancelled(i)
+            r._selector.cancelled(i, self.id, 0.0)
             b._on_success(self.permit)
         else:
-            r._selector.failure(i, self.elapsed())
+            r._selector.failure(i, self.id, elapsed)
             b._on_error(self.permit, exc if exc is not None else UpstreamError(outcome))
             # A 429 is about our quota there: leave that upstream alone for as
             # long as it asked (other statuses' Retry-After only pace retries).
@@ -893,7 +894,7 @@ class Router:
         model = body["model"]
         if self.strategy == "least_cost":
             self._prices(model)
-        order, hedge_after, _explored = self._selector.rank(stream, model, started)
+        order, hedge_after, explored = self._selector.rank(stream, model, started)
         attempts: list[Attempt] = []
         errors: list[UpstreamError] = []
         open_retry: list[float] = []
@@ -935,7 +936,6 @@ class Router:
                 budget_calls -= 1
                 call = _Call(self, slot, hedge)
                 call.permit = permit
-                self._selector.begin(slot.index, now)
                 sent = {**body, "model": slot.up.model_for(model)}
                 work = call.open(client, sent) if stream else call.complete(client, sent)
                 limit = slot.up.read_timeout if stream else slot.up.timeout
@@ -958,6 +958,14 @@ class Router:
             pending.clear()
 
         try:
+            if explored and len(order) > 1:
+                # An upstream left alone for a while goes first, raced by the
+                # usual pick: learning whether it recovered costs one call,
+                # never the caller's time.
+                launch(False)
+                if any(c.slot.index == order[0] for c in pending.values()):
+                    launch(True)
+                    hedged = True
             while True:
                 if not pending:
                     if not launch(False):

@@ -17,7 +17,9 @@ fn seconds(name: &str, v: f64) -> PyResult<f64> {
     if v.is_finite() && v >= 0.0 {
         Ok(v)
     } else {
-        Err(value_error(format!("{name} must be a finite number of seconds >= 0, got {v}")))
+        Err(value_error(format!(
+            "{name} must be a finite number of seconds >= 0, got {v}"
+        )))
     }
 }
 
@@ -68,37 +70,57 @@ impl RouteSelector {
 
     /// USD per million tokens per upstream for requests of ``model`` (inf: unknown).
     fn set_prices(&self, model: &str, prices: Vec<f64>) -> PyResult<()> {
-        self.core.lock().set_prices(model, prices).map_err(value_error)
+        self.core
+            .lock()
+            .set_prices(model, prices)
+            .map_err(value_error)
     }
 
-    fn begin(&self, index: usize, now: f64) -> PyResult<()> {
+    /// A call to upstream ``index`` starts; its id, for the call that ends it.
+    fn begin(&self, index: usize, now: f64) -> PyResult<u64> {
         self.core.lock().begin(index, now).map_err(value_error)
     }
 
     /// An answer: seconds to the whole answer, to the first token, tokens streamed.
-    #[pyo3(signature = (index, total, first, tokens = 0))]
-    fn success(&self, index: usize, total: f64, first: f64, tokens: u32) -> PyResult<()> {
+    #[pyo3(signature = (index, call, total, first, tokens = 0))]
+    fn success(
+        &self,
+        index: usize,
+        call: u64,
+        total: f64,
+        first: f64,
+        tokens: u32,
+    ) -> PyResult<()> {
         let (total, first) = (seconds("total", total)?, seconds("first", first)?);
         let outcome = Outcome::Success {
             total,
             first,
             tokens,
         };
-        self.core.lock().end(index, outcome).map_err(value_error)
-    }
-
-    fn failure(&self, index: usize, elapsed: f64) -> PyResult<()> {
-        let elapsed = seconds("elapsed", elapsed)?;
         self.core
             .lock()
-            .end(index, Outcome::Failure { elapsed })
+            .end(index, call, outcome)
             .map_err(value_error)
     }
 
-    fn cancelled(&self, index: usize) -> PyResult<()> {
+    fn failure(&self, index: usize, call: u64, elapsed: f64) -> PyResult<()> {
+        let outcome = Outcome::Failure {
+            elapsed: seconds("elapsed", elapsed)?,
+        };
         self.core
             .lock()
-            .end(index, Outcome::Cancelled)
+            .end(index, call, outcome)
+            .map_err(value_error)
+    }
+
+    /// Abandoned after ``elapsed`` seconds (a lost hedge or race).
+    fn cancelled(&self, index: usize, call: u64, elapsed: f64) -> PyResult<()> {
+        let outcome = Outcome::Cancelled {
+            elapsed: seconds("elapsed", elapsed)?,
+        };
+        self.core
+            .lock()
+            .end(index, call, outcome)
             .map_err(value_error)
     }
 
@@ -109,7 +131,9 @@ impl RouteSelector {
             let n = core.len();
             let s = core
                 .stats(index)
-                .ok_or_else(|| value_error(format!("upstream index must be in 0..{n}, got {index}")))?
+                .ok_or_else(|| {
+                    value_error(format!("upstream index must be in 0..{n}, got {index}"))
+                })?
                 .clone();
             (s, core.config().weights[index])
         };

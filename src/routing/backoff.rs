@@ -95,7 +95,9 @@ impl Schedule {
             .filter(|a| (1..=1000).contains(a))
             .ok_or_else(|| format!("attempts must be an integer in 1..=1000, got {attempts}"))?;
         if !(base.is_finite() && base >= 0.0) {
-            return Err(format!("base must be a finite number of seconds >= 0, got {base}"));
+            return Err(format!(
+                "base must be a finite number of seconds >= 0, got {base}"
+            ));
         }
         if !(max_delay.is_finite() && max_delay >= base) {
             return Err(format!(
@@ -186,7 +188,10 @@ mod tests {
         let e = Schedule::new(3, "fibonacci", 0.1, 1.0, "full").unwrap_err();
         assert!(e.contains("fibonacci") && e.contains("'linear'"), "{e}");
         let e = Schedule::new(3, "linear", 0.1, 1.0, "some").unwrap_err();
-        assert!(e.contains("\"some\"") && e.contains("'decorrelated'"), "{e}");
+        assert!(
+            e.contains("\"some\"") && e.contains("'decorrelated'"),
+            "{e}"
+        );
         assert!(Schedule::new(3, "linear", -1.0, 1.0, "none").is_err());
         assert!(Schedule::new(3, "linear", 2.0, 1.0, "none").is_err());
         assert!(Schedule::new(3, "linear", f64::NAN, 1.0, "none").is_err());

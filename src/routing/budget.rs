@@ -145,7 +145,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_rejected() {
-        assert!(RetryBudget::new(-0.1, 0.0, 10.0).unwrap_err().contains("-0.1"));
+        assert!(RetryBudget::new(-0.1, 0.0, 10.0)
+            .unwrap_err()
+            .contains("-0.1"));
         assert!(RetryBudget::new(0.2, f64::NAN, 10.0).is_err());
         assert!(RetryBudget::new(0.2, 0.0, 0.0).is_err());
     }

@@ -37,7 +37,10 @@ impl Strategy {
             "least_latency" => Ok(Self::LeastLatency),
             "least_cost" => Ok(Self::LeastCost),
             "least_busy" => Ok(Self::LeastBusy),
-            _ => Err(format!("strategy must be one of {}, got {s:?}", Self::NAMES)),
+            _ => Err(format!(
+                "strategy must be one of {}, got {s:?}",
+                Self::NAMES
+            )),
         }
     }
 
@@ -81,7 +84,9 @@ impl SelectorConfig {
         }
         for (i, w) in self.weights.iter().enumerate() {
             if !(w.is_finite() && *w >= 0.0) {
-                return Err(format!("upstream {i}: weight must be a finite number >= 0, got {w}"));
+                return Err(format!(
+                    "upstream {i}: weight must be a finite number >= 0, got {w}"
+                ));
             }
         }
         if self.strategy == Strategy::Weighted && self.weights.iter().all(|w| *w == 0.0) {
@@ -175,7 +180,9 @@ impl Selector {
             ));
         }
         if let Some(p) = prices.iter().find(|p| p.is_nan() || **p < 0.0) {
-            return Err(format!("prices must be numbers >= 0 (inf: unknown), got {p}"));
+            return Err(format!(
+                "prices must be numbers >= 0 (inf: unknown), got {p}"
+            ));
         }
         self.prices.insert(model.to_owned(), prices);
         Ok(())
@@ -183,9 +190,9 @@ impl Selector {
 
     /// Expected latency, inflated by the error rate: a failure costs its own
     /// time plus a fallback, and fast failures must not look fast.
-    fn score(&self, i: usize, stream: bool) -> f64 {
+    fn score(&self, i: usize, stream: bool, now: f64) -> f64 {
         let s = &self.stats[i];
-        let expected = s.expected(stream).unwrap_or(0.0).max(0.001);
+        let expected = s.expected(stream, now).unwrap_or(0.0).max(0.001);
         let err = s.error_rate();
         expected * (1.0 + 4.0 * err) / (1.0 - err).max(0.05)
     }
@@ -217,7 +224,7 @@ impl Selector {
                 order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]));
             }
             Strategy::LeastLatency => {
-                let scores: Vec<f64> = (0..n).map(|i| self.score(i, stream)).collect();
+                let scores: Vec<f64> = (0..n).map(|i| self.score(i, stream, now)).collect();
                 order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
             }
             Strategy::LeastCost => {
@@ -225,13 +232,13 @@ impl Selector {
                 let key: Vec<(bool, f64, f64)> = (0..n)
                     .map(|i| {
                         let s = &self.stats[i];
-                        let fast = match (self.config.latency_target, s.expected(stream)) {
+                        let fast = match (self.config.latency_target, s.expected(stream, now)) {
                             (Some(t), Some(e)) => e <= t,
                             _ => true,
                         };
                         let ok = fast && s.error_rate() < 0.5;
                         let price = prices.map_or(f64::INFINITY, |p| p[i]);
-                        (!ok, price, self.score(i, stream))
+                        (!ok, price, self.score(i, stream, now))
                     })
                     .collect();
                 order.sort_by(|&a, &b| {
@@ -243,7 +250,7 @@ impl Selector {
             }
             Strategy::LeastBusy => {
                 let key: Vec<(u32, f64)> = (0..n)
-                    .map(|i| (self.stats[i].in_flight, self.score(i, stream)))
+                    .map(|i| (self.stats[i].in_flight, self.score(i, stream, now)))
                     .collect();
                 order.sort_by(|&a, &b| key[a].0.cmp(&key[b].0).then(key[a].1.total_cmp(&key[b].1)));
             }
@@ -281,27 +288,27 @@ impl Selector {
         ranking
     }
 
-    /// A call to upstream `i` starts.
-    pub fn begin(&mut self, i: usize, now: f64) -> Result<(), String> {
+    /// A call to upstream `i` starts: its id, for `end`.
+    pub fn begin(&mut self, i: usize, now: f64) -> Result<u64, String> {
         let n = self.stats.len();
         let s = self
             .stats
             .get_mut(i)
             .ok_or_else(|| format!("upstream index must be in 0..{n}, got {i}"))?;
         self.seq += 1;
-        s.begin(self.seq);
+        s.begin(self.seq, now);
         self.last_tried[i] = now;
-        Ok(())
+        Ok(self.seq)
     }
 
-    /// A call to upstream `i` ended.
-    pub fn end(&mut self, i: usize, outcome: Outcome) -> Result<(), String> {
+    /// The call `id` to upstream `i` ended.
+    pub fn end(&mut self, i: usize, id: u64, outcome: Outcome) -> Result<(), String> {
         let n = self.stats.len();
         let alpha = self.config.alpha;
         self.stats
             .get_mut(i)
             .ok_or_else(|| format!("upstream index must be in 0..{n}, got {i}"))?
-            .end(outcome, alpha);
+            .end(id, outcome, alpha);
         Ok(())
     }
 }
@@ -323,9 +330,10 @@ mod tests {
     }
 
     fn ok(s: &mut Selector, i: usize, seconds: f64) {
-        s.begin(i, 0.0).unwrap();
+        let id = s.begin(i, 0.0).unwrap();
         s.end(
             i,
+            id,
             Outcome::Success {
                 total: seconds,
                 first: seconds,
@@ -352,8 +360,8 @@ mod tests {
         }
         assert_eq!(s.rank(false, "m", 0.0).order, vec![1, 2, 0]);
         for _ in 0..5 {
-            s.begin(1, 0.0).unwrap();
-            s.end(1, Outcome::Failure { elapsed: 0.01 }).unwrap();
+            let id = s.begin(1, 0.0).unwrap();
+            s.end(1, id, Outcome::Failure { elapsed: 0.01 }).unwrap();
         }
         assert_eq!(s.rank(false, "m", 0.0).order[0], 2);
     }
@@ -378,9 +386,9 @@ mod tests {
     #[test]
     fn least_busy_counts_calls_in_flight() {
         let mut s = Selector::new(config("least_busy", 2)).unwrap();
-        s.begin(0, 0.0).unwrap();
+        let id = s.begin(0, 0.0).unwrap();
         assert_eq!(s.rank(false, "m", 0.0).order, vec![1, 0]);
-        s.end(0, Outcome::Cancelled).unwrap();
+        s.end(0, id, Outcome::Cancelled { elapsed: 0.0 }).unwrap();
         assert_eq!(s.rank(false, "m", 0.0).order, vec![0, 1]);
     }
 
@@ -437,12 +445,14 @@ mod tests {
         let mut c = config("ordered", 2);
         c.weights = vec![1.0, -1.0];
         assert!(Selector::new(c).unwrap_err().contains("-1"));
-        assert!(Selector::new(config("ordered", 0)).unwrap_err().contains("empty"));
+        assert!(Selector::new(config("ordered", 0))
+            .unwrap_err()
+            .contains("empty"));
         let mut c = config("weighted", 2);
         c.weights = vec![0.0, 0.0];
         assert!(Selector::new(c).is_err());
         let mut s = Selector::new(config("ordered", 2)).unwrap();
         assert!(s.begin(5, 0.0).is_err());
-        assert!(s.end(5, Outcome::Cancelled).is_err());
+        assert!(s.end(5, 1, Outcome::Cancelled { elapsed: 0.0 }).is_err());
     }
 }

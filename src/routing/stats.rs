@@ -14,9 +14,10 @@ pub enum Outcome {
     Success { total: f64, first: f64, tokens: u32 },
     /// Failed (5xx, 429, timeout, connection, cut stream): seconds spent.
     Failure { elapsed: f64 },
-    /// Abandoned by us (a lost hedge, the caller went away): no signal
-    /// about the upstream.
-    Cancelled,
+    /// Abandoned by us (a lost hedge, the caller went away) after
+    /// `elapsed` seconds: only a lower bound of its latency, counted when it
+    /// is above the current estimate (a hedge won because this was slow).
+    Cancelled { elapsed: f64 },
 }
 
 #[derive(Debug, Clone, Default)]
@@ -78,12 +79,13 @@ pub struct UpstreamStats {
     per_token: Ewma,
     error: Ewma,
     pub in_flight: u32,
+    /// (call id, start) of the calls in flight.
+    pending: Vec<(u64, f64)>,
     pub selections: u64,
     pub successes: u64,
     pub failures: u64,
     pub cancellations: u64,
-    /// The selection sequence number of this upstream's last call (0: never).
-    pub last_selected: u64,
+
     latencies: Ring,
     firsts: Ring,
     /// The p95 of `firsts`, recomputed every few samples rather than per request.
@@ -92,14 +94,17 @@ pub struct UpstreamStats {
 }
 
 impl UpstreamStats {
-    pub fn begin(&mut self, seq: u64) {
-        self.in_flight += 1;
+    pub fn begin(&mut self, id: u64, now: f64) {
+        self.pending.push((id, now));
+        self.in_flight = self.pending.len() as u32;
         self.selections += 1;
-        self.last_selected = seq;
     }
 
-    pub fn end(&mut self, outcome: Outcome, alpha: f64) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+    pub fn end(&mut self, id: u64, outcome: Outcome, alpha: f64) {
+        if let Some(p) = self.pending.iter().position(|(i, _)| *i == id) {
+            self.pending.swap_remove(p);
+        }
+        self.in_flight = self.pending.len() as u32;
         match outcome {
             Outcome::Success {
                 total,
@@ -133,7 +138,15 @@ impl UpstreamStats {
                     self.first.update(elapsed.max(0.0), alpha);
                 }
             }
-            Outcome::Cancelled => self.cancellations += 1,
+            Outcome::Cancelled { elapsed } => {
+                self.cancellations += 1;
+                if let Some(current) = self.latency.get() {
+                    if elapsed > current {
+                        self.latency.update(elapsed, alpha);
+                        self.first.update(elapsed, alpha);
+                    }
+                }
+            }
         }
     }
 
@@ -154,12 +167,24 @@ impl UpstreamStats {
     }
 
     /// Expected seconds to what the caller waits for (the first token of a
-    /// stream, the whole answer otherwise); None before any sample.
-    pub fn expected(&self, stream: bool) -> Option<f64> {
-        if stream {
+    /// stream, the whole answer otherwise), at least the age of the oldest
+    /// call still in flight (an upstream that stopped answering looks slow
+    /// at once, not when its calls time out); None before any sample.
+    pub fn expected(&self, stream: bool, now: f64) -> Option<f64> {
+        let average = if stream {
             self.first.get()
         } else {
             self.latency.get()
+        };
+        let oldest = self
+            .pending
+            .iter()
+            .map(|(_, t)| now - *t)
+            .fold(f64::NAN, f64::max);
+        match (average, oldest.is_nan()) {
+            (Some(a), false) => Some(a.max(oldest)),
+            (None, false) => Some(oldest),
+            (a, true) => a,
         }
     }
 
@@ -197,11 +222,11 @@ mod tests {
     fn ewma_starts_at_the_first_sample_and_moves_by_alpha() {
         let mut s = UpstreamStats::default();
         assert_eq!(s.latency(), None);
-        s.begin(1);
-        s.end(ok(1.0), 0.5);
+        s.begin(1, 0.0);
+        s.end(1, ok(1.0), 0.5);
         assert_eq!(s.latency(), Some(1.0));
-        s.begin(2);
-        s.end(ok(3.0), 0.5);
+        s.begin(2, 0.0);
+        s.end(2, ok(3.0), 0.5);
         assert_eq!(s.latency(), Some(2.0));
         assert_eq!((s.selections, s.successes, s.in_flight), (2, 2, 0));
     }
@@ -209,8 +234,9 @@ mod tests {
     #[test]
     fn stream_timings_give_first_token_and_per_token() {
         let mut s = UpstreamStats::default();
-        s.begin(1);
+        s.begin(1, 0.0);
         s.end(
+            1,
             Outcome::Success {
                 total: 1.2,
                 first: 0.2,
@@ -220,42 +246,61 @@ mod tests {
         );
         assert_eq!(s.first_token(), Some(0.2));
         assert!((s.per_token().unwrap() - 0.1).abs() < 1e-12);
-        assert_eq!(s.expected(true), Some(0.2));
-        assert_eq!(s.expected(false), Some(1.2));
+        assert_eq!(s.expected(true, 0.0), Some(0.2));
+        assert_eq!(s.expected(false, 0.0), Some(1.2));
     }
 
     #[test]
     fn error_rate_rises_with_failures_and_falls_with_successes() {
         let mut s = UpstreamStats::default();
         for _ in 0..20 {
-            s.begin(1);
-            s.end(Outcome::Failure { elapsed: 0.01 }, 0.2);
+            s.begin(1, 0.0);
+            s.end(1, Outcome::Failure { elapsed: 0.01 }, 0.2);
         }
         assert!(s.error_rate() > 0.95);
         for _ in 0..30 {
-            s.begin(1);
-            s.end(ok(0.01), 0.2);
+            s.begin(1, 0.0);
+            s.end(1, ok(0.01), 0.2);
         }
         assert!(s.error_rate() < 0.01);
-        s.begin(1);
-        s.end(Outcome::Cancelled, 0.2);
+        s.begin(1, 0.0);
+        s.end(1, Outcome::Cancelled { elapsed: 0.0 }, 0.2);
         assert_eq!((s.cancellations, s.in_flight), (1, 0));
+    }
+
+    #[test]
+    fn calls_in_flight_and_lost_hedges_raise_the_estimate() {
+        let mut s = UpstreamStats::default();
+        s.begin(1, 0.0);
+        s.end(1, ok(0.1), 0.5);
+        s.begin(2, 10.0);
+        s.begin(3, 11.0);
+        assert_eq!(s.in_flight, 2);
+        assert_eq!(s.expected(false, 12.0), Some(2.0)); // the oldest call's age
+        s.end(2, Outcome::Cancelled { elapsed: 2.1 }, 0.5);
+        assert!((s.latency().unwrap() - 1.1).abs() < 1e-12);
+        s.end(3, Outcome::Cancelled { elapsed: 0.01 }, 0.5); // below: no signal
+        assert!((s.latency().unwrap() - 1.1).abs() < 1e-12);
+        assert_eq!(s.expected(false, 100.0), s.latency());
+        let mut fresh = UpstreamStats::default();
+        fresh.begin(9, 5.0);
+        assert_eq!(fresh.expected(true, 6.5), Some(1.5));
     }
 
     #[test]
     fn quantiles_are_nearest_rank_over_the_recent_samples() {
         let mut s = UpstreamStats::default();
         for i in 1..=100 {
-            s.begin(i);
-            s.end(ok(i as f64), 0.1);
+            s.begin(i, 0.0);
+            s.end(i, ok(i as f64), 0.1);
         }
         assert_eq!(s.latency_quantiles(), Some([50.0, 95.0, 99.0]));
         assert_eq!(s.first_token_p95(200), None);
         let p95 = s.first_token_p95(20).unwrap();
         assert!((90.0..=95.0).contains(&p95), "{p95}");
         for i in 0..SAMPLES as u64 {
-            s.begin(i);
-            s.end(ok(1.0), 0.1);
+            s.begin(i, 0.0);
+            s.end(i, ok(1.0), 0.1);
         }
         assert_eq!(s.latency_quantiles(), Some([1.0, 1.0, 1.0]));
         assert_eq!(s.samples(), SAMPLES);
