@@ -1006,9 +1006,10 @@ class Router:
                 )
                 if not done:
                     if can_hedge and (deadline is None or self._clock() < deadline):
+                        # A hedge goes to another upstream than the slow one,
+                        # at most once per request: not a retry, no budget.
                         hedged = True
-                        if self.retry._try_retry():
-                            launch(True)
+                        launch(True)
                     continue
                 winner: _Call | None = None
                 for task in done:
