@@ -279,3 +279,30 @@ def test_bad_callables_are_type_errors():
 def test_repr_shows_the_configuration():
     text = repr(Retry(4, backoff="linear", deadline=3.0))
     assert "attempts=4" in text and '"linear"' in text and "deadline=3" in text
+
+
+def test_threads_sharing_one_budget_never_exceed_it():
+    import threading
+
+    clock = FakeClock()
+    r = Retry(3, base=0.0, jitter="none", budget=0.2, min_retries_per_second=0.0, clock=clock)
+    calls = []
+    lock = threading.Lock()
+
+    def failing() -> None:
+        with lock:
+            calls.append(1)
+        raise ConnectionError("down")
+
+    def work() -> None:
+        for _ in range(25):
+            with pytest.raises(ConnectionError):
+                r.call(failing)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    retries = len(calls) - 200
+    assert 0 < retries <= 40

@@ -385,3 +385,26 @@ async def test_monitor_exports_router_stats(ups):
     assert 'llmedge_router_latency_seconds{quantile="0.95",router="api",upstream="u0"}' in text
     with pytest.raises(TypeError, match="routers"):
         Monitor(routers={"x": 3})
+
+
+def test_threads_share_one_router_for_blocking_calls(ups):
+    import threading
+
+    with make(ups) as r:
+        errors: list[BaseException] = []
+
+        def work(k: int) -> None:
+            try:
+                for i in range(5):
+                    assert r.chat(ask(100 * k + i)).upstream == "u0"
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert r.stats()["u0"]["successes"] == 40
+    assert requests(ups[0]) == 40

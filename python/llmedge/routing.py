@@ -648,10 +648,10 @@ class Router:
     """Routes chat completions over OpenAI-compatible upstreams (see the
     README's Router section).
 
-    ``Router(upstreams, *, strategy="ordered", attempts=None, retry=None,
-    hedge=False, deadline=None, latency_target=None, explore_after=5.0,
-    alpha=0.2, hedge_min_samples=20, breaker=None, client=None,
-    name="router", seed=None, clock=None, store=None)``
+    ``Router(upstreams, *, strategy="ordered", retry=None, hedge=False,
+    deadline=None, latency_target=None, explore_after=5.0, alpha=0.2,
+    hedge_min_samples=20, breaker=None, client=None, name="router", seed=None,
+    clock=None, store=None)``
     """
 
     def __init__(
@@ -909,7 +909,7 @@ class Router:
         client = self._http()
         deadline = None if self.deadline is None else started + self.deadline
 
-        def launch(hedge: bool) -> bool:
+        async def launch(hedge: bool) -> bool:
             """Starts a call to the next admissible upstream; False if none."""
             nonlocal position, budget_calls
             while position < len(order) and budget_calls > 0:
@@ -919,7 +919,7 @@ class Router:
                 reason = self._admit(slot, body, now, tokens)
                 if not reason:
                     try:
-                        permit = slot.breaker._acquire()
+                        permit = await _admit_call(slot.breaker)
                     except CircuitOpenError as exc:
                         open_retry.append(float(exc.retry_after))
                         reason = "circuit_open"
@@ -962,13 +962,13 @@ class Router:
                 # An upstream left alone for a while goes first, raced by the
                 # usual pick: learning whether it recovered costs one call,
                 # never the caller's time.
-                launch(False)
+                await launch(False)
                 if any(c.slot.index == order[0] for c in pending.values()):
-                    launch(True)
+                    await launch(True)
                     hedged = True
             while True:
                 if not pending:
-                    if not launch(False):
+                    if not await launch(False):
                         # Every upstream was tried once: another round if
                         # attempts remain, after the backoff schedule.
                         if budget_calls <= 0 or not tried:
@@ -1009,10 +1009,11 @@ class Router:
                         # A hedge goes to another upstream than the slow one,
                         # at most once per request: not a retry, no budget.
                         hedged = True
-                        launch(True)
+                        await launch(True)
                     continue
                 winner: _Call | None = None
-                for task in done:
+                # answers first: one that came with a failure still wins
+                for task in sorted(done, key=lambda t: t.exception() is not None):
                     call = pending.pop(task)
                     exc = task.exception()
                     if exc is None and winner is None:
@@ -1109,6 +1110,15 @@ class Router:
         lt = self._blocking()
         s = lt.run(self.astream(body, **fields))
         return _BlockingStream(lt, s)
+
+
+async def _admit_call(breaker: Any) -> Any:
+    """A breaker permit, without blocking the loop where the breaker offers
+    an async way (a breaker whose state is shared through a store)."""
+    acquire_async = getattr(breaker, "_acquire_async", None)
+    if acquire_async is not None:
+        return await acquire_async()
+    return breaker._acquire()
 
 
 def _as_upstream(u: Upstream | str | Mapping[str, Any]) -> Upstream:
