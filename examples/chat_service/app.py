@@ -14,9 +14,10 @@ breakers, limiter and counters.
 Per request: rate limit (per API key, else per client address), history cut
 to the last 4 messages and to the model's context budget, a semantic cache
 lookup partitioned by model, sampling parameters, system prompt and earlier
-turns, then the upstreams in order of preference, each behind its own circuit breaker (5xx,
-429, timeouts and connection errors are failures and move on to the next
-upstream; other 4xx are the caller's and are passed back). Streams forward the
+turns, then the upstreams in order of preference through an ``llmedge.Router``,
+each behind its own circuit breaker (5xx, 429, timeouts and connection errors
+are failures and move on to the next upstream; other 4xx are the caller's and
+are passed back). Streams forward the
 first token as soon as it arrives and are cached only when they completed.
 
 Configuration (environment):
