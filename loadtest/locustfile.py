@@ -28,7 +28,9 @@ from typing import Any
 import gevent
 from locust import FastHttpUser, between, constant, events, task
 
-from llmedge._traffic import sse_content
+from llmedge._traffic import INCOMPLETE_STREAM, sse_content
+from llmedge.errors import IncompleteStreamError
+from llmedge.sse import iter_events, iter_lines
 
 REQUESTS: list[dict[str, Any]] = []
 if os.environ.get("LT_REQUESTS"):
@@ -141,39 +143,22 @@ class ChatUser(FastHttpUser):
                 rec["error"] = _error_name(resp)
             return rec
         cached = _cached_header(resp.headers)
-        done = False
-        buffer = ""
+        chunks = resp.iter_content(chunk_size=4096, decode_content=False)
         try:
-            for chunk in resp.iter_content(chunk_size=4096, decode_content=True):
-                if isinstance(chunk, bytes):
-                    chunk = chunk.decode("utf-8", errors="replace")
-                buffer += chunk
-                while "\n" in buffer:
-                    line, buffer = buffer.split("\n", 1)
-                    line = line.strip()
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        done = True
-                        continue
-                    try:
-                        event = json.loads(payload)
-                    except ValueError:
-                        event = {"content": payload}
-                    text, event_cached = sse_content(event)
-                    if event_cached and not cached:
-                        cached = event_cached.lower()
-                    if isinstance(event, dict) and event.get("error"):
-                        rec["error"] = "error event in stream"
-                    if text and rec["ttft_ms"] is None:
-                        rec["ttft_ms"] = (time.perf_counter() - start) * 1000
+            for event in iter_events(iter_lines(chunks)):
+                text, event_cached = sse_content(event)
+                if event_cached and not cached:
+                    cached = event_cached.lower()
+                if text and rec["ttft_ms"] is None:
+                    rec["ttft_ms"] = (time.perf_counter() - start) * 1000
+            for _ in chunks:  # read the body to its end: the connection is reused
+                pass
+        except IncompleteStreamError:
+            rec["error"] = INCOMPLETE_STREAM
         except Exception as e:  # noqa: BLE001 - a cut stream is a result, not a crash
             rec["error"] = f"stream broken: {type(e).__name__}"
         rec["latency_ms"] = (time.perf_counter() - start) * 1000
         rec["cached"] = cached
-        if not done and rec["error"] is None:
-            rec["error"] = "stream ended without [DONE]"
         fire = self.environment.events.request.fire
         if rec["ttft_ms"] is not None:
             fire(

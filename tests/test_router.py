@@ -12,7 +12,7 @@ from conftest import FakeClock
 
 import llmedge
 from llmedge import AllUpstreamsFailedError, Retry, Router, Upstream, UpstreamClientError
-from llmedge._sse import event_content
+from llmedge.sse import event_content
 from llmedge.testing import MockLLM
 
 pytest.importorskip("httpx")

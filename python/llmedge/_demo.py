@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from llmedge import _traffic as tr
+from llmedge.errors import IncompleteStreamError
+from llmedge.sse import aiter_events
 
 DEMO_SERVICE_ENV = {
     "LLMEDGE_CONNECT_TIMEOUT": "1.0",
@@ -74,24 +76,21 @@ async def _ask(
             async with client.stream("POST", "/chat", json=body, headers=headers) as r:
                 status = r.status_code
                 cached = r.headers.get("x-llmedge-cache")
-                done = False
                 if status == 200:
-                    async for line in r.aiter_lines():
-                        if not line.startswith("data:"):
-                            continue
-                        payload = line[5:].strip()
-                        if payload == "[DONE]":
-                            done = True
-                            continue
-                        text, event_cached = tr.sse_content(json.loads(payload))
-                        if text:
-                            answer += text
-                            if ttft is None:
-                                ttft = (time.perf_counter() - start) * 1000
-                        if event_cached:
-                            cached = event_cached
-                    if not done:
-                        error = "stream ended without [DONE]"
+                    lines = r.aiter_lines()
+                    try:
+                        async for event in aiter_events(lines):
+                            text, event_cached = tr.sse_content(event)
+                            if text:
+                                answer += text
+                                if ttft is None:
+                                    ttft = (time.perf_counter() - start) * 1000
+                            if event_cached:
+                                cached = event_cached
+                    except IncompleteStreamError:
+                        error = tr.INCOMPLETE_STREAM
+                    async for _ in lines:  # read the body to its end: the connection is reused
+                        pass
                 else:
                     await r.aread()
     except Exception as e:  # noqa: BLE001 - every failure is a result to report

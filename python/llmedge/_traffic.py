@@ -289,6 +289,11 @@ def mix_counts(requests: Iterable[ChatRequest]) -> dict[str, int]:
     return {k: counts.get(k, 0) for k in KINDS}
 
 
+#: A stream's error as the load generators record it: the answer did not finish
+#: (no ``data: [DONE]``, an error event or a malformed one; see llmedge.sse).
+INCOMPLETE_STREAM = "stream ended without [DONE]"
+
+
 def sse_content(event: Any) -> tuple[str, str | None]:
     """(text, cached kind) of one SSE data payload: the service's text events
     (``{"content": ...}``, ``{"done": true, "cached": ...}``) or OpenAI chunks."""

@@ -173,22 +173,10 @@ class CircuitBreaker(_core.CircuitBreaker):
         """``fn(*args, **kwargs)`` through the breaker."""
         return _GuardedFn(self, fn)(*args, **kwargs)  # type: ignore[no-any-return]
 
-    async def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """``await fn(*args, **kwargs)`` through the breaker."""
-        try:
-            permit = self._acquire()
-        except CircuitOpenError:
-            result = self._rejected(args, kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            return result  # type: ignore[no-any-return]
-        try:
-            value = await fn(*args, **kwargs)
-        except BaseException as exc:
-            self._on_error(permit, exc)
-            raise
-        self._on_result(permit, value)
-        return value
+    def acall(self, fn: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> Awaitable[T]:
+        """``await fn(*args, **kwargs)`` through the breaker (nothing runs
+        until the result is awaited)."""
+        return self._wrap_async(fn)(*args, **kwargs)
 
     # -- context managers --------------------------------------------------
     # The permit of each `with` lives in a context variable, so threads and

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Any, TypeVar
 
 from llmedge import _core
-from llmedge._sse import event_content, parse_openai_events
+from llmedge.sse import event_content, parse_openai_events
 from llmedge.errors import (
     AllUpstreamsFailedError,
     CircuitOpenError,

@@ -5,6 +5,7 @@
 uvicorn (``pip install 'llmedge[fastapi]'``); the ASGI app itself needs nothing.
 """
 
-from llmedge.testing._mock import MockLLM, MockProcess, mock_answer, spawn_mock
+from llmedge.testing._answers import mock_answer
+from llmedge.testing._server import MockLLM, MockProcess, spawn_mock
 
 __all__ = ["MockLLM", "MockProcess", "mock_answer", "spawn_mock"]

@@ -8,7 +8,7 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from llmedge.testing._mock import MockLLM
+from llmedge.testing._server import MockLLM
 
 
 def _build_parser() -> argparse.ArgumentParser:

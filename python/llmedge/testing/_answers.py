@@ -1,0 +1,65 @@
+"""The mock's answers: a deterministic function of the model, the last user
+message and a seed, so a cache hit returns exactly what the upstream would
+have said."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["mock_answer"]
+
+# Common short English words: each is one token with its leading space in the
+# OpenAI encodings, so an answer of N words streams as N chunks of one token.
+_WORDS = (
+    "the of and to in is it that for on with as at by from this be are was or an "
+    "not but can all one has more will if so we they their which when there use "
+    "your out up about time new some what its only other how most may than then "
+    "also first over after two way make work well any these good each much data "
+    "set run call read case point part line word long high open best real fast "
+    "safe key cost rate test build keep plan step model cache token price limit"
+).split()
+
+
+def _last_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(
+                    str(part.get("text", ""))
+                    for part in content
+                    if isinstance(part, Mapping) and part.get("type") == "text"
+                )
+    return ""
+
+
+def mock_answer(
+    model: str, messages: Sequence[Mapping[str, Any]], answer_tokens: int = 24, *, seed: int = 0
+) -> str:
+    """The answer the mock gives: words chosen by a hash of the model, the last
+    user message and the seed, in sentences of six to nine words."""
+    if answer_tokens < 1:
+        raise ValueError(f"answer_tokens must be at least 1, got {answer_tokens!r}")
+    digest = hashlib.blake2b(
+        f"{seed}\0{model}\0{_last_user_text(messages)}".encode("utf-8", "surrogatepass"),
+        digest_size=32,
+    ).digest()
+    state = int.from_bytes(digest, "little")
+    words: list[str] = []
+    sentence = 0
+    for i in range(answer_tokens):
+        state = (state * 6364136223846793005 + 1442695040888963407) % (1 << 256)
+        word = _WORDS[(state >> 128) % len(_WORDS)]
+        if sentence == 0:
+            word = word.capitalize()
+        sentence += 1
+        end = i == answer_tokens - 1 or sentence >= 6 + (state >> 64) % 4
+        if end:
+            word += "."
+            sentence = 0
+        words.append(word)
+    return " ".join(words)

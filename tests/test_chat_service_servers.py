@@ -1,0 +1,148 @@
+"""The reference service on real servers: under gunicorn with two uvicorn
+workers, and a client that disconnects mid-stream from a uvicorn socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from conftest import ANSWER_TOKENS  # noqa: E402
+from test_chat_service import BACKENDS, ROOT, SERVICE, chat_app, expected  # noqa: E402
+
+from llmedge.testing import MockLLM  # noqa: E402
+
+# ---------------------------------------------------------------------------
+# Under gunicorn with two uvicorn workers
+# ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(180)
+def test_runs_under_gunicorn_with_two_workers(upstreams):
+    pytest.importorskip("gunicorn")
+    port = _free_port()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "python"), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    env["LLMEDGE_UPSTREAMS"] = upstreams[0].base_url
+    cmd = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-k",
+        "uvicorn.workers.UvicornWorker",
+        "-w",
+        "2",
+        "--chdir",
+        str(SERVICE),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "5",
+        "app:app",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        pids = set()
+        with httpx.Client(base_url=url, timeout=10, trust_env=False) as c:
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, proc.stdout.read().decode(errors="replace")
+                try:
+                    r = c.get("/health")
+                    if r.status_code == 200:
+                        pids.add(r.json()["pid"])
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+            else:
+                pytest.fail("gunicorn did not answer /health within 120 s")
+            r = c.post("/chat", json={"question": "Hello from gunicorn?"})
+            assert r.status_code == 200
+            assert r.json()["answer"] == expected("gpt-4o-mini", "Hello from gunicorn?")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            pytest.fail("gunicorn did not stop within 30 s of SIGTERM")
+        proc.stdout.close()
+    assert proc.returncode == 0
+
+
+# ---------------------------------------------------------------------------
+# A client that disconnects mid-stream (a real server and socket)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_client_disconnect_mid_stream_is_not_cached_nor_a_failure(backend):
+    import threading
+
+    import uvicorn
+
+    with MockLLM(tpot=0.05, answer_tokens=ANSWER_TOKENS) as mock:  # 1.2 s per answer
+        app = chat_app.create_app(
+            chat_app.Settings(upstreams=[mock.base_url], backend=backend, sse_max_delay=None)
+        )
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        try:
+            while not server.started:
+                assert thread.is_alive()
+                await asyncio.sleep(0.01)
+            url = f"http://127.0.0.1:{port}"
+            async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as c:
+                body = {"question": "Leave halfway?", "stream": True}
+                async with c.stream("POST", "/chat", json=body) as r:
+                    async for chunk in r.aiter_text():
+                        assert '"content"' in chunk
+                        break  # and close the connection
+                # the service ends the request when it sees the disconnect
+                done = 'llmedge_http_request_duration_seconds_count{method="POST",route="/chat"'
+                for _ in range(1000):
+                    if done in (await c.get("/metrics")).text:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    pytest.fail("the service never finished the abandoned stream")
+                health = (await c.get("/health")).json()
+                assert health["caches"]["chat"]["inserts"] == 0
+                (breaker,) = health["breakers"].values()
+                assert breaker["failures"] == 0 and breaker["state"] == "closed"
+                r = await c.post("/chat", json={"question": "Leave halfway?"})
+                assert r.json()["cached"] == "none"
+                assert r.json()["answer"] == expected("gpt-4o-mini", "Leave halfway?")
+        finally:
+            server.should_exit = True
+            await asyncio.to_thread(thread.join, 10)
+            sock.close()
