@@ -171,6 +171,8 @@ class AllUpstreamsFailedError(LlmEdgeError):
         self.errors = list(errors or [])
         self.timeout = timeout
         self.retry_after = retry_after
+
+
 class IncompleteStreamError(LlmEdgeError, ConnectionError):
     """An SSE stream that did not finish: it ended without ``data: [DONE]``
     (cut mid-way), or sent an error event or a malformed one."""

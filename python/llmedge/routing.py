@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Any, TypeVar
 
 from llmedge import _core
-from llmedge.sse import event_content, parse_openai_events
 from llmedge.errors import (
     AllUpstreamsFailedError,
     CircuitOpenError,
@@ -35,6 +34,7 @@ from llmedge.errors import (
     UpstreamError,
 )
 from llmedge.resilience import CircuitBreaker, MultiRateLimiter
+from llmedge.sse import event_content, parse_openai_events
 
 __all__ = [
     "Retry",
