@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import llmedge
 from llmedge import CircuitBreaker, CircuitOpenError, Retry
-from llmedge.routing import retry_after_seconds
+from llmedge.retry import retry_after_seconds
 
 
 class Flaky:

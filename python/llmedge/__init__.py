@@ -44,7 +44,8 @@ from llmedge.resilience import (
     breakers,
     get_breaker,
 )
-from llmedge.routing import Attempt, Retry, Router, RouterResponse, RouterStream, Upstream
+from llmedge.retry import Retry
+from llmedge.routing import Attempt, Router, RouterResponse, RouterStream, Upstream
 
 __version__: str = _core.__version__
 
