@@ -92,36 +92,26 @@ impl RouteSelector {
         tokens: u32,
     ) -> PyResult<()> {
         let (total, first) = (seconds("total", total)?, seconds("first", first)?);
-        let outcome = Outcome::Success {
-            total,
-            first,
-            tokens,
-        };
-        self.core
-            .lock()
-            .end(index, call, outcome)
-            .map_err(value_error)
+        self.end(
+            index,
+            call,
+            Outcome::Success {
+                total,
+                first,
+                tokens,
+            },
+        )
     }
 
     fn failure(&self, index: usize, call: u64, elapsed: f64) -> PyResult<()> {
-        let outcome = Outcome::Failure {
-            elapsed: seconds("elapsed", elapsed)?,
-        };
-        self.core
-            .lock()
-            .end(index, call, outcome)
-            .map_err(value_error)
+        let elapsed = seconds("elapsed", elapsed)?;
+        self.end(index, call, Outcome::Failure { elapsed })
     }
 
     /// Abandoned after ``elapsed`` seconds (a lost hedge or race).
     fn cancelled(&self, index: usize, call: u64, elapsed: f64) -> PyResult<()> {
-        let outcome = Outcome::Cancelled {
-            elapsed: seconds("elapsed", elapsed)?,
-        };
-        self.core
-            .lock()
-            .end(index, call, outcome)
-            .map_err(value_error)
+        let elapsed = seconds("elapsed", elapsed)?;
+        self.end(index, call, Outcome::Cancelled { elapsed })
     }
 
     /// The statistics of upstream ``index``.
@@ -171,6 +161,15 @@ impl RouteSelector {
             c.explore_after,
             c.alpha
         )
+    }
+}
+
+impl RouteSelector {
+    fn end(&self, index: usize, call: u64, outcome: Outcome) -> PyResult<()> {
+        self.core
+            .lock()
+            .end(index, call, outcome)
+            .map_err(value_error)
     }
 }
 
