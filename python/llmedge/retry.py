@@ -85,7 +85,7 @@ def _default_retryable(exc: BaseException) -> bool:
     status = _status_of(exc)
     if status is not None:
         return status in RETRYABLE_STATUS
-    if isinstance(exc, (TimeoutError, ConnectionError)):
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError, ConnectionError)):
         return True
     # httpx's transport errors (ConnectError, ReadTimeout, RemoteProtocolError, ...)
     return any(
