@@ -197,6 +197,23 @@ class _Slot:
         if up.api_key:
             headers["Authorization"] = f"Bearer {up.api_key}"
         self.headers = headers
+        self._http: tuple[Any, Any] | None = None
+
+    def http(self) -> tuple[Any, Any]:
+        """(URL, timeouts) as httpx objects, built once (httpx parses a URL
+        string on every request otherwise)."""
+        if self._http is None:
+            import httpx
+
+            up = self.up
+            timeout = httpx.Timeout(
+                connect=up.connect_timeout,
+                read=up.read_timeout,
+                write=up.read_timeout,
+                pool=up.connect_timeout,
+            )
+            self._http = (httpx.URL(self.url), timeout)
+        return self._http
 
 
 def _substantive(event: Mapping[str, Any]) -> bool:
@@ -265,15 +282,9 @@ class _Call:
     async def _send(self, client: Any, body: dict[str, Any], stream: bool) -> Any:
         import httpx
 
-        up = self.slot.up
-        timeout = httpx.Timeout(
-            connect=up.connect_timeout,
-            read=up.read_timeout,
-            write=up.read_timeout,
-            pool=up.connect_timeout,
-        )
+        url, timeout = self.slot.http()
         request = client.build_request(
-            "POST", self.slot.url, json=body, headers=self.slot.headers, timeout=timeout
+            "POST", url, json=body, headers=self.slot.headers, timeout=timeout
         )
         try:
             response = await client.send(request, stream=stream)
