@@ -408,3 +408,26 @@ def test_threads_share_one_router_for_blocking_calls(ups):
         assert not errors
         assert r.stats()["u0"]["successes"] == 40
     assert requests(ups[0]) == 40
+
+
+@pytest.mark.asyncio
+async def test_an_upstream_failing_half_its_calls_loses_its_traffic_and_no_request_fails(ups):
+    a, b = ups[0], ups[1]
+    a.set_faults(error_rate=0.5, status=500)
+    kw = {"strategy": "least_latency", "explore_after": None}
+    async with make(ups, breaker={"failure_threshold": 1000}, **kw) as r:
+        results = [await r.achat(ask(i)) for i in range(40)]
+    assert len(results) == 40  # every failure fell back
+    assert requests(a) < 10 and requests(b) >= 35
+    assert r.stats()["u0"]["error_rate"] > r.stats()["u1"]["error_rate"]
+
+
+@pytest.mark.asyncio
+async def test_an_upstream_can_bring_its_own_breaker(ups):
+    own = llmedge.CircuitBreaker("own-breaker", failure_threshold=1, recovery_timeout=60)
+    async with make(ups, ups_kw=[{"breaker": own}, {}]) as r:
+        ups[0].set_faults(fail_all=True, status=500)
+        await r.achat(ask())
+        assert own.state == "open" and r.breakers[0] is own
+    with pytest.raises(TypeError, match="breaker must be a mapping .* or a circuit breaker"):
+        Router([Upstream("http://a/v1", breaker=object())], name="bad-breaker")
