@@ -431,3 +431,19 @@ async def test_an_upstream_can_bring_its_own_breaker(ups):
         assert own.state == "open" and r.breakers[0] is own
     with pytest.raises(TypeError, match="breaker must be a mapping .* or a circuit breaker"):
         Router([Upstream("http://a/v1", breaker=object())], name="bad-breaker")
+
+
+@pytest.mark.asyncio
+async def test_a_stream_that_is_answering_does_not_make_its_upstream_look_slow(ups):
+    clock = FakeClock()
+    async with make(ups, strategy="least_latency", explore_after=None, clock=clock) as r:
+        await r.achat(ask())  # u0 answers (0 s on this clock)
+        sel = r._selector
+        sel.failure(1, sel.begin(1, clock()), 0.0)  # u1 failed once: u0 ranks first
+        s = await r.astream(ask())
+        assert s.upstream == "u0"
+        clock.advance(100)  # the stream is still being read a long time later
+        assert (await r.achat(ask(1))).upstream == "u0"
+        assert r.stats()["u0"]["in_flight"] == 1
+        await s.aclose()
+        assert r.stats()["u0"]["in_flight"] == 0

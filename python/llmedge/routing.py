@@ -335,6 +335,7 @@ class _Call:
                 if _substantive(event):
                     self.first = self.router._clock()
                     self.tokens += 1
+                    self.router._selector.first_token(self.slot.index, self.id)
                     return
         except httpx.TimeoutException as exc:
             raise self._failure(f"timed out: {exc!r}", timeout=True) from exc

@@ -81,6 +81,14 @@ impl RouteSelector {
         self.core.lock().begin(index, now).map_err(value_error)
     }
 
+    /// The call's first token arrived (a stream keeps going).
+    fn first_token(&self, index: usize, call: u64) -> PyResult<()> {
+        self.core
+            .lock()
+            .first_token(index, call)
+            .map_err(value_error)
+    }
+
     /// An answer: seconds to the whole answer, to the first token, tokens streamed.
     #[pyo3(signature = (index, call, total, first, tokens = 0))]
     fn success(

@@ -301,6 +301,16 @@ impl Selector {
         Ok(self.seq)
     }
 
+    /// The call `id` to upstream `i` produced its first token.
+    pub fn first_token(&mut self, i: usize, id: u64) -> Result<(), String> {
+        let n = self.stats.len();
+        self.stats
+            .get_mut(i)
+            .ok_or_else(|| format!("upstream index must be in 0..{n}, got {i}"))?
+            .first_token_of(id);
+        Ok(())
+    }
+
     /// The call `id` to upstream `i` ended.
     pub fn end(&mut self, i: usize, id: u64, outcome: Outcome) -> Result<(), String> {
         let n = self.stats.len();

@@ -79,7 +79,8 @@ pub struct UpstreamStats {
     per_token: Ewma,
     error: Ewma,
     pub in_flight: u32,
-    /// (call id, start) of the calls in flight.
+    /// (call id, start) of the calls in flight still waiting for their
+    /// first token (a stream that is answering is no sign of slowness).
     pending: Vec<(u64, f64)>,
     pub selections: u64,
     pub successes: u64,
@@ -96,15 +97,20 @@ pub struct UpstreamStats {
 impl UpstreamStats {
     pub fn begin(&mut self, id: u64, now: f64) {
         self.pending.push((id, now));
-        self.in_flight = self.pending.len() as u32;
+        self.in_flight += 1;
         self.selections += 1;
     }
 
-    pub fn end(&mut self, id: u64, outcome: Outcome, alpha: f64) {
+    /// The call `id` produced its first token.
+    pub fn first_token_of(&mut self, id: u64) {
         if let Some(p) = self.pending.iter().position(|(i, _)| *i == id) {
             self.pending.swap_remove(p);
         }
-        self.in_flight = self.pending.len() as u32;
+    }
+
+    pub fn end(&mut self, id: u64, outcome: Outcome, alpha: f64) {
+        self.first_token_of(id);
+        self.in_flight = self.in_flight.saturating_sub(1);
         match outcome {
             Outcome::Success {
                 total,
@@ -285,6 +291,9 @@ mod tests {
         let mut fresh = UpstreamStats::default();
         fresh.begin(9, 5.0);
         assert_eq!(fresh.expected(true, 6.5), Some(1.5));
+        // a stream that is answering no longer counts as waiting
+        fresh.first_token_of(9);
+        assert_eq!((fresh.expected(true, 60.0), fresh.in_flight), (None, 1));
     }
 
     #[test]
