@@ -268,7 +268,7 @@ def test_bad_configuration_is_a_clear_error(kwargs, match):
 def test_bad_callables_are_type_errors():
     with pytest.raises(TypeError, match="retry_on"):
         Retry(retry_on=3)
-    with pytest.raises(TypeError, match="clock must be callable"):
+    with pytest.raises(TypeError, match="clock must be None or a zero-argument callable"):
         Retry(clock=1.0)
     with pytest.raises(TypeError, match="exception classes"):
         Retry(retry_on=(KeyError, 3))

@@ -3,54 +3,15 @@
 //! Rust wrapper that guards a plain sync function with no Python frame between
 //! the caller and the function.
 
-use std::sync::OnceLock;
-use std::time::Instant;
-
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
-use crate::py::errors::{new_error, value_error};
-use crate::resilience::{Breaker, BreakerConfig, Permit, Rejection, Transition, WindowType};
-
-/// (Rust instant, `time.monotonic()` at that instant), taken at import.
-static CLOCK_BASE: OnceLock<(Instant, f64)> = OnceLock::new();
-
-/// Seconds on the same scale as Python's `time.monotonic()`, read without
-/// calling Python.
-pub fn monotonic() -> f64 {
-    match CLOCK_BASE.get() {
-        Some((base, offset)) => offset + base.elapsed().as_secs_f64(),
-        None => {
-            let (base, offset) = CLOCK_BASE.get_or_init(|| (Instant::now(), 0.0));
-            offset + base.elapsed().as_secs_f64()
-        }
-    }
-}
-
-pub fn init_clock(py: Python<'_>) -> PyResult<()> {
-    let offset: f64 = py.import("time")?.call_method0("monotonic")?.extract()?;
-    let _ = CLOCK_BASE.set((Instant::now(), offset));
-    Ok(())
-}
-
-/// `clock()` if one was injected, else the Rust monotonic clock.
-pub fn read_clock(py: Python<'_>, clock: &Option<Py<PyAny>>) -> PyResult<f64> {
-    match clock {
-        None => Ok(monotonic()),
-        Some(c) => {
-            let v = c.call0(py)?;
-            v.extract::<f64>(py).map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "clock() must return a float of seconds, got {}",
-                    v.bind(py).repr().map(|r| r.to_string()).unwrap_or_default()
-                ))
-            })
-        }
-    }
-}
+use crate::py::clock::{monotonic, Clock};
+use crate::py::errors::{circuit_open, value_error};
+use crate::resilience::{Breaker, BreakerConfig, Permit, Transition, WindowType};
 
 /// Logs `err` on the "llmedge" logger; never raises.
 pub fn log_error(py: Python<'_>, msg: &str, err: &PyErr) {
@@ -88,7 +49,7 @@ impl PyPermit {
 pub struct CircuitBreaker {
     name: String,
     core: Mutex<Breaker>,
-    clock: Option<Py<PyAny>>,
+    clock: Clock,
     exclude: Option<Py<PyTuple>>,
     include: Option<Py<PyTuple>>,
     is_failure: Option<Py<PyAny>>,
@@ -164,27 +125,13 @@ pub fn opt_seconds(name: &str, v: Option<f64>) -> PyResult<Option<f64>> {
 
 impl CircuitBreaker {
     pub fn now(&self, py: Python<'_>) -> PyResult<f64> {
-        read_clock(py, &self.clock)
-    }
-
-    fn rejection_error(&self, py: Python<'_>, r: Rejection) -> PyErr {
-        let msg = format!(
-            "circuit {:?} is {}; retry after {:.3} s",
-            self.name,
-            r.state.as_str(),
-            r.retry_after
-        );
-        new_error(
-            py,
-            "CircuitOpenError",
-            (msg, self.name.as_str(), r.state.as_str(), r.retry_after),
-        )
+        self.clock.now(py)
     }
 
     /// Admits a call (firing the open -> half_open transition) or returns the
     /// `CircuitOpenError` to raise.
     pub fn admit(&self, py: Python<'_>) -> PyResult<Result<Permit, PyErr>> {
-        let res = if self.clock.is_none() {
+        let res = if self.clock.is_monotonic() {
             // The Rust clock calls no Python, so it may be read under the lock,
             // and only when the state machine needs it.
             let mut core = self.core.lock();
@@ -199,7 +146,12 @@ impl CircuitBreaker {
                 self.fire(py, t);
                 Ok(Ok(permit))
             }
-            Err(r) => Ok(Err(self.rejection_error(py, r))),
+            Err(r) => Ok(Err(circuit_open(
+                py,
+                &self.name,
+                r.state.as_str(),
+                r.retry_after,
+            ))),
         }
     }
 
@@ -208,7 +160,7 @@ impl CircuitBreaker {
         match failed {
             None => self.core.lock().release(permit),
             Some(failed) => {
-                let t = if self.clock.is_none() {
+                let t = if self.clock.is_monotonic() {
                     let mut core = self.core.lock();
                     // A success in the closed state with no slow-call or time
                     // window cannot move the state: the time is not needed.
@@ -381,8 +333,8 @@ impl CircuitBreaker {
         let include = exception_types(py, "include", include.as_ref())?;
         let is_failure = callable_or_none("is_failure", is_failure)?;
         let fallback = callable_or_none("fallback", fallback)?;
-        let clock = callable_or_none("clock", clock)?;
-        let now = read_clock(py, &clock)?;
+        let clock = Clock::from_arg(clock.as_ref())?;
+        let now = clock.now(py)?;
         Ok(CircuitBreaker {
             name: name.to_owned(),
             core: Mutex::new(Breaker::new(cfg, now)),
@@ -645,7 +597,6 @@ impl GuardedFn {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    init_clock(m.py())?;
     m.add_class::<CircuitBreaker>()?;
     m.add_class::<GuardedFn>()?;
     m.add_class::<PyPermit>()?;

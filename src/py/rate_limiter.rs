@@ -9,8 +9,8 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::py::circuit_breaker::read_clock;
-use crate::py::errors::{new_error, value_error};
+use crate::py::clock::Clock;
+use crate::py::errors::{rate_limit_exceeded, value_error};
 use crate::resilience::{Decision, Gcra, Limit};
 
 fn to_max_keys(v: i64) -> PyResult<usize> {
@@ -33,31 +33,15 @@ fn to_timeout(v: Option<f64>) -> PyResult<Option<f64>> {
     }
 }
 
-fn exceeded(py: Python<'_>, key: &str, retry_after: f64) -> PyErr {
-    let msg = format!("rate limit exceeded for key {key:?}; retry after {retry_after:.3} s");
-    new_error(py, "RateLimitExceeded", (msg, retry_after, key))
-}
-
-fn callable_clock(clock: Option<Bound<'_, PyAny>>) -> PyResult<Option<Py<PyAny>>> {
-    match clock.filter(|c| !c.is_none()) {
-        None => Ok(None),
-        Some(c) if c.is_callable() => Ok(Some(c.unbind())),
-        Some(c) => Err(PyTypeError::new_err(format!(
-            "clock must be a zero-argument callable, got {}",
-            c.repr().map(|r| r.to_string()).unwrap_or_default()
-        ))),
-    }
-}
-
 /// The state both classes share.
 struct Shared {
     core: Mutex<Gcra>,
-    clock: Option<Py<PyAny>>,
+    clock: Clock,
 }
 
 impl Shared {
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
-        read_clock(py, &self.clock)
+        self.clock.now(py)
     }
 
     fn try_acquire(&self, py: Python<'_>, key: &str, costs: &[u64]) -> PyResult<Decision> {
@@ -86,7 +70,7 @@ impl Shared {
             if let Some(t) = timeout {
                 let left = t - started.elapsed().as_secs_f64();
                 if retry_after > left {
-                    return Err(exceeded(py, key, retry_after));
+                    return Err(rate_limit_exceeded(py, key, retry_after));
                 }
             }
             let wait = Duration::from_secs_f64(retry_after.clamp(1e-6, 3600.0));
@@ -161,7 +145,7 @@ impl RateLimiter {
         Ok(RateLimiter {
             shared: Shared {
                 core: Mutex::new(core),
-                clock: callable_clock(clock)?,
+                clock: Clock::from_arg(clock.as_ref())?,
             },
             burst,
         })
@@ -214,7 +198,7 @@ impl RateLimiter {
         let cost = to_cost("cost", cost)?;
         match self.shared.try_acquire(py, key, &[cost])? {
             Decision::Allowed => Ok(()),
-            Decision::Denied { retry_after } => Err(exceeded(py, key, retry_after)),
+            Decision::Denied { retry_after } => Err(rate_limit_exceeded(py, key, retry_after)),
         }
     }
 
@@ -362,7 +346,7 @@ impl MultiRateLimiter {
         Ok(MultiRateLimiter {
             shared: Shared {
                 core: Mutex::new(core),
-                clock: callable_clock(clock)?,
+                clock: Clock::from_arg(clock.as_ref())?,
             },
             names,
         })
@@ -412,7 +396,7 @@ impl MultiRateLimiter {
         let costs = self.costs(costs)?;
         match self.shared.try_acquire(py, key, &costs)? {
             Decision::Allowed => Ok(()),
-            Decision::Denied { retry_after } => Err(exceeded(py, key, retry_after)),
+            Decision::Denied { retry_after } => Err(rate_limit_exceeded(py, key, retry_after)),
         }
     }
 

@@ -7,7 +7,8 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyTuple, PyType};
 
-use crate::py::circuit_breaker::{callable_or_none, exception_types, opt_seconds, read_clock};
+use crate::py::circuit_breaker::{callable_or_none, exception_types, opt_seconds};
+use crate::py::clock::Clock;
 use crate::py::errors::value_error;
 use crate::routing::{RetryBudget, Schedule};
 
@@ -21,7 +22,7 @@ pub struct Retry {
     retry_if: Option<Py<PyAny>>,
     respect_retry_after: bool,
     deadline: Option<f64>,
-    clock: Option<Py<PyAny>>,
+    clock: Clock,
     sleep: Option<Py<PyAny>>,
     seed: Option<u64>,
 }
@@ -79,7 +80,7 @@ impl Retry {
             retry_if,
             respect_retry_after,
             deadline,
-            clock: callable_or_none("clock", clock)?,
+            clock: Clock::from_arg(clock.as_ref())?,
             sleep: callable_or_none("sleep", sleep)?,
             seed,
         })
@@ -147,7 +148,10 @@ impl Retry {
 
     #[getter]
     fn clock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.clock.as_ref().map(|c| c.clone_ref(py))
+        match &self.clock {
+            Clock::Python(f) => Some(f.clone_ref(py)),
+            Clock::Monotonic => None,
+        }
     }
 
     #[getter]
@@ -170,25 +174,25 @@ impl Retry {
 
     /// Retries the budget would allow now.
     fn budget_available(&self, py: Python<'_>) -> PyResult<f64> {
-        let now = read_clock(py, &self.clock)?;
+        let now = self.clock.now(py)?;
         Ok(self.budget.lock().available(now))
     }
 
     /// Now, on this object's clock.
     fn _now(&self, py: Python<'_>) -> PyResult<f64> {
-        read_clock(py, &self.clock)
+        self.clock.now(py)
     }
 
     /// Counts a first attempt in the budget.
     fn _record_call(&self, py: Python<'_>) -> PyResult<()> {
-        let now = read_clock(py, &self.clock)?;
+        let now = self.clock.now(py)?;
         self.budget.lock().record_call(now);
         Ok(())
     }
 
     /// Takes one retry from the budget; False when it is spent.
     fn _try_retry(&self, py: Python<'_>) -> PyResult<bool> {
-        let now = read_clock(py, &self.clock)?;
+        let now = self.clock.now(py)?;
         Ok(self.budget.lock().try_retry(now))
     }
 
