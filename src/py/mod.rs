@@ -13,5 +13,7 @@ pub mod messages;
 pub mod models;
 pub mod prompt_optimizer;
 pub mod rate_limiter;
+pub mod retry;
+pub mod route_selector;
 pub mod semantic_cache;
 pub mod tokenizer;
