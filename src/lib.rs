@@ -18,6 +18,7 @@ use pyo3::prelude::*;
 #[pymodule(gil_used = false)]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    py::clock::register(m)?;
     py::tokenizer::register(m)?;
     py::models::register(m)?;
     py::messages::register(m)?;

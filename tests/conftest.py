@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -12,16 +13,61 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 class FakeClock:
-    """An injectable monotonic clock: ``clock()`` reads, ``advance`` moves it."""
+    """An injectable monotonic clock: ``clock()`` reads, ``advance`` moves it.
+
+    Tests of a broken clock set ``now`` to a bad reading, or to an exception,
+    which reading the clock then raises.
+    """
 
     def __init__(self, now: float = 1000.0):
         self.now = now
 
     def __call__(self) -> float:
+        if isinstance(self.now, BaseException):
+            raise self.now
         return self.now
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh, empty ``redis-server`` on a free port (see redis_support.RedisServer)."""
+    require_redis()
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def _redis_cluster_module():
+    require_redis()
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(_redis_cluster_module):
+    """A Redis Cluster of 3 masters + 3 replicas, started once per test module
+    (see redis_support.RedisCluster). After each test, killed nodes are restarted
+    and the data flushed, so the next test finds six healthy, empty nodes."""
+    cluster = _redis_cluster_module
+    yield cluster
+    if not all(s.running for s in cluster.servers) or not cluster.state_ok():
+        cluster.heal()
+    cluster.flushall()
+
+
+#: What a broken clock returns (or raises), the error a class that reads it
+#: must raise, and a pattern of that error's message (which names the value).
+BAD_CLOCK_READINGS = [
+    (math.nan, ValueError, r"clock\(\) returned nan; expected a finite float"),
+    (math.inf, ValueError, r"clock\(\) returned inf; expected a finite float"),
+    (-math.inf, ValueError, r"clock\(\) returned -inf; expected a finite float"),
+    ("soon", TypeError, r"clock\(\) must return a float of seconds, got 'soon'"),
+    (None, TypeError, r"clock\(\) must return a float of seconds, got None"),
+    (ZeroDivisionError("the clock broke"), ZeroDivisionError, "the clock broke"),
+]
 
 
 # Shared by the circuit breaker tests (test_circuit_breaker*.py).
@@ -66,30 +112,3 @@ def upstreams(mocks):
     yield mocks
     for m in mocks:
         m.clear_faults()
-
-
-@pytest.fixture
-def redis_server():
-    """A fresh, empty ``redis-server`` on a free port (see redis_support.RedisServer)."""
-    require_redis()
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def _redis_cluster_module():
-    require_redis()
-    with RedisCluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def redis_cluster(_redis_cluster_module):
-    """A Redis Cluster of 3 masters + 3 replicas, started once per test module
-    (see redis_support.RedisCluster). After each test, killed nodes are restarted
-    and the data flushed, so the next test finds six healthy, empty nodes."""
-    cluster = _redis_cluster_module
-    yield cluster
-    if not all(s.running for s in cluster.servers) or not cluster.state_ok():
-        cluster.heal()
-    cluster.flushall()

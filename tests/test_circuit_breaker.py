@@ -9,7 +9,7 @@ import gc
 import logging
 
 import pytest
-from conftest import fail_n, ok
+from conftest import BAD_CLOCK_READINGS, FakeClock, fail_n, ok
 
 import llmedge
 from llmedge import CircuitBreaker, CircuitOpenError
@@ -433,3 +433,28 @@ def test_bad_clock_value_leaves_state(clock):
         b.call(ok)
     clock.now = 5.0
     assert b.call(ok) == "ok" and b.metrics()["calls"] == 1
+
+
+@pytest.mark.parametrize(("reading", "exc", "match"), BAD_CLOCK_READINGS)
+def test_broken_clock_raises_and_leaves_state(clock, reading, exc, match):
+    b = CircuitBreaker("bc", failure_threshold=1, recovery_timeout=10.0, clock=clock)
+    fail_n(b, 1)
+    before = b.metrics()
+    clock.now = reading
+    ran = []
+    reads = [
+        lambda: b.call(ran.append, 1),
+        lambda: b.retry_after,
+        b.metrics,
+        b.reset,
+        b.force_open,
+        b.disable,
+    ]
+    for read in reads:
+        with pytest.raises(exc, match=match):
+            read()
+    assert ran == [] and b.state == "open"
+    clock.now = 1000.0
+    assert b.metrics() == before
+    with pytest.raises(exc, match=match):
+        CircuitBreaker("new", clock=FakeClock(reading))  # type: ignore[arg-type]

@@ -7,7 +7,7 @@ import math
 import threading
 
 import pytest
-from conftest import FakeClock
+from conftest import BAD_CLOCK_READINGS, FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -170,6 +170,35 @@ def test_bad_costs_leave_state_unchanged(clock):
     with pytest.raises(ValueError, match="timeout"):
         rl.acquire("k", 1, timeout=-1)
     assert rl.available("k") == 3
+
+
+@pytest.mark.parametrize(("reading", "exc", "match"), BAD_CLOCK_READINGS)
+def test_broken_clock_raises_and_leaves_state(clock, reading, exc, match):
+    rl = RateLimiter(5, burst=5, clock=clock)
+    ml = RateLimiter.multi({"requests": (3, 60.0)}, clock=clock)
+    assert rl.try_acquire("k", 2) and ml.try_acquire("k", requests=1)
+    clock.now = reading
+    reads = [
+        lambda: rl.try_acquire("k"),
+        lambda: rl.acquire("k", timeout=1.0),
+        lambda: rl.check("k"),
+        lambda: rl.retry_after("k"),
+        lambda: rl.available("k"),
+        lambda: len(rl),
+        lambda: asyncio.run(rl.acquire_async("k")),
+        lambda: ml.try_acquire("k", requests=1),
+        lambda: ml.acquire("k", requests=1),
+        lambda: ml.check("k", requests=1),
+        lambda: ml.retry_after("k", requests=1),
+        lambda: ml.available("k"),
+        lambda: len(ml),
+        lambda: asyncio.run(ml.acquire_async("k", requests=1)),
+    ]
+    for read in reads:
+        with pytest.raises(exc, match=match):
+            read()
+    clock.now = 500.0
+    assert rl.available("k") == 3 and ml.available("k") == {"requests": 2}
 
 
 def test_repr(clock):

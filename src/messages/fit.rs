@@ -42,6 +42,43 @@ pub struct FitOptions {
     pub allow_partial: bool,
 }
 
+impl FitOptions {
+    /// The options of a fit from the caller's arguments, checked once:
+    /// `max_tokens` positive, `strategy` "last" or "first", `history_limit`
+    /// None or positive. The error names the argument and its value.
+    pub fn validate(
+        max_tokens: i64,
+        strategy: &str,
+        keep_system: bool,
+        history_limit: Option<i64>,
+        allow_partial: bool,
+    ) -> Result<Self, String> {
+        if max_tokens <= 0 {
+            return Err(format!(
+                "max_tokens: expected a positive number of tokens, got {max_tokens}"
+            ));
+        }
+        let strategy = Strategy::parse(strategy)
+            .ok_or_else(|| format!("strategy: expected \"last\" or \"first\", got {strategy:?}"))?;
+        let history_limit = match history_limit {
+            None => None,
+            Some(n) if n >= 1 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            Some(n) => {
+                return Err(format!(
+                    "history_limit: expected a positive number of messages or None, got {n}"
+                ))
+            }
+        };
+        Ok(FitOptions {
+            max_tokens,
+            strategy,
+            keep_system,
+            history_limit,
+            allow_partial,
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Partial {
     pub index: usize,
@@ -251,6 +288,38 @@ mod tests {
             Message::text(Role::Assistant, "fourteen fifteen"),
             Message::text(Role::User, "sixteen"),
         ]
+    }
+
+    #[test]
+    fn validate_checks_each_argument_and_names_it() {
+        let ok = FitOptions::validate(100, "first", false, Some(3), true).unwrap();
+        assert_eq!(
+            ok,
+            FitOptions {
+                max_tokens: 100,
+                strategy: Strategy::First,
+                keep_system: false,
+                history_limit: Some(3),
+                allow_partial: true,
+            }
+        );
+        assert_eq!(
+            FitOptions::validate(1, "last", true, None, false).unwrap(),
+            opts(1)
+        );
+        let err = |r: Result<FitOptions, String>| r.unwrap_err();
+        assert_eq!(
+            err(FitOptions::validate(0, "last", true, None, false)),
+            "max_tokens: expected a positive number of tokens, got 0"
+        );
+        assert_eq!(
+            err(FitOptions::validate(10, "middle", true, None, false)),
+            "strategy: expected \"last\" or \"first\", got \"middle\""
+        );
+        assert_eq!(
+            err(FitOptions::validate(10, "last", true, Some(-2), false)),
+            "history_limit: expected a positive number of messages or None, got -2"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use ahash::RandomState;
 use parking_lot::Mutex;
 
-use crate::tokens::{Encoding, EncodingName};
+use crate::tokens::{chunked, Encoding, EncodingName};
 
 /// Shorter texts are cheaper to count than to look up.
 pub const MIN_BYTES: usize = 48;
@@ -49,7 +49,7 @@ pub fn count(enc: &Encoding, text: &str) -> usize {
         return n;
     }
     // by word-sized pieces, whose counts the thread remembers
-    let n = crate::prompt::count::count_text(enc, text);
+    let n = chunked::count_text(enc, text);
     let mut map = shard.lock();
     if map.len() >= PER_SHARD {
         map.clear();

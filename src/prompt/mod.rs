@@ -11,7 +11,6 @@
 //! produce identical text for every input (tests/test_prompt_optimizer.py
 //! checks this with hypothesis).
 
-pub mod count;
 pub mod json;
 pub mod phrases;
 pub mod rules;
@@ -20,6 +19,8 @@ pub mod text;
 use std::borrow::Cow;
 
 use phrases::PhraseSet;
+
+use crate::tokens::chunked::ChunkCounter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -131,6 +132,17 @@ impl<F: FnMut(&str) -> usize> Counter for F {
     }
 }
 
+/// Counts by pieces, remembered, and recounts only around what a step changed.
+impl Counter for ChunkCounter {
+    fn count(&mut self, text: &str) -> usize {
+        ChunkCounter::count(self, text)
+    }
+
+    fn recount(&mut self, old: &str, old_count: usize, new: &str) -> usize {
+        ChunkCounter::recount(self, old, old_count, new)
+    }
+}
+
 /// Apply the steps of `level` in order. With `target` (a fraction in (0, 1)),
 /// stop before the next step once the saved fraction reaches it.
 pub fn compress(
@@ -206,5 +218,48 @@ mod tests {
         let t = "a   b\n\n\n\nplease c";
         let r = compress(t, Level::Aggressive, Some(0.01), |s: &str| s.len());
         assert_eq!(r.steps, vec!["whitespace"]);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::tokens::chunked::timing::{best, piece_total, texts_from};
+    use crate::tokens::{encoding, EncodingName};
+
+    /// `cargo test --release --lib timing -- --ignored --nocapture` with
+    /// /tmp/prompts.json (a JSON list of strings): where compression spends
+    /// its time (best of several passes, per-thread caches warm).
+    #[test]
+    #[ignore]
+    fn where_the_time_goes() {
+        let Some(prompts) = texts_from("/tmp/prompts.json") else {
+            return;
+        };
+        let reps: usize = std::env::var("REPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(9);
+        let enc = encoding(EncodingName::O200kBase);
+        enc.count("warm up");
+        let (t, n) = best(reps, || prompts.iter().map(|p| enc.count(p)).sum::<usize>());
+        println!("whole count {n}: {t:?}");
+        let (t, n) = best(reps, || piece_total(enc, &prompts));
+        println!("piece count {n}: {t:?}");
+        for step in Step::ALL {
+            let (t, n) = best(reps, || {
+                prompts.iter().map(|p| step.apply(p).len()).sum::<usize>()
+            });
+            println!("rule {:>10} {n}: {t:?}", step.name());
+        }
+        for level in [Level::Lossless, Level::Balanced, Level::Aggressive] {
+            let (t, n) = best(reps, || {
+                prompts
+                    .iter()
+                    .map(|p| compress(p, level, None, ChunkCounter::new(enc)).tokens_after)
+                    .sum::<usize>()
+            });
+            println!("compress {level:?} {n}: {t:?}");
+        }
     }
 }

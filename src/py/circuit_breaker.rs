@@ -3,56 +3,17 @@
 //! Rust wrapper that guards a plain sync function with no Python frame between
 //! the caller and the function.
 
-use std::sync::OnceLock;
-use std::time::Instant;
-
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
-use crate::py::errors::{new_error, value_error};
+use crate::py::clock::{monotonic, Clock};
+use crate::py::errors::{circuit_open, value_error};
 use crate::py::redis_store::RedisStore;
 use crate::resilience::breaker::shared::{Admission, SharedBreaker};
 use crate::resilience::{Breaker, BreakerConfig, Permit, Rejection, Transition, WindowType};
-
-/// (Rust instant, `time.monotonic()` at that instant), taken at import.
-static CLOCK_BASE: OnceLock<(Instant, f64)> = OnceLock::new();
-
-/// Seconds on the same scale as Python's `time.monotonic()`, read without
-/// calling Python.
-pub fn monotonic() -> f64 {
-    match CLOCK_BASE.get() {
-        Some((base, offset)) => offset + base.elapsed().as_secs_f64(),
-        None => {
-            let (base, offset) = CLOCK_BASE.get_or_init(|| (Instant::now(), 0.0));
-            offset + base.elapsed().as_secs_f64()
-        }
-    }
-}
-
-pub fn init_clock(py: Python<'_>) -> PyResult<()> {
-    let offset: f64 = py.import("time")?.call_method0("monotonic")?.extract()?;
-    let _ = CLOCK_BASE.set((Instant::now(), offset));
-    Ok(())
-}
-
-/// `clock()` if one was injected, else the Rust monotonic clock.
-pub fn read_clock(py: Python<'_>, clock: &Option<Py<PyAny>>) -> PyResult<f64> {
-    match clock {
-        None => Ok(monotonic()),
-        Some(c) => {
-            let v = c.call0(py)?;
-            v.extract::<f64>(py).map_err(|_| {
-                PyTypeError::new_err(format!(
-                    "clock() must return a float of seconds, got {}",
-                    v.bind(py).repr().map(|r| r.to_string()).unwrap_or_default()
-                ))
-            })
-        }
-    }
-}
 
 /// Logs `err` on the "llmedge" logger; never raises.
 pub fn log_error(py: Python<'_>, msg: &str, err: &PyErr) {
@@ -90,7 +51,7 @@ impl PyPermit {
 pub struct CircuitBreaker {
     name: String,
     core: Mutex<Breaker>,
-    clock: Option<Py<PyAny>>,
+    clock: Clock,
     exclude: Option<Py<PyTuple>>,
     include: Option<Py<PyTuple>>,
     is_failure: Option<Py<PyAny>>,
@@ -169,10 +130,7 @@ fn opt_seconds(name: &str, v: Option<f64>) -> PyResult<Option<f64>> {
 
 /// The `store=` argument: a RedisStore, which excludes an injected clock (a
 /// shared breaker's timeouts run on the Redis server's clock).
-fn store_arg(
-    store: Option<Bound<'_, PyAny>>,
-    clock: &Option<Py<PyAny>>,
-) -> PyResult<Option<Py<RedisStore>>> {
+fn store_arg(store: Option<Bound<'_, PyAny>>, clock: &Clock) -> PyResult<Option<Py<RedisStore>>> {
     let Some(store) = store.filter(|s| !s.is_none()) else {
         return Ok(None);
     };
@@ -185,7 +143,7 @@ fn store_arg(
                 .unwrap_or_default()
         ))
     })?;
-    if clock.is_some() {
+    if !clock.is_monotonic() {
         return Err(value_error(
             "clock= cannot be combined with store=: a shared breaker's recovery timeouts \
              run on the Redis server's clock",
@@ -196,21 +154,7 @@ fn store_arg(
 
 impl CircuitBreaker {
     pub fn now(&self, py: Python<'_>) -> PyResult<f64> {
-        read_clock(py, &self.clock)
-    }
-
-    fn rejection_error(&self, py: Python<'_>, r: Rejection) -> PyErr {
-        let msg = format!(
-            "circuit {:?} is {}; retry after {:.3} s",
-            self.name,
-            r.state.as_str(),
-            r.retry_after
-        );
-        new_error(
-            py,
-            "CircuitOpenError",
-            (msg, self.name.as_str(), r.state.as_str(), r.retry_after),
-        )
+        self.clock.now(py)
     }
 
     /// Admits a call (firing the open -> half_open transition) or returns the
@@ -225,7 +169,7 @@ impl CircuitBreaker {
             self.fire_shared(py, s);
             return Ok(res.map_err(|r| self.rejection_error(py, r)));
         }
-        let res = if self.clock.is_none() {
+        let res = if self.clock.is_monotonic() {
             // The Rust clock calls no Python, so it may be read under the lock,
             // and only when the state machine needs it.
             let mut core = self.core.lock();
@@ -244,6 +188,10 @@ impl CircuitBreaker {
         }
     }
 
+    fn rejection_error(&self, py: Python<'_>, r: Rejection) -> PyErr {
+        circuit_open(py, &self.name, r.state.as_str(), r.retry_after)
+    }
+
     /// Records a finished call: `failed` None means "no outcome" (release).
     pub fn finish(&self, py: Python<'_>, permit: Permit, failed: Option<bool>) -> PyResult<()> {
         if let Some(s) = &self.shared {
@@ -257,7 +205,7 @@ impl CircuitBreaker {
         match failed {
             None => self.core.lock().release(permit),
             Some(failed) => {
-                let t = if self.clock.is_none() {
+                let t = if self.clock.is_monotonic() {
                     let mut core = self.core.lock();
                     // A success in the closed state with no slow-call or time
                     // window cannot move the state: the time is not needed.
@@ -450,9 +398,9 @@ impl CircuitBreaker {
         let include = exception_types(py, "include", include.as_ref())?;
         let is_failure = callable_or_none("is_failure", is_failure)?;
         let fallback = callable_or_none("fallback", fallback)?;
-        let clock = callable_or_none("clock", clock)?;
+        let clock = Clock::from_arg(clock.as_ref())?;
         let store = store_arg(store, &clock)?;
-        let now = read_clock(py, &clock)?;
+        let now = clock.now(py)?;
         let shared = store.as_ref().map(|st| {
             let arc = st.get().inner().clone();
             let cfg = cfg.clone();
@@ -797,7 +745,6 @@ impl GuardedFn {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    init_clock(m.py())?;
     m.add_class::<CircuitBreaker>()?;
     m.add_class::<GuardedFn>()?;
     m.add_class::<PyPermit>()?;

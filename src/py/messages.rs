@@ -9,12 +9,12 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::messages::fit::{self, FitError, FitOptions, Strategy};
+use crate::messages::fit::{self, FitOptions};
 use crate::messages::{
     self, ChatFormat, Content, Detail, FunctionCall, Image, Message, Part, Role, ToolDef, ToolParam,
 };
 use crate::models::ModelInfo;
-use crate::py::errors::{new_error, type_error, value_error};
+use crate::py::errors::{context_overflow, type_error, value_error};
 use crate::py::models::resolve;
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
@@ -391,69 +391,26 @@ pub fn count_messages_impl(
     Ok(py.detach(|| messages::count_messages(&parsed, &tool_defs, &fmt)))
 }
 
-/// The messages of `messages` that fit `max_tokens`: the original objects in
-/// order, except a partially kept one, which is a copy with shorter content.
-#[allow(clippy::too_many_arguments)]
+/// The messages of `messages` that fit `opts.max_tokens`: the original
+/// objects in order, except a partially kept one, which is a copy with
+/// shorter content.
 pub fn fit_messages_impl(
     py: Python<'_>,
     messages: &Bound<'_, PyAny>,
     model: &ModelInfo,
-    max_tokens: i64,
-    strategy: &str,
-    keep_system: bool,
-    history_limit: Option<i64>,
-    allow_partial: bool,
+    opts: &FitOptions,
     tools: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyList>> {
-    if max_tokens <= 0 {
-        return Err(value_error(format!(
-            "max_tokens: expected a positive number of tokens, got {max_tokens}"
-        )));
-    }
-    let strategy = Strategy::parse(strategy).ok_or_else(|| {
-        value_error(format!(
-            "strategy: expected \"last\" or \"first\", got {strategy:?}"
-        ))
-    })?;
-    let history_limit = match history_limit {
-        None => None,
-        Some(n) if n >= 1 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-        Some(n) => {
-            return Err(value_error(format!(
-                "history_limit: expected a positive number of messages or None, got {n}"
-            )))
-        }
-    };
     let (objs, parsed) = parse_messages(messages)?;
     let tool_defs = parse_tools(tools)?;
     let fmt = ChatFormat::for_model(model);
-    let opts = FitOptions {
-        max_tokens,
-        strategy,
-        keep_system,
-        history_limit,
-        allow_partial,
-    };
-    let plan = py.detach(|| {
-        let costs = messages::per_message_tokens(&parsed, &fmt);
-        let overhead = messages::request_overhead(&tool_defs, &fmt);
-        fit::fit(&parsed, &costs, overhead, &fmt, &opts)
-    });
-    let plan = match plan {
-        Ok(p) => p,
-        Err(
-            e @ FitError::Overflow {
-                required,
-                available,
-            },
-        ) => {
-            return Err(new_error(
-                py,
-                "ContextOverflowError",
-                (e.to_string(), required, available),
-            ))
-        }
-    };
+    let plan = py
+        .detach(|| {
+            let costs = messages::per_message_tokens(&parsed, &fmt);
+            let overhead = messages::request_overhead(&tool_defs, &fmt);
+            fit::fit(&parsed, &costs, overhead, &fmt, opts)
+        })
+        .map_err(|e| context_overflow(py, &e))?;
     let out = PyList::empty(py);
     for &i in &plan.kept {
         match &plan.partial {
@@ -498,17 +455,15 @@ fn fit_messages(
     tools: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Py<PyList>> {
     let info = resolve(py, model)?;
-    fit_messages_impl(
-        py,
-        messages,
-        &info,
+    let opts = FitOptions::validate(
         max_tokens,
         strategy,
         keep_system,
         history_limit,
         allow_partial,
-        tools,
     )
+    .map_err(value_error)?;
+    fit_messages_impl(py, messages, &info, &opts, tools)
 }
 
 /// Forget the remembered token counts of message texts; returns how many

@@ -2,6 +2,7 @@
 
 pub mod cache_hit;
 pub mod circuit_breaker;
+pub mod clock;
 pub mod cost;
 pub mod errors;
 pub mod guard;

@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::models::{self, ModelInfo, ModelKind};
-use crate::py::errors::{new_error, unknown_model, value_error};
+use crate::py::errors::{unknown_encoding, unknown_model, value_error};
 use crate::tokens::EncodingName;
 
 /// Look a model up, raising `UnknownModelError` with suggestions.
@@ -34,17 +34,8 @@ fn register_model(
     cached_input_price: Option<f64>,
     kind: &str,
 ) -> PyResult<()> {
-    let enc = EncodingName::parse(encoding).ok_or_else(|| {
-        let allowed: Vec<&str> = EncodingName::ALL.iter().map(|e| e.as_str()).collect();
-        new_error(
-            py,
-            "UnknownEncodingError",
-            (format!(
-                "encoding: unknown encoding {encoding:?}; expected one of {}",
-                allowed.join(", ")
-            ),),
-        )
-    })?;
+    let enc = EncodingName::parse(encoding)
+        .ok_or_else(|| unknown_encoding(py, Some("encoding"), encoding))?;
     let kind = ModelKind::parse(kind).ok_or_else(|| {
         value_error(format!(
             "kind: expected \"chat\" or \"embedding\", got {kind:?}"

@@ -3,12 +3,12 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
+use crate::messages::fit::FitOptions;
 use crate::models::{self, ModelInfo};
-use crate::prompt::count::ChunkCounter;
 use crate::prompt::{self, Level};
 use crate::py::errors::{type_error, unknown_model, value_error};
 use crate::py::messages::{count_messages_impl, fit_messages_impl};
-use crate::tokens;
+use crate::tokens::{self, chunked::ChunkCounter};
 
 /// The result of `PromptOptimizer.compress`.
 #[pyclass(frozen, module = "llmedge._core")]
@@ -272,17 +272,15 @@ impl PromptOptimizer {
             self.history_limit
                 .map(|h| i64::try_from(h).unwrap_or(i64::MAX))
         });
-        fit_messages_impl(
-            py,
-            messages,
-            &self.info,
+        let opts = FitOptions::validate(
             max_tokens,
             strategy,
             keep_system,
             history_limit,
             allow_partial,
-            tools,
         )
+        .map_err(value_error)?;
+        fit_messages_impl(py, messages, &self.info, &opts, tools)
     }
 
     fn __repr__(&self) -> String {

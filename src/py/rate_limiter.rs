@@ -9,8 +9,8 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::py::circuit_breaker::read_clock;
-use crate::py::errors::{new_error, value_error};
+use crate::py::clock::Clock;
+use crate::py::errors::{rate_limit_exceeded, value_error};
 use crate::py::limiter_store::{self, limiter_error, StoreArgs};
 use crate::resilience::{Decision, Gcra, Limit, StoreLimiter, Verdict};
 
@@ -34,26 +34,10 @@ fn to_timeout(v: Option<f64>) -> PyResult<Option<f64>> {
     }
 }
 
-fn exceeded(py: Python<'_>, key: &str, retry_after: f64) -> PyErr {
-    let msg = format!("rate limit exceeded for key {key:?}; retry after {retry_after:.3} s");
-    new_error(py, "RateLimitExceeded", (msg, retry_after, key))
-}
-
-fn callable_clock(clock: Option<Bound<'_, PyAny>>) -> PyResult<Option<Py<PyAny>>> {
-    match clock.filter(|c| !c.is_none()) {
-        None => Ok(None),
-        Some(c) if c.is_callable() => Ok(Some(c.unbind())),
-        Some(c) => Err(PyTypeError::new_err(format!(
-            "clock must be a zero-argument callable, got {}",
-            c.repr().map(|r| r.to_string()).unwrap_or_default()
-        ))),
-    }
-}
-
 /// The state both classes share.
 struct Shared {
     core: Mutex<Gcra>,
-    clock: Option<Py<PyAny>>,
+    clock: Clock,
     /// With a store: decisions in Redis; `core` is then the local fallback.
     remote: Option<StoreLimiter>,
 }
@@ -70,7 +54,7 @@ fn clamp_costs(core: &Gcra, costs: &[u64]) -> Vec<u64> {
 
 impl Shared {
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
-        read_clock(py, &self.clock)
+        self.clock.now(py)
     }
 
     fn try_acquire(&self, py: Python<'_>, key: &str, costs: &[u64]) -> PyResult<Decision> {
@@ -111,7 +95,7 @@ impl Shared {
             if let Some(t) = timeout {
                 let left = t - started.elapsed().as_secs_f64();
                 if retry_after > left {
-                    return Err(exceeded(py, key, retry_after));
+                    return Err(rate_limit_exceeded(py, key, retry_after));
                 }
             }
             let wait = Duration::from_secs_f64(retry_after.clamp(1e-6, 3600.0));
@@ -236,14 +220,14 @@ impl RateLimiter {
         let limit = Limit::new("", rate, per, burst).map_err(value_error)?;
         let burst = limit.burst;
         let max_keys = to_max_keys(max_keys)?;
-        let clock = callable_clock(clock)?;
+        let clock = Clock::from_arg(clock.as_ref())?;
         let sharing = StoreArgs {
             store: store.as_ref(),
             name,
             on_store_error,
             local_share,
             deny_cache,
-            clock_given: clock.is_some(),
+            clock_given: !clock.is_monotonic(),
         };
         let (remote, local) = limiter_store::attach(sharing, vec![limit], max_keys)?;
         let core = Gcra::new(local, max_keys).map_err(value_error)?;
@@ -307,7 +291,7 @@ impl RateLimiter {
         let cost = to_cost("cost", cost)?;
         match self.shared.try_acquire(py, key, &[cost])? {
             Decision::Allowed => Ok(()),
-            Decision::Denied { retry_after } => Err(exceeded(py, key, retry_after)),
+            Decision::Denied { retry_after } => Err(rate_limit_exceeded(py, key, retry_after)),
         }
     }
 
@@ -474,14 +458,14 @@ impl MultiRateLimiter {
             names.push(name);
         }
         let max_keys = to_max_keys(max_keys)?;
-        let clock = callable_clock(clock)?;
+        let clock = Clock::from_arg(clock.as_ref())?;
         let sharing = StoreArgs {
             store: store.as_ref(),
             name,
             on_store_error,
             local_share,
             deny_cache,
-            clock_given: clock.is_some(),
+            clock_given: !clock.is_monotonic(),
         };
         let (remote, local) = limiter_store::attach(sharing, parsed, max_keys)?;
         let core = Gcra::new(local, max_keys).map_err(value_error)?;
@@ -545,7 +529,7 @@ impl MultiRateLimiter {
         let costs = self.costs(costs)?;
         match self.shared.try_acquire(py, key, &costs)? {
             Decision::Allowed => Ok(()),
-            Decision::Denied { retry_after } => Err(exceeded(py, key, retry_after)),
+            Decision::Denied { retry_after } => Err(rate_limit_exceeded(py, key, retry_after)),
         }
     }
 

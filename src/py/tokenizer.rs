@@ -9,7 +9,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use rayon::prelude::*;
 
 use crate::models;
-use crate::py::errors::{new_error, type_error, unknown_model, value_error};
+use crate::py::errors::{type_error, unknown_encoding, unknown_model, unknown_token, value_error};
 use crate::tokens::{self, EncodingName, Side, SpecialSet};
 
 #[pyclass(frozen, module = "llmedge._core")]
@@ -18,17 +18,7 @@ pub struct Tokenizer {
 }
 
 fn parse_encoding(py: Python<'_>, name: &str) -> PyResult<EncodingName> {
-    EncodingName::parse(name).ok_or_else(|| {
-        let allowed: Vec<&str> = EncodingName::ALL.iter().map(|e| e.as_str()).collect();
-        new_error(
-            py,
-            "UnknownEncodingError",
-            (format!(
-                "unknown encoding {name:?}; expected one of {}",
-                allowed.join(", ")
-            ),),
-        )
-    })
+    EncodingName::parse(name).ok_or_else(|| unknown_encoding(py, None, name))
 }
 
 fn model_encoding(py: Python<'_>, model: &str) -> PyResult<&'static tokens::Encoding> {
@@ -132,10 +122,6 @@ fn ids_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
         }
     }
     Ok(ids)
-}
-
-fn unknown_token(py: Python<'_>, msg: &str, token: i128) -> PyErr {
-    new_error(py, "UnknownTokenError", (msg.to_owned(), token))
 }
 
 /// `allowed_special` / `disallowed_special`: `"all"` or a collection of str.

@@ -105,7 +105,8 @@ fn script() -> &'static Script {
 pub struct RedisGcra {
     limits: Vec<Limit>,
     name: String,
-    fields: Vec<String>,
+    /// Per limit: the hash field, interval and tau (µs), formatted once.
+    static_args: Vec<[String; 3]>,
 }
 
 impl RedisGcra {
@@ -122,15 +123,25 @@ impl RedisGcra {
             }
             None => default_name(&limits),
         };
-        let fields = if limits.len() == 1 && limits[0].name.is_empty() {
-            vec!["tat".to_owned()]
-        } else {
-            limits.iter().map(|l| l.name.clone()).collect()
-        };
+        let single = limits.len() == 1 && limits[0].name.is_empty();
+        let static_args = limits
+            .iter()
+            .map(|l| {
+                [
+                    if single {
+                        "tat".to_owned()
+                    } else {
+                        l.name.clone()
+                    },
+                    format!("{:.17e}", l.interval() * 1e6),
+                    format!("{:.17e}", l.tau() * 1e6),
+                ]
+            })
+            .collect();
         Ok(RedisGcra {
             limits,
             name,
-            fields,
+            static_args,
         })
     }
 
@@ -147,16 +158,12 @@ impl RedisGcra {
         store.key(&format!("rl:{}:{{{user_key}}}", self.name))
     }
 
-    fn args(&self, mode: &str, now_us: Option<f64>, per_limit: &[u64]) -> Vec<String> {
+    fn args<'a>(&'a self, mode: &'a str, now_us: &'a str, counts: &'a [String]) -> Vec<&'a str> {
         let mut args = Vec::with_capacity(3 + 4 * self.limits.len());
-        args.push(mode.to_owned());
-        args.push(now_us.map_or_else(String::new, |t| format!("{t:.17e}")));
-        args.push(self.limits.len().to_string());
-        for ((l, f), v) in self.limits.iter().zip(&self.fields).zip(per_limit) {
-            args.push(f.clone());
-            args.push(format!("{:.17e}", l.interval() * 1e6));
-            args.push(format!("{:.17e}", l.tau() * 1e6));
-            args.push(v.to_string());
+        args.extend([mode, now_us, counts[0].as_str()]);
+        for (fixed, v) in self.static_args.iter().zip(&counts[1..]) {
+            args.extend(fixed.iter().map(String::as_str));
+            args.push(v);
         }
         args
     }
@@ -170,7 +177,12 @@ impl RedisGcra {
         per_limit: &[u64],
     ) -> Result<Vec<Value>, StoreError> {
         let key = self.key(store, user_key);
-        let args = self.args(mode, now_us, per_limit);
+        let now_us = now_us.map_or_else(String::new, |t| format!("{t:.17e}"));
+        // The limit count, then each limit's cost (or burst).
+        let counts: Vec<String> = std::iter::once(self.limits.len().to_string())
+            .chain(per_limit.iter().map(u64::to_string))
+            .collect();
+        let args = self.args(mode, &now_us, &counts);
         match store.eval_blocking(script(), &[key.as_str()], &args)? {
             Value::Array(items) if items.len() >= 2 => Ok(items),
             other => Err(StoreError::Reply(format!(

@@ -21,6 +21,7 @@
 //! threads (`&'static`).
 
 mod bpe;
+pub mod chunked;
 pub mod hot;
 mod pretok;
 mod special;

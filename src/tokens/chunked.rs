@@ -1,13 +1,15 @@
-//! Exact, incremental token counting for the compression loop.
+//! Exact, incremental token counting by pieces, for texts counted again and
+//! again: prompt compression (which counts the text once and then once more
+//! after every step that changed it, and most steps change a few words) and
+//! the memo of message counts.
 //!
-//! Compression counts the text once and then once more after every step that
-//! changed it, and most steps change a few words. For the encodings whose
-//! pre-tokenisation regex is known to split at them (`o200k_base`,
-//! `o200k_harmony`, `cl100k_base`), the text is cut at four kinds of positions
-//! where a pre-token always ends, and the count is the sum of the counts of
-//! the pieces. Word-sized pieces are memoised per thread (bounded, cleared
-//! when full) and longer ones for the life of one compression, so counting
-//! again after a step that changed a few words costs a lookup per piece:
+//! For the encodings whose pre-tokenisation regex is known to split at them
+//! (`o200k_base`, `o200k_harmony`, `cl100k_base`), the text is cut at four
+//! kinds of positions where a pre-token always ends, and the count is the sum
+//! of the counts of the pieces. Word-sized pieces are memoised per thread
+//! (bounded, cleared when full) and longer ones for the life of one
+//! [`ChunkCounter`] (one compression), so counting again after a step that
+//! changed a few words costs a lookup per piece:
 //!
 //! * after `\n` when the next byte is printable ASCII other than `/` (no
 //!   pre-token pattern continues past a newline into a non-space, except the
@@ -36,8 +38,8 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use crate::tokens::hot::{self, HotCounts};
-use crate::tokens::{Encoding, EncodingName};
+use super::hot::{self, HotCounts};
+use super::{Encoding, EncodingName};
 
 /// Pieces up to this many bytes are remembered per thread across calls (most
 /// are single words); longer ones only for the current compression.
@@ -203,7 +205,7 @@ impl ChunkCounter {
 /// encodings without safe cuts this is `enc.count(text)`.
 pub fn count_text(enc: &Encoding, text: &str) -> usize {
     // the process-wide encoding of that name (`enc` is it)
-    let enc = crate::tokens::encoding(enc.name());
+    let enc = super::encoding(enc.name());
     ChunkCounter {
         enc,
         slot: ChunkCounter::slot_of(enc),
@@ -212,17 +214,14 @@ pub fn count_text(enc: &Encoding, text: &str) -> usize {
     .count_with(text, false)
 }
 
-impl crate::prompt::Counter for ChunkCounter {
-    fn count(&mut self, text: &str) -> usize {
-        ChunkCounter::count(self, text)
-    }
-
+impl ChunkCounter {
+    /// Exact token count of `new`, given that `old` has `old_count` tokens.
     /// Counts only the pieces around what changed: `old` and `new` share a
     /// prefix and a suffix, so the pieces that end at a cut (in both texts)
     /// inside the shared prefix, or start at one inside the shared suffix, are
     /// the same pieces in both texts; `new` has `old_count` tokens minus those
     /// of the old pieces in between plus those of the new ones.
-    fn recount(&mut self, old: &str, old_count: usize, new: &str) -> usize {
+    pub fn recount(&mut self, old: &str, old_count: usize, new: &str) -> usize {
         if self.slot.is_none() {
             return self.count(new);
         }
@@ -459,7 +458,6 @@ mod tests {
 
     #[test]
     fn indentation_cuts_keep_counts_exact() {
-        use crate::prompt::Counter;
         // runs of blanks between newlines, printable characters, other
         // whitespace and letters, cut, counted and recounted after edits
         let alphabet = [
@@ -487,7 +485,7 @@ mod tests {
                 }
                 let mut next = text.clone();
                 next.insert_str(i, alphabet[rand(alphabet.len())]);
-                let m = Counter::recount(&mut c, &text, whole, &next);
+                let m = c.recount(&text, whole, &next);
                 assert_eq!(m, enc.count(&next), "{name:?} {text:?} -> {next:?}");
             }
         }
@@ -495,7 +493,6 @@ mod tests {
 
     #[test]
     fn recounts_equal_whole_counts() {
-        use crate::prompt::Counter;
         let base = "Hello world, this is a test.\nNext line here\n  indented\n- item\n/path\n\
                     {\"a\": 1}\n日本語 テキスト and English\nI'm sure they'll say \"don't\" 12 34";
         let edits: &[(&str, &str)] = &[
@@ -517,7 +514,7 @@ mod tests {
             let mut n = c.count(&cur);
             for (from, to) in edits {
                 let next = cur.replacen(from, to, 1);
-                let m = Counter::recount(&mut c, &cur, n, &next);
+                let m = c.recount(&cur, n, &next);
                 assert_eq!(m, enc.count(&next), "{name:?} {next:?}");
                 cur = next;
                 n = m;
@@ -536,7 +533,7 @@ mod tests {
                     } else {
                         next.insert_str(i, ins);
                     }
-                    let m = Counter::recount(&mut c, text, whole, &next);
+                    let m = c.recount(text, whole, &next);
                     assert_eq!(m, enc.count(&next), "{name:?} {next:?}");
                 }
             }
@@ -581,14 +578,16 @@ mod tests {
     }
 }
 
+/// Timings on local data (ignored tests, run by hand); the helpers serve
+/// `prompt`'s timing of compression too.
 #[cfg(test)]
-mod timing {
+pub(crate) mod timing {
     use super::*;
-    use crate::prompt::{compress, Level, Step};
     use crate::tokens::encoding;
     use std::time::Instant;
 
-    fn best<T>(reps: usize, mut f: impl FnMut() -> T) -> (std::time::Duration, T) {
+    /// The best time of `reps` runs of `f`, and its last result.
+    pub(crate) fn best<T>(reps: usize, mut f: impl FnMut() -> T) -> (std::time::Duration, T) {
         let mut best = std::time::Duration::MAX;
         let mut out = None;
         for _ in 0..reps {
@@ -602,49 +601,13 @@ mod timing {
 
     /// A JSON list of strings from `path`, for the timing tests below (they
     /// do nothing without it).
-    fn texts_from(path: &str) -> Option<Vec<String>> {
+    pub(crate) fn texts_from(path: &str) -> Option<Vec<String>> {
         serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
     }
 
     /// Total of the texts' counts by pieces, each with a fresh counter.
-    fn piece_total(enc: &'static Encoding, texts: &[String]) -> usize {
+    pub(crate) fn piece_total(enc: &'static Encoding, texts: &[String]) -> usize {
         texts.iter().map(|p| ChunkCounter::new(enc).count(p)).sum()
-    }
-
-    /// `cargo test --release --lib timing -- --ignored --nocapture` with
-    /// /tmp/prompts.json (a JSON list of strings): where compression spends
-    /// its time (best of several passes, per-thread caches warm).
-    #[test]
-    #[ignore]
-    fn where_the_time_goes() {
-        let Some(prompts) = texts_from("/tmp/prompts.json") else {
-            return;
-        };
-        let reps: usize = std::env::var("REPS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(9);
-        let enc = encoding(EncodingName::O200kBase);
-        enc.count("warm up");
-        let (t, n) = best(reps, || prompts.iter().map(|p| enc.count(p)).sum::<usize>());
-        println!("whole count {n}: {t:?}");
-        let (t, n) = best(reps, || piece_total(enc, &prompts));
-        println!("piece count {n}: {t:?}");
-        for step in Step::ALL {
-            let (t, n) = best(reps, || {
-                prompts.iter().map(|p| step.apply(p).len()).sum::<usize>()
-            });
-            println!("rule {:>10} {n}: {t:?}", step.name());
-        }
-        for level in [Level::Lossless, Level::Balanced, Level::Aggressive] {
-            let (t, n) = best(reps, || {
-                prompts
-                    .iter()
-                    .map(|p| compress(p, level, None, ChunkCounter::new(enc)).tokens_after)
-                    .sum::<usize>()
-            });
-            println!("compress {level:?} {n}: {t:?}");
-        }
     }
 
     /// `cargo test --release --lib chat_texts -- --ignored --nocapture` with
