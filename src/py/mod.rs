@@ -13,5 +13,7 @@ pub mod models;
 pub mod prompt_optimizer;
 pub mod rate_limiter;
 pub mod redis_store;
+pub mod retry;
+pub mod route_selector;
 pub mod semantic_cache;
 pub mod tokenizer;
