@@ -27,9 +27,8 @@ fn error_class<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, 
 }
 
 /// A `PyErr` of class `llmedge.errors.<name>` built from `args`. Bindings
-/// call the typed constructors below instead (`semantic_cache.rs` still names
-/// `CacheSnapshotError` here until it uses [`cache_snapshot_error`]).
-pub fn new_error<'py, A>(py: Python<'py>, name: &'static str, args: A) -> PyErr
+/// call the typed constructors below instead.
+fn new_error<'py, A>(py: Python<'py>, name: &'static str, args: A) -> PyErr
 where
     A: pyo3::call::PyCallArgs<'py>,
 {
@@ -93,6 +92,12 @@ pub fn circuit_open(py: Python<'_>, name: &str, state: &str, retry_after: f64) -
 pub fn rate_limit_exceeded(py: Python<'_>, key: &str, retry_after: f64) -> PyErr {
     let msg = format!("rate limit exceeded for key {key:?}; retry after {retry_after:.3} s");
     new_error(py, "RateLimitExceeded", (msg, retry_after, key))
+}
+
+/// `llmedge.StoreError` with `msg` (Redis unusable, credentials refused,
+/// the store closed, or a value another program wrote with the wrong type).
+pub fn store_unusable(py: Python<'_>, msg: String) -> PyErr {
+    new_error(py, "StoreError", (msg,))
 }
 
 /// `CacheSnapshotError` with `msg`.

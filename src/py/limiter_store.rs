@@ -4,7 +4,7 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::py::errors::{new_error, type_error, value_error};
+use crate::py::errors::{store_unusable, type_error, value_error};
 use crate::py::redis_store::{store_error, RedisStore};
 use crate::resilience::{local_limits, Limit, OnStoreError, StoreLimiter};
 use crate::store::StoreError;
@@ -74,11 +74,7 @@ pub fn attach(
 pub fn limiter_error(py: Python<'_>, key: &str, e: StoreError) -> PyErr {
     match e {
         StoreError::Config(_) => store_error(py, e),
-        other => new_error(
-            py,
-            "StoreError",
-            (format!("rate limiter key {key:?}: {other}"),),
-        ),
+        other => store_unusable(py, format!("rate limiter key {key:?}: {other}")),
     }
 }
 

@@ -3,7 +3,9 @@
 pub mod cache_hit;
 pub mod circuit_breaker;
 pub mod clock;
+pub mod convert;
 pub mod cost;
+pub mod embedder;
 pub mod errors;
 pub mod guard;
 pub mod hashing_embedder;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::py::errors::{new_error, type_error, value_error};
+use crate::py::errors::{store_unusable, type_error, value_error};
 use crate::store::{Counters, Store, StoreConfig, StoreError};
 
 /// A `StoreError` as a Python exception: configuration problems are
@@ -15,7 +15,7 @@ use crate::store::{Counters, Store, StoreConfig, StoreError};
 pub fn store_error(py: Python<'_>, e: StoreError) -> PyErr {
     match e {
         StoreError::Config(msg) => value_error(msg),
-        other => new_error(py, "StoreError", (other.to_string(),)),
+        other => store_unusable(py, other.to_string()),
     }
 }
 
