@@ -791,8 +791,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "saved_by_optimizer": service.saved_by_optimizer,
         },
         rate_limits=[service.rate_limit] if service.rate_limit else [],
-        stores={"redis": service.store} if service.store else None,
         routers={"chat": service.router},
+        stores={"redis": service.store} if service.store else None,
     )
     app.state.monitor = monitor
     monitor.install(app)

@@ -123,7 +123,9 @@ class CircuitBreaker(_core.CircuitBreaker):
     def _wrap_async(self, fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         async def guarded(*args: Any, **kwargs: Any) -> T:
             try:
-                permit = await self._acquire_async()
+                permit = self._try_acquire()
+                if permit is None:  # a probe lease from Redis: off the event loop
+                    permit = await asyncio.to_thread(self._acquire)
             except CircuitOpenError:
                 result = self._rejected(args, kwargs)
                 if inspect.isawaitable(result):
@@ -171,14 +173,6 @@ class CircuitBreaker(_core.CircuitBreaker):
 
         return guarded
 
-    async def _acquire_async(self) -> _Permit:
-        """``_acquire`` that never blocks the event loop: with a store, the
-        half-open probe lease (a Redis round trip) is taken in a thread."""
-        permit = self._try_acquire()
-        if permit is None:
-            permit = await asyncio.to_thread(self._acquire)
-        return permit
-
     # -- one-off calls -----------------------------------------------------
 
     def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -211,7 +205,9 @@ class CircuitBreaker(_core.CircuitBreaker):
             self._on_error(permit, exc)
 
     async def __aenter__(self) -> CircuitBreaker:
-        permit = await self._acquire_async()
+        permit = self._try_acquire()
+        if permit is None:  # a probe lease from Redis: off the event loop
+            permit = await asyncio.to_thread(self._acquire)
         self._stack.set((*self._stack.get(), permit))
         return self
 

@@ -94,12 +94,13 @@ pub fn rate_limit_exceeded(py: Python<'_>, key: &str, retry_after: f64) -> PyErr
     new_error(py, "RateLimitExceeded", (msg, retry_after, key))
 }
 
+/// `llmedge.StoreError` with `msg` (Redis unusable, credentials refused,
+/// the store closed, or a value another program wrote with the wrong type).
+pub fn store_unusable(py: Python<'_>, msg: String) -> PyErr {
+    new_error(py, "StoreError", (msg,))
+}
+
 /// `CacheSnapshotError` with `msg`.
 pub fn cache_snapshot_error(py: Python<'_>, msg: String) -> PyErr {
     new_error(py, "CacheSnapshotError", (msg,))
-}
-
-/// `StoreError` with `msg`.
-pub fn store_error(py: Python<'_>, msg: String) -> PyErr {
-    new_error(py, "StoreError", (msg,))
 }

@@ -113,11 +113,10 @@ class Monitor:
     :class:`llmedge.SemanticCache` (or anything with ``stats()``) and
     :class:`llmedge.CostTracker` (anything with ``summary()``);
     ``rate_limits``: the :class:`RateLimit` dependencies whose rejections to
-    count; ``stores``: one :class:`llmedge.RedisStore` or a name mapping
-    (``health()`` in ``/health``, its counters in ``/metrics``); ``routers``:
-    one :class:`llmedge.Router` or a name mapping of them (their ``stats()``
-    per upstream). Each monitor has its own ``CollectorRegistry``
-    (``.registry``).
+    count; ``routers``: one :class:`llmedge.Router` or a name mapping of them
+    (their ``stats()`` per upstream); ``stores``: one :class:`llmedge.RedisStore`
+    or a name mapping (``health()`` in ``/health``, its counters in
+    ``/metrics``). Each monitor has its own ``CollectorRegistry`` (``.registry``).
 
     Health: ``unhealthy`` (HTTP 503) when every breaker is open, ``degraded``
     when some breaker is open or half-open or a store is disconnected (its
@@ -131,8 +130,8 @@ class Monitor:
         caches: Any = None,
         costs: Any = None,
         rate_limits: Iterable[RateLimit] = (),
-        stores: Any = None,
         routers: Any = None,
+        stores: Any = None,
         namespace: str = "llmedge",
         buckets: Iterable[float] = DEFAULT_BUCKETS,
     ) -> None:
@@ -193,7 +192,7 @@ class Monitor:
         return (
             f"Monitor(breakers={sorted(self.breakers())!r}, caches={sorted(self.caches)!r}, "
             f"costs={sorted(self.costs)!r}, rate_limits={len(self.rate_limits)}, "
-            f"stores={sorted(self.stores)!r}, routers={sorted(self.routers)!r})"
+            f"routers={sorted(self.routers)!r}, stores={sorted(self.stores)!r})"
         )
 
     def breakers(self) -> dict[str, Any]:

@@ -534,6 +534,26 @@ mod tests {
     }
 
     #[test]
+    fn adopting_a_state_decided_elsewhere() {
+        let mut b = Breaker::new(cfg(), 0.0);
+        call(&mut b, 0.0, true);
+        b.adopt(State::Open, 1.0, 4.0, 20.0, 3);
+        let r = b.acquire(2.0).expect_err("open");
+        assert!((r.retry_after - 3.0).abs() < 1e-12);
+        let m = b.metrics(2.0);
+        assert_eq!((m.recovery_timeout, m.consecutive_failures), (20.0, 3));
+        let (p, t) = b.acquire(5.0).expect("a local probe");
+        assert_eq!(t.map(|t| t.to), Some(State::HalfOpen));
+        b.adopt(State::Closed, 6.0, 0.0, 10.0, 0);
+        assert!(
+            b.record(p, 6.0, true).is_none(),
+            "a permit from before the adoption"
+        );
+        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.metrics(6.0).calls, 2, "lifetime counters stay");
+    }
+
+    #[test]
     fn manual_states() {
         let mut b = Breaker::new(cfg(), 0.0);
         assert_eq!(b.force_open(0.0).map(|t| t.to), Some(State::ForcedOpen));

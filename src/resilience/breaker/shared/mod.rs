@@ -195,14 +195,6 @@ impl SharedBreaker {
         }
     }
 
-    pub fn name(&self) -> &str {
-        &self.shared.name
-    }
-
-    pub fn config(&self) -> &BreakerConfig {
-        &self.shared.cfg
-    }
-
     /// The state calls are decided by (the local one during a fallback).
     pub fn state(&self) -> State {
         self.shared.inner.lock().visible()
