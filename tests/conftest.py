@@ -31,33 +31,6 @@ class FakeClock:
         self.now += seconds
 
 
-@pytest.fixture
-def redis_server():
-    """A fresh, empty ``redis-server`` on a free port (see redis_support.RedisServer)."""
-    require_redis()
-    with RedisServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def _redis_cluster_module():
-    require_redis()
-    with RedisCluster() as cluster:
-        yield cluster
-
-
-@pytest.fixture
-def redis_cluster(_redis_cluster_module):
-    """A Redis Cluster of 3 masters + 3 replicas, started once per test module
-    (see redis_support.RedisCluster). After each test, killed nodes are restarted
-    and the data flushed, so the next test finds six healthy, empty nodes."""
-    cluster = _redis_cluster_module
-    yield cluster
-    if not all(s.running for s in cluster.servers) or not cluster.state_ok():
-        cluster.heal()
-    cluster.flushall()
-
-
 #: What a broken clock returns (or raises), the error a class that reads it
 #: must raise, and a pattern of that error's message (which names the value).
 BAD_CLOCK_READINGS = [
@@ -112,3 +85,30 @@ def upstreams(mocks):
     yield mocks
     for m in mocks:
         m.clear_faults()
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh, empty ``redis-server`` on a free port (see redis_support.RedisServer)."""
+    require_redis()
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def _redis_cluster_module():
+    require_redis()
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(_redis_cluster_module):
+    """A Redis Cluster of 3 masters + 3 replicas, started once per test module
+    (see redis_support.RedisCluster). After each test, killed nodes are restarted
+    and the data flushed, so the next test finds six healthy, empty nodes."""
+    cluster = _redis_cluster_module
+    yield cluster
+    if not all(s.running for s in cluster.servers) or not cluster.state_ok():
+        cluster.heal()
+    cluster.flushall()

@@ -27,9 +27,8 @@ fn error_class<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, 
 }
 
 /// A `PyErr` of class `llmedge.errors.<name>` built from `args`. Bindings
-/// call the typed constructors below instead (`semantic_cache.rs` still names
-/// `CacheSnapshotError` here until it uses [`cache_snapshot_error`]).
-pub fn new_error<'py, A>(py: Python<'py>, name: &'static str, args: A) -> PyErr
+/// call the typed constructors below instead.
+fn new_error<'py, A>(py: Python<'py>, name: &'static str, args: A) -> PyErr
 where
     A: pyo3::call::PyCallArgs<'py>,
 {
@@ -98,4 +97,9 @@ pub fn rate_limit_exceeded(py: Python<'_>, key: &str, retry_after: f64) -> PyErr
 /// `CacheSnapshotError` with `msg`.
 pub fn cache_snapshot_error(py: Python<'_>, msg: String) -> PyErr {
     new_error(py, "CacheSnapshotError", (msg,))
+}
+
+/// `StoreError` with `msg`.
+pub fn store_error(py: Python<'_>, msg: String) -> PyErr {
+    new_error(py, "StoreError", (msg,))
 }

@@ -4,8 +4,8 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::py::errors::{new_error, type_error, value_error};
-use crate::py::redis_store::{store_error, RedisStore};
+use crate::py::errors::{store_error, type_error, value_error};
+use crate::py::redis_store::{from_store_error, RedisStore};
 use crate::resilience::{local_limits, Limit, OnStoreError, StoreLimiter};
 use crate::store::StoreError;
 
@@ -73,12 +73,8 @@ pub fn attach(
 /// error, a failed `reset`), naming the limiter key.
 pub fn limiter_error(py: Python<'_>, key: &str, e: StoreError) -> PyErr {
     match e {
-        StoreError::Config(_) => store_error(py, e),
-        other => new_error(
-            py,
-            "StoreError",
-            (format!("rate limiter key {key:?}: {other}"),),
-        ),
+        StoreError::Config(_) => from_store_error(py, e),
+        other => store_error(py, format!("rate limiter key {key:?}: {other}")),
     }
 }
 

@@ -7,15 +7,15 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
-use crate::py::errors::{new_error, type_error, value_error};
+use crate::py::errors::{store_error, type_error, value_error};
 use crate::store::{Counters, Store, StoreConfig, StoreError};
 
 /// A `StoreError` as a Python exception: configuration problems are
 /// ValueErrors, everything else `llmedge.StoreError`.
-pub fn store_error(py: Python<'_>, e: StoreError) -> PyErr {
+pub fn from_store_error(py: Python<'_>, e: StoreError) -> PyErr {
     match e {
         StoreError::Config(msg) => value_error(msg),
-        other => new_error(py, "StoreError", (other.to_string(),)),
+        other => store_error(py, other.to_string()),
     }
 }
 
@@ -81,7 +81,7 @@ impl RedisStore {
             .map_err(value_error)?;
         let store = py
             .detach(|| Store::connect(config))
-            .map_err(|e| store_error(py, e))?;
+            .map_err(|e| from_store_error(py, e))?;
         Ok(RedisStore { store })
     }
 
@@ -90,7 +90,7 @@ impl RedisStore {
     fn ping(&self, py: Python<'_>) -> PyResult<f64> {
         py.detach(|| self.store.ping_blocking())
             .map(|d| d.as_secs_f64())
-            .map_err(|e| store_error(py, e))
+            .map_err(|e| from_store_error(py, e))
     }
 
     /// Connection state, last error, round-trip percentiles and counters.
