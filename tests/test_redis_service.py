@@ -138,3 +138,23 @@ def test_gunicorn_workers_share_their_breakers(redis_server):
                 pid: next(iter(h["breakers"].values()))["state"] for pid, h in healths(url).items()
             }
             assert set(states.values()) == {"open"}, states
+
+
+def test_settings_read_the_redis_environment(monkeypatch):
+    from test_chat_service import chat_app
+
+    monkeypatch.setenv("LLMEDGE_REDIS_URL", "redis://r:6379/0")
+    monkeypatch.setenv("LLMEDGE_REDIS_TIMEOUT", "0.2")
+    monkeypatch.setenv("LLMEDGE_REDIS_LOCAL_SHARE", "4")
+    s = chat_app.Settings.from_env()
+    assert (s.redis_url, s.redis_timeout, s.redis_local_share) == ("redis://r:6379/0", 0.2, 4)
+    monkeypatch.setenv("LLMEDGE_REDIS_URL", "redis://a:7000, redis://b:7001,")
+    assert chat_app.Settings.from_env().redis_url == ["redis://a:7000", "redis://b:7001"]
+    monkeypatch.delenv("LLMEDGE_REDIS_URL")
+    assert chat_app.Settings.from_env().redis_url is None
+    with pytest.raises(ValueError, match="LLMEDGE_SERVICE_BACKEND=llmedge, got 'baseline'"):
+        chat_app.Settings(
+            upstreams=["http://x/v1"], backend="baseline", redis_url="redis://r"
+        ).validate()
+    with pytest.raises(ValueError, match="LLMEDGE_REDIS_LOCAL_SHARE.*0"):
+        chat_app.Settings(upstreams=["http://x/v1"], redis_local_share=0).validate()

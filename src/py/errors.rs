@@ -99,7 +99,8 @@ pub fn cache_snapshot_error(py: Python<'_>, msg: String) -> PyErr {
     new_error(py, "CacheSnapshotError", (msg,))
 }
 
-/// `StoreError` with `msg`.
+/// `llmedge.StoreError` with `msg` (Redis unusable, credentials refused,
+/// the store closed, or a value another program wrote with the wrong type).
 pub fn store_error(py: Python<'_>, msg: String) -> PyErr {
     new_error(py, "StoreError", (msg,))
 }
