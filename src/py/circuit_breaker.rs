@@ -13,7 +13,7 @@ use crate::py::clock::{monotonic, Clock};
 use crate::py::errors::{circuit_open, value_error};
 use crate::py::redis_store::RedisStore;
 use crate::resilience::breaker::shared::{Admission, SharedBreaker};
-use crate::resilience::{Breaker, BreakerConfig, Permit, Rejection, Transition, WindowType};
+use crate::resilience::{Breaker, BreakerConfig, Permit, Transition, WindowType};
 
 /// Logs `err` on the "llmedge" logger; never raises.
 pub fn log_error(py: Python<'_>, msg: &str, err: &PyErr) {
@@ -167,7 +167,9 @@ impl CircuitBreaker {
                 Admission::NeedsLease => py.detach(|| s.acquire_lease_blocking(monotonic())),
             };
             self.fire_shared(py, s);
-            return Ok(res.map_err(|r| self.rejection_error(py, r)));
+            return Ok(
+                res.map_err(|r| circuit_open(py, &self.name, r.state.as_str(), r.retry_after))
+            );
         }
         let res = if self.clock.is_monotonic() {
             // The Rust clock calls no Python, so it may be read under the lock,
@@ -184,12 +186,13 @@ impl CircuitBreaker {
                 self.fire(py, t);
                 Ok(Ok(permit))
             }
-            Err(r) => Ok(Err(self.rejection_error(py, r))),
+            Err(r) => Ok(Err(circuit_open(
+                py,
+                &self.name,
+                r.state.as_str(),
+                r.retry_after,
+            ))),
         }
-    }
-
-    fn rejection_error(&self, py: Python<'_>, r: Rejection) -> PyErr {
-        circuit_open(py, &self.name, r.state.as_str(), r.retry_after)
     }
 
     /// Records a finished call: `failed` None means "no outcome" (release).
@@ -579,7 +582,12 @@ impl CircuitBreaker {
             self.fire_shared(py, s);
             return match res {
                 Admission::Admitted(permit) => Ok(Some(PyPermit { permit })),
-                Admission::Rejected(r) => Err(self.rejection_error(py, r)),
+                Admission::Rejected(r) => Err(circuit_open(
+                    py,
+                    &self.name,
+                    r.state.as_str(),
+                    r.retry_after,
+                )),
                 Admission::NeedsLease => Ok(None),
             };
         }

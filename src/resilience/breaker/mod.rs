@@ -146,18 +146,7 @@ impl Breaker {
     pub fn acquire(&mut self, now: f64) -> Result<(Permit, Option<Transition>), Rejection> {
         let mut transition = None;
         match self.state {
-            State::Closed | State::Disabled => {
-                return Ok((
-                    Permit {
-                        epoch: self.epoch,
-                        probe: false,
-                        start: now,
-                        lease: 0,
-                        shared: false,
-                    },
-                    None,
-                ));
-            }
+            State::Closed | State::Disabled => return Ok((self.plain_permit(now), None)),
             State::ForcedOpen => {
                 self.rejections += 1;
                 return Err(Rejection {
@@ -198,8 +187,8 @@ impl Breaker {
         }
     }
 
-    /// A closed-state permit of the current epoch started at `start`: how a
-    /// shared breaker feeds this process's outcomes to its local shadow.
+    /// A closed-state permit of the current epoch started at `start` (also
+    /// how a shared breaker feeds this process's outcomes to its local shadow).
     pub fn plain_permit(&self, start: f64) -> Permit {
         Permit {
             epoch: self.epoch,
