@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +20,9 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from conftest import ANSWER_TOKENS  # noqa: E402
-from test_chat_service import BACKENDS, ROOT, SERVICE, chat_app, expected  # noqa: E402
+from test_chat_service import BACKENDS, SERVICE, chat_app, expected  # noqa: E402
 
+import llmedge  # noqa: E402
 from llmedge.testing import MockLLM  # noqa: E402
 
 # ---------------------------------------------------------------------------
@@ -39,8 +41,10 @@ def test_runs_under_gunicorn_with_two_workers(upstreams):
     pytest.importorskip("gunicorn")
     port = _free_port()
     env = dict(os.environ)
+    # the llmedge this test imports (the checkout's editable package or an
+    # installed wheel), whichever directory gunicorn runs in
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "python"), *filter(None, [env.get("PYTHONPATH")])]
+        [str(Path(llmedge.__file__).parents[1]), *filter(None, [env.get("PYTHONPATH")])]
     )
     env["LLMEDGE_UPSTREAMS"] = upstreams[0].base_url
     cmd = [
