@@ -10,6 +10,7 @@ pub mod models;
 pub mod prompt;
 pub mod py;
 pub mod resilience;
+pub mod routing;
 pub mod tokens;
 
 use pyo3::prelude::*;
@@ -24,6 +25,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::cost::register(m)?;
     py::circuit_breaker::register(m)?;
     py::rate_limiter::register(m)?;
+    py::retry::register(m)?;
+    py::route_selector::register(m)?;
     py::guard::register(m)?;
     py::hashing_embedder::register(m)?;
     py::prompt_optimizer::register(m)?;

@@ -14,9 +14,10 @@ breakers, limiter and counters.
 Per request: rate limit (per API key, else per client address), history cut
 to the last 4 messages and to the model's context budget, a semantic cache
 lookup partitioned by model, sampling parameters, system prompt and earlier
-turns, then the upstreams in order of preference, each behind its own circuit breaker (5xx,
-429, timeouts and connection errors are failures and move on to the next
-upstream; other 4xx are the caller's and are passed back). Streams forward the
+turns, then the upstreams in order of preference through an ``llmedge.Router``,
+each behind its own circuit breaker (5xx, 429, timeouts and connection errors
+are failures and move on to the next upstream; other 4xx are the caller's and
+are passed back). Streams forward the
 first token as soon as it arrives and are cached only when they completed.
 
 Configuration (environment):
@@ -58,7 +59,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -67,14 +67,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import llmedge
 from llmedge.fastapi import (
-    IncompleteStreamError,
     Monitor,
     OpenAIError,
     RateLimit,
     cache_on_complete,
     event_content,
     openai_error_body,
-    parse_openai_events,
     replay,
     sse_event,
     sse_response,
@@ -245,26 +243,8 @@ _UNCACHEABLE = (
 
 
 # ---------------------------------------------------------------------------
-# Upstreams
+# Upstreams: an llmedge.Router, in order of preference
 # ---------------------------------------------------------------------------
-
-
-class UpstreamError(Exception):
-    """A failure of one upstream (5xx, 429, timeout, connection): try the next."""
-
-    def __init__(self, message: str, status: int | None = None, timeout: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.timeout = timeout
-
-
-class UpstreamClientError(Exception):
-    """A 4xx other than 429: the caller's fault, passed back, not a breaker failure."""
-
-    def __init__(self, status: int, body: Any) -> None:
-        super().__init__(f"upstream answered {status}")
-        self.status = status
-        self.body = body
 
 
 def _digest(value: Any) -> str:
@@ -272,93 +252,40 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def _status_error(r: httpx.Response, url: str, body: Any) -> Exception:
-    if r.status_code >= 500 or r.status_code == 429:
-        return UpstreamError(f"{url} answered {r.status_code}", status=r.status_code)
-    return UpstreamClientError(r.status_code, body)
-
-
-def _error_json(raw: bytes) -> Any:
-    try:
-        import json
-
-        return json.loads(raw)
-    except ValueError:
-        return openai_error_body(raw.decode("utf-8", "replace")[:500], "upstream_error")
-
-
-class Upstream:
-    def __init__(self, index: int, base_url: str, service: Service) -> None:
-        self.index = index
-        self.base_url = base_url
-        self.url = base_url + "/chat/completions"
-        self.service = service
-        self.breaker = service.backend.breaker(
-            f"upstream-{index}:{base_url}",
-            exclude=(UpstreamClientError,),
-            failure_threshold=service.settings.breaker_failures,
-            recovery_timeout=service.settings.breaker_recovery,
-            failure_rate_threshold=service.settings.breaker_failure_rate,
+def make_router(settings: Settings, backend: Any) -> llmedge.Router:
+    """The upstreams in order of preference, each behind the backend's breaker
+    (5xx, 429, timeouts and connection errors fail over to the next; other 4xx
+    are the caller's and are passed back)."""
+    s = settings
+    upstreams = []
+    for i, url in enumerate(s.upstreams):
+        breaker = backend.breaker(
+            f"upstream-{i}:{url}",
+            exclude=(llmedge.UpstreamClientError,),
+            failure_threshold=s.breaker_failures,
+            recovery_timeout=s.breaker_recovery,
+            failure_rate_threshold=s.breaker_failure_rate,
             window_size=20,
             minimum_calls=10,
         )
-        self.stream = self.breaker.stream(self._stream)
-
-    async def complete(self, body: dict[str, Any]) -> dict[str, Any]:
-        client = self.service.client
-        try:
-            r = await asyncio.wait_for(
-                client.post(self.url, json=body), self.service.settings.total_timeout
+        upstreams.append(
+            llmedge.Upstream(
+                url,
+                name=f"upstream-{i}",
+                breaker=breaker,
+                connect_timeout=s.connect_timeout,
+                read_timeout=s.read_timeout,
+                timeout=s.total_timeout,
             )
-        except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
-            raise UpstreamError(f"{self.base_url} timed out: {exc!r}", timeout=True) from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"{self.base_url} failed: {exc!r}") from exc
-        if r.status_code >= 400:
-            raise _status_error(r, self.base_url, _error_json(r.content))
-        try:
-            data = r.json()
-            message = data["choices"][0]["message"]
-            usage = data.get("usage")
-            ok = isinstance(message, dict) and (
-                usage is None
-                or (
-                    isinstance(usage, dict)
-                    and all(
-                        isinstance(usage.get(k, 0), int)
-                        for k in ("prompt_tokens", "completion_tokens")
-                    )
-                )
-            )
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-            raise UpstreamError(f"{self.base_url} sent a malformed completion") from exc
-        if not ok:
-            raise UpstreamError(f"{self.base_url} sent a malformed completion")
-        return data
-
-    async def _stream(self, body: dict[str, Any], usage: dict[str, Any]) -> AsyncIterator[Any]:
-        """The events (``chat.completion.chunk`` dicts) of the upstream's stream."""
-        client = self.service.client
-        try:
-            async with client.stream("POST", self.url, json=body) as r:
-                if r.status_code >= 400:
-                    raw = await r.aread()
-                    raise _status_error(r, self.base_url, _error_json(raw))
-                events = parse_openai_events(r.aiter_lines(), on_usage=usage.update)
-                try:
-                    async for event in events:
-                        yield event
-                finally:
-                    await events.aclose()
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(f"{self.base_url} timed out: {exc!r}", timeout=True) from exc
-        except (httpx.HTTPError, IncompleteStreamError) as exc:
-            raise UpstreamError(f"{self.base_url} failed: {exc}") from exc
+        )
+    # one pass over the upstreams: falling back to the next is no retry
+    retry = llmedge.Retry(len(upstreams))
+    return llmedge.Router(upstreams, strategy="ordered", retry=retry, name="chat")
 
 
-def _all_failed(open_retry: list[float], errors: list[UpstreamError]) -> OpenAIError:
-    if not errors:
-        seconds = max(1, math.ceil(min(open_retry))) if open_retry else 1
+def _all_failed(exc: llmedge.AllUpstreamsFailedError) -> OpenAIError:
+    if not exc.errors:
+        seconds = max(1, math.ceil(exc.retry_after or 0))
         return OpenAIError(
             503,
             "every upstream is unavailable (circuit open); retry later",
@@ -366,14 +293,23 @@ def _all_failed(open_retry: list[float], errors: list[UpstreamError]) -> OpenAIE
             code="circuit_open",
             headers={"Retry-After": str(seconds)},
         )
-    last = errors[-1]
-    status = 504 if last.timeout else 502
     return OpenAIError(
-        status,
-        "every upstream failed: " + "; ".join(str(e) for e in errors),
+        504 if exc.timeout else 502,
+        "every upstream failed: " + "; ".join(str(e) for e in exc.errors),
         type="upstream_error",
-        code="upstream_timeout" if last.timeout else "upstream_failed",
+        code="upstream_timeout" if exc.timeout else "upstream_failed",
     )
+
+
+@contextlib.asynccontextmanager
+async def _routed() -> AsyncIterator[None]:
+    """The Router's failures as the service's HTTP errors."""
+    try:
+        yield
+    except llmedge.UpstreamClientError as exc:
+        raise _Passthrough(JSONResponse(exc.body, status_code=exc.status)) from None
+    except llmedge.AllUpstreamsFailedError as exc:
+        raise _all_failed(exc) from None
 
 
 # ---------------------------------------------------------------------------
@@ -400,8 +336,7 @@ class Service:
         self.backend = make_backend(
             settings.backend, threshold=settings.cache_threshold, ttl=settings.cache_ttl
         )
-        self.client: httpx.AsyncClient = None  # type: ignore[assignment]  # set in the lifespan
-        self.upstreams = [Upstream(i, u, self) for i, u in enumerate(settings.upstreams)]
+        self.router = make_router(settings, self.backend)
         self.costs = self.backend.cost_tracker()
         self.saved_by_cache = self.backend.cost_tracker()
         self.saved_by_optimizer = self.backend.cost_tracker()
@@ -535,62 +470,33 @@ class Service:
         )
         return u, float(cost)
 
-    async def complete(self, p: Prepared) -> tuple[str, dict, float, Upstream, dict]:
-        open_retry: list[float] = []
-        errors: list[UpstreamError] = []
-        for up in self.upstreams:
-            try:
-                data = await up.breaker.acall(up.complete, p.upstream_body)
-            except llmedge.CircuitOpenError as exc:
-                open_retry.append(exc.retry_after)
-                continue
-            except UpstreamError as exc:
-                errors.append(exc)
-                continue
-            except UpstreamClientError as exc:
-                return_error = JSONResponse(exc.body, status_code=exc.status)
-                raise _Passthrough(return_error) from None
-            choice = data["choices"][0]
-            content = choice["message"].get("content")
-            answer = content if isinstance(content, str) else ""
-            usage, cost = self.record(p, data.get("usage"), answer)
-            if (
-                p.prompt is not None
-                and answer
-                and not choice["message"].get("tool_calls")
-                and choice.get("finish_reason") in ("stop", "length")
-            ):
-                await self.backend.cache.aset(p.prompt, answer, partition=p.partition)
-            return answer, usage, cost, up, data
-        raise _all_failed(open_retry, errors)
+    def upstream(self, name: str) -> tuple[int, str]:
+        """(index, base URL) of the upstream the router calls ``name``."""
+        i = int(name.rsplit("-", 1)[1])
+        return i, self.settings.upstreams[i]
 
-    async def open_stream(self, p: Prepared) -> tuple[AsyncIterator[dict], Upstream, dict]:
-        """The first upstream that starts answering: its events, from the first."""
-        open_retry: list[float] = []
-        errors: list[UpstreamError] = []
-        for up in self.upstreams:
-            usage: dict[str, Any] = {}
-            try:
-                agen = up.stream(p.upstream_body, usage)
-            except llmedge.CircuitOpenError as exc:
-                open_retry.append(exc.retry_after)
-                continue
-            # Wait for the first token before committing to this upstream: one
-            # that accepts the request but stalls is left for the next, and the
-            # token is forwarded as soon as the response starts.
-            head: list[dict] = []
-            try:
-                async for event in agen:
-                    head.append(event)
-                    if _substantive(event):
-                        break
-            except UpstreamError as exc:
-                errors.append(exc)
-                continue
-            except UpstreamClientError as exc:
-                raise _Passthrough(JSONResponse(exc.body, status_code=exc.status)) from None
-            return _prepend(head, agen), up, usage
-        raise _all_failed(open_retry, errors)
+    async def complete(self, p: Prepared) -> tuple[str, dict, float, int, dict]:
+        async with _routed():
+            res = await self.router.achat(p.upstream_body)
+        data = res.body
+        choice = data["choices"][0]
+        content = choice["message"].get("content")
+        answer = content if isinstance(content, str) else ""
+        usage, cost = self.record(p, data.get("usage"), answer)
+        if (
+            p.prompt is not None
+            and answer
+            and not choice["message"].get("tool_calls")
+            and choice.get("finish_reason") in ("stop", "length")
+        ):
+            await self.backend.cache.aset(p.prompt, answer, partition=p.partition)
+        return answer, usage, cost, self.upstream(res.upstream)[0], data
+
+    async def open_stream(self, p: Prepared) -> tuple[llmedge.RouterStream, int]:
+        """The first upstream whose first token arrived: its events, from the first."""
+        async with _routed():
+            stream = await self.router.astream(p.upstream_body)
+        return stream, self.upstream(stream.upstream)[0]
 
     # -- single flight: identical non-streamed misses in flight share one call --
 
@@ -620,7 +526,7 @@ class Service:
                 raise
             return (answer, "exact") if answer else None
 
-    async def _lead(self, p: Prepared) -> tuple[str, dict, float, Upstream, dict]:
+    async def _lead(self, p: Prepared) -> tuple[str, dict, float, int, dict]:
         if p.prompt is None:
             return await self.complete(p)
         key = self._flight_key(p)
@@ -659,10 +565,11 @@ class Service:
         headers["X-LLMedge-Cache"] = "none"
         if not p.stream:
             answer, usage, cost, up, data = await self._lead(p)
-            headers["X-LLMedge-Upstream"] = str(up.index)
+            headers["X-LLMedge-Upstream"] = str(up)
             return self._json(fmt, cid, p, answer, "none", usage, cost, up, headers, data)
-        events, up, upstream_usage = await self.open_stream(p)
-        headers["X-LLMedge-Upstream"] = str(up.index)
+        events, up = await self.open_stream(p)
+        upstream_usage = events.usage
+        headers["X-LLMedge-Upstream"] = str(up)
         parts: list[str] = []
         tool_calls = []
 
@@ -678,6 +585,7 @@ class Service:
                         parts.append(text)
                         yield text
             finally:
+                await events.aclose()
                 # A stream cut by the upstream or abandoned by the client was
                 # still served up to here: cost what was received.
                 if parts or upstream_usage:
@@ -697,6 +605,13 @@ class Service:
 
     def _passthrough_sse(self, events, p, headers, parts, tool_calls, finish) -> Response:  # type: ignore[no-untyped-def]
         async def body() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in _body():
+                    yield chunk
+            finally:
+                await events.aclose()
+
+        async def _body() -> AsyncIterator[bytes]:
             try:
                 async for event in events:
                     if _has_tool_calls(event):
@@ -754,7 +669,7 @@ class Service:
                 "model": p.model,
                 "usage": usage,
                 "cost": cost,
-                "upstream": None if up is None else up.base_url,
+                "upstream": None if up is None else self.settings.upstreams[up],
             }
         else:
             body = {
@@ -780,27 +695,6 @@ def _has_tool_calls(event: dict[str, Any]) -> bool:
         (c.get("delta") or {}).get("tool_calls") or (c.get("delta") or {}).get("function_call")
         for c in event.get("choices") or ()
     )
-
-
-def _substantive(event: dict[str, Any]) -> bool:
-    """An event carrying the answer's start: content, a tool call or a finish."""
-    return (
-        bool(event_content(event))
-        or _has_tool_calls(event)
-        or any(c.get("finish_reason") for c in event.get("choices") or ())
-    )
-
-
-async def _prepend(head: list[dict], rest: AsyncIterator[dict]) -> AsyncIterator[dict]:
-    try:
-        for event in head:
-            yield event
-        async for event in rest:
-            yield event
-    finally:
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 class _Passthrough(Exception):
@@ -847,23 +741,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        s = service.settings
-        timeout = httpx.Timeout(
-            connect=s.connect_timeout,
-            read=s.read_timeout,
-            write=s.read_timeout,
-            pool=s.connect_timeout,
-        )
-        limits = httpx.Limits(max_connections=512, max_keepalive_connections=256)
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False) as client:
-            service.client = client
-            yield
-        service.client = None  # type: ignore[assignment]
+        yield
+        await service.router.aclose()
 
     app = FastAPI(title="llmedge reference chat service", lifespan=lifespan)
     app.state.service = service
     monitor = Monitor(
-        breakers=[u.breaker for u in service.upstreams],
+        breakers=service.router.breakers,
         caches={"chat": service.backend.cache},
         costs={
             "spent": service.costs,
@@ -871,6 +755,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "saved_by_optimizer": service.saved_by_optimizer,
         },
         rate_limits=[service.rate_limit] if service.rate_limit else [],
+        routers={"chat": service.router},
     )
     app.state.monitor = monitor
     monitor.install(app)

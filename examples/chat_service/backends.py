@@ -12,10 +12,11 @@ The interface (what ``app.py`` calls):
 
 * ``cache``: ``await get(prompt, partition) -> (response, kind) | None``,
   ``await aset(prompt, text, partition=...)``, ``stats()``;
-* ``breaker(name, exclude=...)``: an object with ``await acall(fn, *args)``,
-  ``stream(agen_fn) -> agen_fn`` (a stream is one call, admitted when called),
-  ``name``, ``state``, ``metrics()``, ``add_listener(fn)``; an open breaker
-  raises ``llmedge.CircuitOpenError`` (``.retry_after``);
+* ``breaker(name, exclude=...)``: a circuit breaker for ``llmedge.Router``
+  (the permit protocol ``_acquire()``, ``_on_success``, ``_on_error``,
+  ``_release``), with ``name``, ``state``, ``metrics()``,
+  ``add_listener(fn)``; an open breaker raises ``llmedge.CircuitOpenError``
+  (``.retry_after``);
 * ``limiter(requests=(rate, per, burst), tokens=...)``: for
   ``llmedge.fastapi.RateLimit(limiter=...)``;
 * ``fit(model, messages, max_tokens)``, ``count_messages(model, messages)``,
@@ -30,7 +31,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,7 @@ class LlmedgeBackend:
         self._lock = threading.Lock()
 
     def breaker(self, name: str, *, exclude: tuple[type[BaseException], ...], **config: Any) -> Any:
-        b = llmedge.CircuitBreaker(name, exclude=exclude, **config)
-        b.stream = b.__call__  # type: ignore[attr-defined]  # decorating an async generator
-        return b
+        return llmedge.CircuitBreaker(name, exclude=exclude, **config)
 
     def limiter(self, **limits: Any) -> Any:
         return llmedge.RateLimiter.multi(limits)
@@ -326,31 +325,18 @@ class _BaselineBreaker:
                 with contextlib.suppress(Exception):
                     fn(self.name, before, after)
 
-    async def acall(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        probe = self._admit()
-        try:
-            result = await fn(*args, **kwargs)
-        except BaseException as exc:
-            self._record(probe, exc)
-            raise
+    # The permit protocol llmedge.Router drives its breakers with.
+    def _acquire(self) -> bool:
+        return self._admit()
+
+    def _on_success(self, probe: bool) -> None:
         self._record(probe, None)
-        return result
 
-    def stream(self, fn: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        def guarded(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-            probe = self._admit()
-            return self._run(probe, fn(*args, **kwargs))
+    def _on_error(self, probe: bool, exc: BaseException) -> None:
+        self._record(probe, exc)
 
-        return guarded
-
-    async def _run(self, probe: bool, agen: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        try:
-            async for item in agen:
-                yield item
-        except BaseException as exc:
-            self._record(probe, exc)
-            raise
-        self._record(probe, None)
+    def _release(self, probe: bool) -> None:
+        self._record(probe, asyncio.CancelledError())
 
     def metrics(self) -> dict[str, Any]:
         with self.lock:

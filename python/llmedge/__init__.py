@@ -25,6 +25,7 @@ from llmedge._core import (
 )
 from llmedge.cache import CacheHit, SemanticCache, partition_key
 from llmedge.errors import (
+    AllUpstreamsFailedError,
     CacheSnapshotError,
     CircuitOpenError,
     ContextOverflowError,
@@ -33,6 +34,8 @@ from llmedge.errors import (
     UnknownEncodingError,
     UnknownModelError,
     UnknownTokenError,
+    UpstreamClientError,
+    UpstreamError,
 )
 from llmedge.resilience import (
     CircuitBreaker,
@@ -41,6 +44,8 @@ from llmedge.resilience import (
     breakers,
     get_breaker,
 )
+from llmedge.retry import Retry
+from llmedge.routing import Attempt, Router, RouterResponse, RouterStream, Upstream
 
 __version__: str = _core.__version__
 
@@ -72,6 +77,16 @@ __all__ = [
     "get_breaker",
     "CircuitOpenError",
     "RateLimitExceeded",
+    # retries and routing
+    "Retry",
+    "Router",
+    "Upstream",
+    "Attempt",
+    "RouterResponse",
+    "RouterStream",
+    "UpstreamError",
+    "UpstreamClientError",
+    "AllUpstreamsFailedError",
     # cache: guard and built-in embedder
     "HashingEmbedder",
     "guard_check",

@@ -18,6 +18,9 @@ __all__ = [
     "CircuitOpenError",
     "RateLimitExceeded",
     "CacheSnapshotError",
+    "UpstreamError",
+    "UpstreamClientError",
+    "AllUpstreamsFailedError",
     "IncompleteStreamError",
 ]
 
@@ -105,6 +108,69 @@ class CacheSnapshotError(LlmEdgeError, ValueError):
     """A semantic cache snapshot that cannot be loaded: made with another
     embedder or dimension, truncated, corrupted, or not a snapshot at all.
     The cache it was loaded into is left unchanged."""
+
+
+class UpstreamError(LlmEdgeError, ConnectionError):
+    """One upstream failed a call: HTTP 5xx or 429, a timeout, a connection
+    error, a malformed answer or a stream cut before its end.
+
+    ``upstream`` names it, ``status`` is the HTTP status (None when there was
+    no response), ``timeout`` tells a timeout, ``retry_after`` the seconds
+    the upstream asked to wait (its ``Retry-After``), or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        upstream: str = "",
+        status: int | None = None,
+        timeout: bool = False,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.upstream = upstream
+        self.status = status
+        self.timeout = timeout
+        self.retry_after = retry_after
+
+
+class UpstreamClientError(LlmEdgeError):
+    """An upstream rejected the request itself (HTTP 4xx other than 408 and
+    429): the caller's fault, so no other upstream is tried and no breaker
+    counts it. ``status`` and ``body`` (the upstream's JSON error, or its
+    text) are passed back as they came; ``upstream`` names it."""
+
+    def __init__(self, message: str, upstream: str = "", status: int = 400, body: object = None):
+        super().__init__(message)
+        self.upstream = upstream
+        self.status = status
+        self.body = body
+
+
+class AllUpstreamsFailedError(LlmEdgeError):
+    """No upstream answered: each failed, was unavailable (breaker open, rate
+    limit spent, cooling down after a 429) or the deadline passed.
+
+    ``attempts`` lists what was tried (:class:`llmedge.routing.Attempt`),
+    ``errors`` the :class:`UpstreamError` of each failed call (empty when
+    none was made), ``timeout`` whether the last failure was a timeout or the
+    deadline, and ``retry_after`` the seconds until an unavailable upstream
+    admits calls again (None when every upstream failed).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        attempts: list | None = None,
+        errors: list | None = None,
+        timeout: bool = False,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message)
+        self.attempts = list(attempts or [])
+        self.errors = list(errors or [])
+        self.timeout = timeout
+        self.retry_after = retry_after
 
 
 class IncompleteStreamError(LlmEdgeError, ConnectionError):

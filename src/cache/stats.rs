@@ -63,6 +63,20 @@ impl Stats {
     }
 }
 
+/// A cache's statistics at one moment: the counters and the store's size.
+#[derive(Clone)]
+pub struct CacheStats {
+    pub counters: Stats,
+    pub entries: usize,
+    pub partitions: usize,
+    pub memory_bytes: usize,
+    pub max_memory_bytes: usize,
+    pub index_slack_bytes: usize,
+    /// Partitions searched by a flat index and by an HNSW graph.
+    pub flat_indexes: usize,
+    pub hnsw_indexes: usize,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

@@ -1,8 +1,7 @@
 //! The in-process cache tier: entries, partitions with their own exact map and
 //! vector index, LRU order, TTL expiry, memory accounting and statistics.
 //!
-//! Pure Rust, no Python: the bindings convert values before calling in and
-//! hold the store's lock only around these calls.
+//! Single-threaded: `semantic::Cache` holds it behind its lock and drives it.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -15,8 +14,8 @@ use super::stats::Stats;
 
 const NIL: u32 = u32::MAX;
 
-/// The guard's signature: `Some(reason)` rejects a (query, candidate) pair.
-pub type GuardFn = dyn Fn(&str, &str) -> Option<GuardReason> + Sync;
+/// The guard of one lookup: `Some(reason)` rejects a candidate (by its prompt).
+pub type GuardFn<'a> = dyn FnMut(&str) -> Option<GuardReason> + 'a;
 /// Semantic candidates above the threshold tried, best first, before a
 /// lookup whose candidates the guard rejected is declared a miss.
 pub const SEMANTIC_CANDIDATES: usize = 4;
@@ -58,7 +57,7 @@ pub struct Found {
     pub exact: bool,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum StoreError {
     /// One entry alone is larger than the memory bound.
     TooLarge { bytes: usize, limit: usize },
@@ -90,33 +89,6 @@ pub struct EntryView<'a> {
     pub tags: &'a [Box<str>],
     pub age: f64,
     pub remaining: f64,
-}
-
-/// The storage interface the Python class drives; a shared tier (Redis) can
-/// implement it to back or replace the in-process one.
-pub trait CacheTier: Send {
-    fn lookup_exact(&mut self, partition: &str, prompt: &str, now: f64) -> Option<Found>;
-    /// Best unexpired candidate with similarity >= `threshold` that `guard`
-    /// accepts; the reasons of the candidates it rejected.
-    fn lookup_semantic(
-        &mut self,
-        partition: &str,
-        prompt: &str,
-        query: &[f32],
-        threshold: f32,
-        guard: Option<&GuardFn>,
-        now: f64,
-    ) -> (Option<Found>, Vec<GuardReason>);
-    fn insert(&mut self, entry: NewEntry, now: f64) -> Result<(), StoreError>;
-    fn invalidate(&mut self, partition: &str, prompt: &str) -> bool;
-    fn invalidate_partition(&mut self, partition: &str) -> usize;
-    fn invalidate_tag(&mut self, tag: &str) -> usize;
-    fn clear(&mut self);
-    fn len(&self) -> usize;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-    fn memory_bytes(&self) -> usize;
 }
 
 struct Entry {
@@ -486,10 +458,8 @@ impl Store {
             .map(|p| (p.key.to_string(), p.index.kind_name(), p.index.len()))
             .collect()
     }
-}
 
-impl CacheTier for Store {
-    fn lookup_exact(&mut self, partition: &str, prompt: &str, now: f64) -> Option<Found> {
+    pub fn lookup_exact(&mut self, partition: &str, prompt: &str, now: f64) -> Option<Found> {
         self.purge_expired(now);
         let normalized = normalize_prompt(prompt);
         let slot = self.exact_slot(partition, &normalized, prompt_hash(&normalized))?;
@@ -500,13 +470,14 @@ impl CacheTier for Store {
         self.found(slot, 1.0, true, now)
     }
 
-    fn lookup_semantic(
+    /// Best unexpired candidate with similarity >= `threshold` that `guard`
+    /// accepts; the reasons of the candidates it rejected.
+    pub fn lookup_semantic(
         &mut self,
         partition: &str,
-        prompt: &str,
         query: &[f32],
         threshold: f32,
-        guard: Option<&GuardFn>,
+        mut guard: Option<&mut GuardFn<'_>>,
         now: f64,
     ) -> (Option<Found>, Vec<GuardReason>) {
         self.purge_expired(now);
@@ -523,8 +494,8 @@ impl CacheTier for Store {
             if e.expires <= now || e.partition != pid {
                 continue;
             }
-            if let Some(check) = guard {
-                if let Some(reason) = check(prompt, &e.prompt) {
+            if let Some(check) = guard.as_mut() {
+                if let Some(reason) = check(&e.prompt) {
                     rejected.push(reason);
                     continue;
                 }
@@ -535,7 +506,7 @@ impl CacheTier for Store {
         (None, rejected)
     }
 
-    fn insert(&mut self, entry: NewEntry, now: f64) -> Result<(), StoreError> {
+    pub fn insert(&mut self, entry: NewEntry, now: f64) -> Result<(), StoreError> {
         if entry.vector.len() != self.cfg.dim {
             return Err(StoreError::Dimension {
                 got: entry.vector.len(),
@@ -620,7 +591,7 @@ impl CacheTier for Store {
         Ok(())
     }
 
-    fn invalidate(&mut self, partition: &str, prompt: &str) -> bool {
+    pub fn invalidate(&mut self, partition: &str, prompt: &str) -> bool {
         let normalized = normalize_prompt(prompt);
         match self.exact_slot(partition, &normalized, prompt_hash(&normalized)) {
             Some(slot) => {
@@ -634,50 +605,46 @@ impl CacheTier for Store {
         }
     }
 
-    fn invalidate_partition(&mut self, partition: &str) -> usize {
-        let Some(pid) = self.partition_id(partition) else {
-            return 0;
-        };
-        let slots: Vec<u32> = match self.partitions.get(pid as usize).and_then(Option::as_ref) {
-            Some(p) => p.exact.values().copied().collect(),
-            None => return 0,
-        };
-        let mut n = 0;
-        for s in slots {
-            if self.remove_slot(s) {
-                n += 1;
-            }
-        }
+    pub fn invalidate_partition(&mut self, partition: &str) -> usize {
+        let slots: Vec<u32> = self
+            .partition_id(partition)
+            .and_then(|pid| self.partitions.get(pid as usize)?.as_ref())
+            .map(|p| p.exact.values().copied().collect())
+            .unwrap_or_default();
+        self.invalidate_slots(slots)
+    }
+
+    pub fn invalidate_tag(&mut self, tag: &str) -> usize {
+        let slots: Vec<u32> = self
+            .tags
+            .get(tag)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        self.invalidate_slots(slots)
+    }
+
+    /// Removes the entries in `slots`, counted as invalidations.
+    fn invalidate_slots(&mut self, slots: Vec<u32>) -> usize {
+        let n = slots.into_iter().filter(|&s| self.remove_slot(s)).count();
         self.stats.invalidations += n as u64;
         n
     }
 
-    fn invalidate_tag(&mut self, tag: &str) -> usize {
-        let slots: Vec<u32> = match self.tags.get(tag) {
-            Some(s) => s.iter().copied().collect(),
-            None => return 0,
-        };
-        let mut n = 0;
-        for s in slots {
-            if self.remove_slot(s) {
-                n += 1;
-            }
-        }
-        self.stats.invalidations += n as u64;
-        n
-    }
-
-    fn clear(&mut self) {
+    pub fn clear(&mut self) {
         let stats = std::mem::take(&mut self.stats);
         *self = Store::new(self.cfg.clone());
         self.stats = stats;
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.len
     }
 
-    fn memory_bytes(&self) -> usize {
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn memory_bytes(&self) -> usize {
         self.live_bytes
     }
 }
@@ -722,9 +689,9 @@ mod tests {
             .unwrap();
         assert!(s.lookup_exact("a", "hello world", 1.0).is_some());
         assert!(s.lookup_exact("b", "hello world", 1.0).is_none());
-        let (hit, _) = s.lookup_semantic("a", "hi", &unit([1.0, 0.1, 0.0, 0.0]), 0.9, None, 1.0);
+        let (hit, _) = s.lookup_semantic("a", &unit([1.0, 0.1, 0.0, 0.0]), 0.9, None, 1.0);
         assert!(hit.is_some_and(|h| !h.exact && h.score > 0.9));
-        let (hit, _) = s.lookup_semantic("b", "hi", &unit([1.0, 0.1, 0.0, 0.0]), 0.9, None, 1.0);
+        let (hit, _) = s.lookup_semantic("b", &unit([1.0, 0.1, 0.0, 0.0]), 0.9, None, 1.0);
         assert!(hit.is_none());
     }
 

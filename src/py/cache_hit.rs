@@ -1,6 +1,11 @@
 //! `llmedge.CacheHit`: what a semantic cache lookup returns.
 
 use pyo3::prelude::*;
+use serde_json::Value;
+
+use crate::cache::store::Found;
+use crate::py::convert::{decode_response, from_json};
+use crate::py::errors::value_error;
 
 #[pyclass(frozen, module = "llmedge._core")]
 pub struct CacheHit {
@@ -16,6 +21,32 @@ pub struct CacheHit {
     pub age: f64,
     #[pyo3(get)]
     pub metadata: Py<PyAny>,
+}
+
+impl CacheHit {
+    /// What the cache found, converted to Python values.
+    pub fn from_found(py: Python<'_>, f: Found) -> PyResult<Py<CacheHit>> {
+        let response = decode_response(py, &f.response)?.unbind();
+        let metadata = match &f.metadata {
+            Some(m) => {
+                let v: Value = serde_json::from_slice(m)
+                    .map_err(|_| value_error("cached metadata is corrupted"))?;
+                from_json(py, &v)?.unbind()
+            }
+            None => py.None(),
+        };
+        Py::new(
+            py,
+            CacheHit {
+                response,
+                score: f64::from(f.score),
+                kind: if f.exact { "exact" } else { "semantic" },
+                matched_prompt: f.prompt,
+                age: f.age,
+                metadata,
+            },
+        )
+    }
 }
 
 #[pymethods]

@@ -67,7 +67,7 @@ fn positive_int(name: &str, v: i64) -> PyResult<u32> {
 }
 
 /// A tuple of exception classes from a class or an iterable of classes.
-fn exception_types(
+pub fn exception_types(
     py: Python<'_>,
     name: &str,
     v: Option<&Bound<'_, PyAny>>,
@@ -103,7 +103,7 @@ fn exception_types(
     Ok(Some(PyTuple::new(py, items)?.unbind()))
 }
 
-fn callable_or_none(name: &str, v: Option<Bound<'_, PyAny>>) -> PyResult<Option<Py<PyAny>>> {
+pub fn callable_or_none(name: &str, v: Option<Bound<'_, PyAny>>) -> PyResult<Option<Py<PyAny>>> {
     match v.filter(|v| !v.is_none()) {
         None => Ok(None),
         Some(v) if v.is_callable() => Ok(Some(v.unbind())),
@@ -114,7 +114,7 @@ fn callable_or_none(name: &str, v: Option<Bound<'_, PyAny>>) -> PyResult<Option<
     }
 }
 
-fn opt_seconds(name: &str, v: Option<f64>) -> PyResult<Option<f64>> {
+pub fn opt_seconds(name: &str, v: Option<f64>) -> PyResult<Option<f64>> {
     match v {
         Some(s) if !(s.is_finite() && s > 0.0) => Err(value_error(format!(
             "{name} must be a positive finite number of seconds, got {s}"

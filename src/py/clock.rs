@@ -1,6 +1,7 @@
 //! The injectable clock of the time-dependent classes (circuit breaker, rate
-//! limiters): the process's monotonic clock, or a zero-argument Python
-//! callable returning seconds, which tests use to move time by hand.
+//! limiters, semantic cache): the process's monotonic clock, or a
+//! zero-argument Python callable returning seconds, which tests use to move
+//! time by hand.
 //!
 //! A binding takes the `clock=` argument with [`Clock::from_arg`] (None: the
 //! process clock; a callable; anything else a `TypeError` naming it) and reads

@@ -27,9 +27,8 @@ fn error_class<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, 
 }
 
 /// A `PyErr` of class `llmedge.errors.<name>` built from `args`. Bindings
-/// call the typed constructors below instead (`semantic_cache.rs` still names
-/// `CacheSnapshotError` here until it uses [`cache_snapshot_error`]).
-pub fn new_error<'py, A>(py: Python<'py>, name: &'static str, args: A) -> PyErr
+/// call the typed constructors below instead.
+fn new_error<'py, A>(py: Python<'py>, name: &'static str, args: A) -> PyErr
 where
     A: pyo3::call::PyCallArgs<'py>,
 {

@@ -4,6 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyString};
 
 use crate::cache::hashing::{self, MAX_DIM};
+use crate::py::convert::type_name;
 use crate::py::errors::{type_error, value_error};
 
 #[pyclass(frozen, module = "llmedge._core")]
@@ -22,10 +23,7 @@ fn parse_dim(dim: &Bound<'_, PyAny>) -> PyResult<usize> {
     if dim.is_instance_of::<PyBool>() || !dim.is_instance_of::<PyInt>() {
         return Err(type_error(format!(
             "dim must be an int, got {}",
-            dim.get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| "?".into())
+            type_name(dim)
         )));
     }
     match dim.extract::<i64>() {
@@ -59,25 +57,15 @@ pub fn extract_texts(texts: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
     let iter = texts.try_iter().map_err(|_| {
         type_error(format!(
             "texts must be a list of str, got {}",
-            texts
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| "?".into())
+            type_name(texts)
         ))
     })?;
     let mut out = Vec::new();
     for (i, item) in iter.enumerate() {
         let item = item?;
-        let s = item.cast::<PyString>().map_err(|_| {
-            type_error(format!(
-                "texts[{i}] must be str, got {}",
-                item.get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|_| "?".into())
-            ))
-        })?;
+        let s = item
+            .cast::<PyString>()
+            .map_err(|_| type_error(format!("texts[{i}] must be str, got {}", type_name(&item))))?;
         out.push(s.to_str()?.to_owned());
     }
     Ok(out)
@@ -127,15 +115,9 @@ impl HashingEmbedder {
 
     /// The embedding of one text.
     fn embed(&self, py: Python<'_>, text: &Bound<'_, PyAny>) -> PyResult<Vec<f32>> {
-        let s = text.cast::<PyString>().map_err(|_| {
-            type_error(format!(
-                "text must be str, got {}",
-                text.get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|_| "?".into())
-            ))
-        })?;
+        let s = text
+            .cast::<PyString>()
+            .map_err(|_| type_error(format!("text must be str, got {}", type_name(text))))?;
         let owned = s.to_str()?.to_owned();
         let inner = &self.inner;
         Ok(py.detach(|| inner.embed(&owned)))

@@ -14,15 +14,9 @@ use crate::messages::{
     self, ChatFormat, Content, Detail, FunctionCall, Image, Message, Part, Role, ToolDef, ToolParam,
 };
 use crate::models::ModelInfo;
+use crate::py::convert::type_name;
 use crate::py::errors::{context_overflow, type_error, value_error};
 use crate::py::models::resolve;
-
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".into())
-}
 
 fn string(obj: &Bound<'_, PyAny>, path: &dyn Fn() -> String) -> PyResult<String> {
     let s = obj

@@ -3,7 +3,9 @@
 pub mod cache_hit;
 pub mod circuit_breaker;
 pub mod clock;
+pub mod convert;
 pub mod cost;
+pub mod embedder;
 pub mod errors;
 pub mod guard;
 pub mod hashing_embedder;
@@ -11,5 +13,7 @@ pub mod messages;
 pub mod models;
 pub mod prompt_optimizer;
 pub mod rate_limiter;
+pub mod retry;
+pub mod route_selector;
 pub mod semantic_cache;
 pub mod tokenizer;

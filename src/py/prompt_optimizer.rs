@@ -6,6 +6,7 @@ use pyo3::types::{PyList, PyString};
 use crate::messages::fit::FitOptions;
 use crate::models::{self, ModelInfo};
 use crate::prompt::{self, Level};
+use crate::py::convert::type_name;
 use crate::py::errors::{type_error, unknown_model, value_error};
 use crate::py::messages::{count_messages_impl, fit_messages_impl};
 use crate::tokens::{self, chunked::ChunkCounter};
@@ -73,14 +74,9 @@ fn str_arg<'a, 'py>(
     obj: &'a Bound<'py, PyAny>,
     what: &str,
 ) -> PyResult<(&'a Bound<'py, PyString>, &'a str)> {
-    let s = obj.cast::<PyString>().map_err(|_| {
-        let ty = obj
-            .get_type()
-            .name()
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| "?".into());
-        type_error(format!("{what} must be a str, not {ty}"))
-    })?;
+    let s = obj
+        .cast::<PyString>()
+        .map_err(|_| type_error(format!("{what} must be a str, not {}", type_name(obj))))?;
     let text = s.to_str().map_err(|e| {
         value_error(format!(
             "{what} is not valid Unicode (lone surrogate?): {e}"

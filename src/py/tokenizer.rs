@@ -9,6 +9,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use rayon::prelude::*;
 
 use crate::models;
+use crate::py::convert::type_name;
 use crate::py::errors::{type_error, unknown_encoding, unknown_model, unknown_token, value_error};
 use crate::tokens::{self, EncodingName, Side, SpecialSet};
 
@@ -24,13 +25,6 @@ fn parse_encoding(py: Python<'_>, name: &str) -> PyResult<EncodingName> {
 fn model_encoding(py: Python<'_>, model: &str) -> PyResult<&'static tokens::Encoding> {
     let info = models::lookup(model).map_err(|e| unknown_model(py, e))?;
     Ok(tokens::encoding(info.encoding))
-}
-
-fn type_name(obj: &Bound<'_, PyAny>) -> String {
-    obj.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|_| "?".to_owned())
 }
 
 /// Explains why a Python str cannot be read as UTF-8 (lone surrogates).

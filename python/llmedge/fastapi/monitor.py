@@ -113,7 +113,9 @@ class Monitor:
     :class:`llmedge.SemanticCache` (or anything with ``stats()``) and
     :class:`llmedge.CostTracker` (anything with ``summary()``);
     ``rate_limits``: the :class:`RateLimit` dependencies whose rejections to
-    count. Each monitor has its own ``CollectorRegistry`` (``.registry``).
+    count; ``routers``: one :class:`llmedge.Router` or a name mapping of them
+    (their ``stats()`` per upstream). Each monitor has its own
+    ``CollectorRegistry`` (``.registry``).
 
     Health: ``unhealthy`` (HTTP 503) when every breaker is open, ``degraded``
     when some breaker is open or half-open, else ``healthy`` (HTTP 200).
@@ -126,6 +128,7 @@ class Monitor:
         caches: Any = None,
         costs: Any = None,
         rate_limits: Iterable[RateLimit] = (),
+        routers: Any = None,
         namespace: str = "llmedge",
         buckets: Iterable[float] = DEFAULT_BUCKETS,
     ) -> None:
@@ -145,6 +148,7 @@ class Monitor:
             self._breakers = {b.name: b for b in seq}
         self.caches = _named("caches", caches, lambda c: callable(getattr(c, "stats", None)))
         self.costs = _named("costs", costs, lambda c: callable(getattr(c, "summary", None)))
+        self.routers = _named("routers", routers, lambda r: callable(getattr(r, "stats", None)))
         self.rate_limits = list(rate_limits)
         for rl in self.rate_limits:
             if not isinstance(rl, RateLimit):
@@ -177,7 +181,8 @@ class Monitor:
     def __repr__(self) -> str:
         return (
             f"Monitor(breakers={sorted(self.breakers())!r}, caches={sorted(self.caches)!r}, "
-            f"costs={sorted(self.costs)!r}, rate_limits={len(self.rate_limits)})"
+            f"costs={sorted(self.costs)!r}, rate_limits={len(self.rate_limits)}, "
+            f"routers={sorted(self.routers)!r})"
         )
 
     def breakers(self) -> dict[str, Any]:
@@ -221,6 +226,8 @@ class Monitor:
         }
         if self.costs:
             body["costs"] = {name: c.summary()["total"] for name, c in self.costs.items()}
+        if self.routers:
+            body["routers"] = {name: r.stats() for name, r in self.routers.items()}
         if self.rate_limits:
             body["rate_limits"] = {
                 rl.name: {"granted": rl.granted, "rejections": dict(rl.rejections)}
@@ -307,6 +314,32 @@ class LatencyMiddleware:
                 self.monitor.first_byte.labels(method, route).observe(first - start)
 
 
+def _router_metrics(ns: str, routers: Mapping[str, Any]) -> Iterable[Any]:
+    labels = ["router", "upstream"]
+    selections = CounterMetricFamily(
+        f"{ns}_router_selections", "Calls sent to each upstream", labels=labels
+    )
+    failures = CounterMetricFamily(f"{ns}_router_failures", "Failed upstream calls", labels=labels)
+    errors = GaugeMetricFamily(
+        f"{ns}_router_error_rate", "Moving average of the upstream's failures", labels=labels
+    )
+    latency = GaugeMetricFamily(
+        f"{ns}_router_latency_seconds",
+        "Upstream answer latency over its recent calls",
+        labels=[*labels, "quantile"],
+    )
+    for name, router in routers.items():
+        for up, row in router.stats().items():
+            selections.add_metric([name, up], row["selections"])
+            failures.add_metric([name, up], row["failures"])
+            errors.add_metric([name, up], row["error_rate"])
+            for q in ("50", "95", "99"):
+                value = row[f"latency_p{q}"]
+                if value is not None:
+                    latency.add_metric([name, up, f"0.{q}"], value)
+    return (selections, failures, errors, latency)
+
+
 class _Collector:
     """Reads llmedge's statistics at scrape time."""
 
@@ -369,6 +402,7 @@ class _Collector:
         for (name, old, new), n in sorted(m._transitions.snapshot().items()):
             transitions.add_metric([name, old, new], n)
         yield from (state, calls, failures, rejected, transitions)
+        yield from _router_metrics(ns, m.routers)
 
         rl = CounterMetricFamily(
             f"{ns}_rate_limit_rejections",

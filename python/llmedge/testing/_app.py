@@ -135,7 +135,8 @@ class _MockApp:
         fate, faults, config = self.state.decide(stream)
         if fate == "error":
             self.state.count_status(faults.status)
-            await _send_error(send, faults.status, f"mock upstream failure (HTTP {faults.status})")
+            message = f"mock upstream failure (HTTP {faults.status})"
+            await _send_error(send, faults.status, message, faults.retry_after)
             return
         if fate == "timeout":
             await _wait_or_disconnect(faults.hang, receive)
@@ -296,11 +297,11 @@ async def _send_json(
     await send({"type": "http.response.body", "body": data})
 
 
-async def _send_error(send: _Send, status: int, message: str) -> None:
+async def _send_error(send: _Send, status: int, message: str, retry_after: float = 1.0) -> None:
     kind, code = _ERROR_TYPES.get(
         status, ("server_error" if status >= 500 else "invalid_request_error", str(status))
     )
-    headers = [(b"retry-after", b"1")] if status in (429, 503) else []
+    headers = [(b"retry-after", f"{retry_after:g}".encode())] if status in (429, 503) else []
     await _send_json(
         send, status, {"error": {"message": message, "type": kind, "code": code}}, headers
     )

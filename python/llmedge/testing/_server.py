@@ -161,6 +161,7 @@ class MockLLM:
         hang: float = 30.0,
         break_rate: float = 0.0,
         fail_all: bool = False,
+        retry_after: float = 1.0,
     ) -> None:
         """Replace the fault settings (the defaults are no faults).
 
@@ -168,7 +169,8 @@ class MockLLM:
         0.5 is every other request); ``timeout_rate`` of them hang for
         ``hang`` seconds, then get 504; ``break_rate`` of the streams stop
         half-way without a finish reason or ``[DONE]``; ``fail_all`` answers
-        every request with ``status``.
+        every request with ``status``; 429 and 503 answers carry
+        ``Retry-After: retry_after`` (seconds).
         """
         self._state.set_faults(
             {
@@ -178,6 +180,7 @@ class MockLLM:
                 "hang": hang,
                 "break_rate": break_rate,
                 "fail_all": fail_all,
+                "retry_after": retry_after,
             }
         )
 

@@ -18,6 +18,7 @@ class _Faults:
     hang: float = 30.0
     break_rate: float = 0.0
     fail_all: bool = False
+    retry_after: float = 1.0
 
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> _Faults:
@@ -27,6 +28,7 @@ class _Faults:
             _check_number(name, getattr(faults, name), 0.0, 1.0, "a number in [0, 1]")
         _check_number("status", faults.status, 400, 599, "an HTTP error status in 400..599", int)
         _check_number("hang", faults.hang, 0.0, 3600.0, "seconds in [0, 3600]")
+        _check_number("retry_after", faults.retry_after, 0.0, 3600.0, "seconds in [0, 3600]")
         if not isinstance(faults.fail_all, bool):
             raise ValueError(f"fail_all must be a bool, got {faults.fail_all!r}")
         return faults

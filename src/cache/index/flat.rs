@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 
-use super::{dot, VectorIndex};
+use super::simd::Kernels;
+use super::VectorIndex;
 
 pub struct FlatIndex {
     dim: usize,
@@ -74,8 +75,9 @@ impl VectorIndex for FlatIndex {
         if k == 0 || self.dim == 0 {
             return best;
         }
+        let kernels = Kernels::detect();
         for (row, chunk) in self.data.chunks_exact(self.dim).enumerate() {
-            let s = dot(q, chunk);
+            let s = kernels.dot(q, chunk);
             if s < min_score {
                 continue;
             }

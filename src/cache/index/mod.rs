@@ -5,6 +5,7 @@
 pub mod flat;
 pub mod hnsw;
 pub mod quant;
+pub mod simd;
 
 pub use flat::FlatIndex;
 pub use hnsw::{HnswIndex, HnswParams};
@@ -62,106 +63,6 @@ pub trait VectorIndex {
     fn memory_bytes(&self) -> usize;
     /// Bytes this index spends per entry (vector and links), for accounting.
     fn bytes_per_entry(&self) -> usize;
-}
-
-/// Dot product of two equally long f32 slices: AVX2+FMA when the CPU has
-/// them (checked once at run time, so wheels stay portable), otherwise a
-/// portable loop the compiler vectorises with the baseline instruction set.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_avx2_fma() {
-            // SAFETY: the CPU supports the features `dot_avx2` is compiled for.
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_portable(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static STATE: AtomicU8 = AtomicU8::new(0);
-    match STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let yes = std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma");
-            STATE.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
-            yes
-        }
-    }
-}
-
-/// The body of both dot products: sixteen independent accumulators over
-/// contiguous f32, which the compiler turns into two or four SIMD registers.
-macro_rules! dot_body {
-    ($a:expr, $b:expr) => {{
-        let n = $a.len().min($b.len());
-        let (a, b) = (&$a[..n], &$b[..n]);
-        let mut acc = [0f32; 16];
-        let mut ca = a.chunks_exact(16);
-        let mut cb = b.chunks_exact(16);
-        for (x, y) in (&mut ca).zip(&mut cb) {
-            for j in 0..16 {
-                acc[j] += x[j] * y[j];
-            }
-        }
-        let mut s = 0f32;
-        for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-            s += x * y;
-        }
-        let mut half = [0f32; 8];
-        for j in 0..8 {
-            half[j] = acc[j] + acc[j + 8];
-        }
-        s + (half[0] + half[4]) + (half[1] + half[5]) + (half[2] + half[6]) + (half[3] + half[7])
-    }};
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY: every load reads 8 floats at `i + 8k`, below `n` by the loop
-    // bounds; unaligned loads are allowed.
-    unsafe {
-        while i + 32 <= n {
-            for (k, lane) in acc.iter_mut().enumerate() {
-                let x = _mm256_loadu_ps(pa.add(i + 8 * k));
-                let y = _mm256_loadu_ps(pb.add(i + 8 * k));
-                *lane = _mm256_fmadd_ps(x, y, *lane);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i)),
-                _mm256_loadu_ps(pb.add(i)),
-                acc[0],
-            );
-            i += 8;
-        }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-        let mut s = lanes.iter().sum::<f32>();
-        while i < n {
-            s += *pa.add(i) * *pb.add(i);
-            i += 1;
-        }
-        s
-    }
-}
-
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    dot_body!(a, b)
 }
 
 /// A partition's index: flat or HNSW, switched by size under `Auto`.
@@ -263,19 +164,5 @@ impl VectorIndex for Index {
     }
     fn bytes_per_entry(&self) -> usize {
         self.inner().bytes_per_entry()
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dot_matches_naive() {
-        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.1).collect();
-        let b: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.05).collect();
-        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - naive).abs() < 1e-3);
     }
 }

@@ -64,92 +64,6 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
-/// Dot product of an f32 query with a half-precision row: AVX2+FMA+F16C when
-/// the CPU has them (checked once at run time), otherwise a portable loop.
-#[inline]
-pub fn dot_f16(q: &[f32], row: &[u16]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if has_f16c() {
-            // SAFETY: the CPU supports the features `dot_f16_avx2` is built for.
-            return unsafe { dot_f16_avx2(q, row) };
-        }
-    }
-    q.iter().zip(row).map(|(&a, &b)| a * f16_to_f32(b)).sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-fn has_f16c() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static STATE: AtomicU8 = AtomicU8::new(0);
-    match STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let yes = std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-                && std::arch::is_x86_feature_detected!("f16c");
-            STATE.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
-            yes
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_f16_avx2(q: &[f32], row: &[u16]) -> f32 {
-    use std::arch::x86_64::*;
-    let n = q.len().min(row.len());
-    let (pq, pr) = (q.as_ptr(), row.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut i = 0;
-    // SAFETY: each load reads 8 elements at `i + 8k` below `n` by the loop
-    // bounds; unaligned loads are allowed.
-    unsafe {
-        while i + 16 <= n {
-            for (k, lane) in acc.iter_mut().enumerate() {
-                let h = _mm_loadu_si128(pr.add(i + 8 * k) as *const __m128i);
-                let x = _mm256_cvtph_ps(h);
-                let y = _mm256_loadu_ps(pq.add(i + 8 * k));
-                *lane = _mm256_fmadd_ps(x, y, *lane);
-            }
-            i += 16;
-        }
-        let sum = _mm256_add_ps(acc[0], acc[1]);
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), sum);
-        let mut s = lanes.iter().sum::<f32>();
-        while i < n {
-            s += *pq.add(i) * f16_to_f32(*pr.add(i));
-            i += 1;
-        }
-        s
-    }
-}
-
-/// Hints the CPU to load `bytes` bytes from `p` into cache (a no-op where
-/// unsupported). Reading the candidates' rows in parallel instead of one
-/// cache miss after another is most of the re-rank's speed.
-#[inline]
-pub fn prefetch(p: *const u8, bytes: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // Every line the range touches (an unaligned range spans one more).
-        let mut line = (p as usize & !63) as *const u8;
-        let end = p.wrapping_add(bytes);
-        while line < end {
-            // SAFETY: prefetch never faults; the address is only a hint.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(line as *const i8) };
-            line = line.wrapping_add(64);
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (p, bytes);
-    }
-}
-
 /// Random-hyperplane sign codes. The vector is zero-padded to a power of two
 /// and rotated by three rounds of random sign flips and a Walsh-Hadamard
 /// transform (a fast stand-in for a random rotation); bit `i` of the code is
@@ -277,22 +191,6 @@ pub fn ham(a: &[u64], b: &[u64]) -> u32 {
     a.iter().zip(b).map(|(x, y)| (x ^ y).count_ones()).sum()
 }
 
-/// Whether the CPU has POPCNT (checked once).
-#[cfg(target_arch = "x86_64")]
-pub fn has_popcnt() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static STATE: AtomicU8 = AtomicU8::new(0);
-    match STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let yes = std::arch::is_x86_feature_detected!("popcnt");
-            STATE.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
-            yes
-        }
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -328,14 +226,6 @@ mod tests {
             prop_assert!((x - y).abs() <= x.abs() * (1.0 / 2048.0) + 6e-8, "{} -> {}", x, y);
             // Round trip of a representable value is exact.
             prop_assert_eq!(f32_to_f16(y), f32_to_f16(x));
-        }
-
-        #[test]
-        fn dot_f16_matches_f32(v in proptest::collection::vec(-1f32..1f32, 1..70)) {
-            let q: Vec<f32> = v.iter().map(|x| 0.5 - x).collect();
-            let row: Vec<u16> = v.iter().map(|&x| f32_to_f16(x)).collect();
-            let exact: f32 = q.iter().zip(&v).map(|(a, b)| a * b).sum();
-            prop_assert!((dot_f16(&q, &row) - exact).abs() < 1e-2);
         }
     }
 

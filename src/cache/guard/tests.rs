@@ -1,0 +1,223 @@
+//! The guard's rules on pairs of prompts, symmetry and number forms.
+
+use super::analysis::normalise_number;
+use super::*;
+
+fn reason(a: &str, b: &str) -> Option<&'static str> {
+    let r = check(a, b);
+    assert_eq!(r, check(b, a), "asymmetric on {a:?} / {b:?}");
+    r.map(GuardReason::as_str)
+}
+
+#[test]
+fn numbers() {
+    assert_eq!(
+        reason(
+            "I have had a fever for 3 days",
+            "I have had a fever for 4 days"
+        ),
+        Some("numbers")
+    );
+    assert_eq!(
+        reason("Can I take two pills?", "Can I take 3 pills?"),
+        Some("numbers")
+    );
+    assert_eq!(
+        reason("Can I take twenty five mg?", "Can I take 25 mg?"),
+        None
+    );
+    assert_eq!(reason("meeting on the 3rd", "meeting on the third"), None);
+    assert_eq!(
+        reason("meeting on the 3rd", "meeting on the fourth"),
+        Some("numbers")
+    );
+    assert_eq!(
+        reason("it costs 1,000 dollars", "it costs 1000 dollars"),
+        None
+    );
+    assert_eq!(reason("at 2:00 pm", "at 2 pm"), None);
+    assert_eq!(reason("a 2.50 fee", "a 2.5 fee"), None);
+    assert_eq!(reason("born in March", "born in April"), Some("numbers"));
+    assert_eq!(
+        reason("Can I take ibuprofen?", "Can I take 2 ibuprofen?"),
+        Some("numbers")
+    );
+}
+
+#[test]
+fn negation() {
+    assert_eq!(
+        reason(
+            "Is it safe to drink coffee?",
+            "Is it not safe to drink coffee?"
+        ),
+        Some("negation")
+    );
+    assert_eq!(reason("I don't sleep well", "I do not sleep well"), None);
+    assert_eq!(reason("I can't sleep", "I cannot sleep"), None);
+    assert_eq!(reason("I can't sleep", "I can sleep"), Some("negation"));
+    assert_eq!(
+        reason("coffee with sugar", "coffee without sugar"),
+        Some("negation")
+    );
+}
+
+#[test]
+fn antonyms_and_comparisons() {
+    assert_eq!(
+        reason(
+            "Is it safe to fly when pregnant?",
+            "Is it unsafe to fly when pregnant?"
+        ),
+        Some("antonym")
+    );
+    assert_eq!(
+        reason(
+            "Should I eat before running?",
+            "Should I eat after running?"
+        ),
+        Some("comparison")
+    );
+    assert_eq!(
+        reason(
+            "why does my blood pressure increase",
+            "why does my blood pressure decrease"
+        ),
+        Some("comparison")
+    );
+    assert_eq!(
+        reason(
+            "symptoms of hyperthyroidism in women",
+            "symptoms of hypothyroidism in women"
+        ),
+        Some("antonym")
+    );
+    assert_eq!(
+        reason("is the procedure painless", "is the procedure painful"),
+        Some("antonym")
+    );
+}
+
+#[test]
+fn entities_units_substitution() {
+    assert_eq!(
+        reason(
+            "What is the capital of France?",
+            "What is the capital of Germany?"
+        ),
+        Some("entity")
+    );
+    assert_eq!(
+        reason(
+            "what is the capital of france",
+            "what is the capital of germany"
+        ),
+        Some("substitution")
+    );
+    assert_eq!(reason("Take 5 mg daily", "Take 5 g daily"), Some("units"));
+    assert_eq!(reason("Take 5mg daily", "Take 5 mg daily"), None);
+    assert_eq!(reason("can i take ibuprofen", "can i take ibuprofin"), None);
+    assert_eq!(
+        reason("can i take the medication", "can i take the medications"),
+        None
+    );
+}
+
+#[test]
+fn paraphrases_pass() {
+    assert_eq!(
+        reason("How do I reset my password?", "how do i reset my password"),
+        None
+    );
+    assert_eq!(
+        reason("What's the weather like?", "whats the weather like"),
+        None
+    );
+    assert_eq!(
+        reason(
+            "My vitamin D level is 20, should I stop taking vitamin D? Even 400 gives me cramps.",
+            "I get cramps even on a dose of 400 but my vitamin D level is 20. Should I stop?",
+        ),
+        None
+    );
+    assert_eq!(reason("", ""), None);
+    assert_eq!(reason("¿Qué? 東京 🙂", "¿Qué? 東京 🙂"), None);
+}
+
+#[test]
+fn an_analysed_query_agrees_with_check() {
+    let pairs = [
+        ("I have 3 cats", "I have 4 cats"),
+        ("is it safe", "is it not safe"),
+        ("a", "a"),
+    ];
+    for (x, y) in pairs {
+        assert_eq!(Analysis::new(x).check(y), check(x, y));
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn never_contradicts_itself(x in "\\PC{0,80}") {
+        proptest::prop_assert_eq!(check(&x, &x), None);
+    }
+
+    #[test]
+    fn symmetric(a in "[a-zA-Z0-9 .,:%$'-]{0,60}", b in "[a-zA-Z0-9 .,:%$'-]{0,60}") {
+        proptest::prop_assert_eq!(check(&a, &b), check(&b, &a));
+    }
+
+    #[test]
+    fn symmetric_on_guard_words(
+        a in proptest::collection::vec(proptest::sample::select(WORDS.to_vec()), 0..10),
+        b in proptest::collection::vec(proptest::sample::select(WORDS.to_vec()), 0..10),
+    ) {
+        let (a, b) = (a.join(" "), b.join(" "));
+        proptest::prop_assert_eq!(check(&a, &b), check(&b, &a));
+    }
+}
+
+const WORDS: &[&str] = &[
+    "the",
+    "not",
+    "no",
+    "don't",
+    "3",
+    "three",
+    "2.50",
+    "1,000",
+    "safe",
+    "unsafe",
+    "more",
+    "less",
+    "France",
+    "Paris",
+    "mg",
+    "g",
+    "%",
+    "$",
+    "first",
+    "28th",
+    "half",
+    "twenty",
+    "five",
+    "painless",
+    "painful",
+    "hyperthyroid",
+    "hypothyroid",
+    "cats",
+    "dogs",
+    "good",
+    "great",
+];
+
+#[test]
+fn number_normalisation() {
+    assert_eq!(normalise_number("1,000"), vec!["1000"]);
+    assert_eq!(normalise_number("2,3"), vec!["2", "3"]);
+    assert_eq!(normalise_number("007"), vec!["7"]);
+    assert_eq!(normalise_number("8:00"), vec!["8"]);
+    assert_eq!(normalise_number("8:05"), vec!["8:05"]);
+    assert_eq!(normalise_number("1.50"), vec!["1.5"]);
+    assert_eq!(normalise_number("1/2"), vec!["1/2"]);
+}

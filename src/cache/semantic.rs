@@ -1,0 +1,368 @@
+//! The semantic cache: one object that owns the store behind its lock and
+//! the whole flow of a lookup, an insert, invalidation, snapshots and
+//! statistics. The Python class (`py::semantic_cache`) converts arguments
+//! and results around it.
+//!
+//! A lookup has two phases so that an embedder the caller runs (a Python
+//! model) never runs under the lock: [`Cache::lookup_exact`] serves what the
+//! exact tier can and says which prompts still need a vector; the caller
+//! computes those and hands them to [`Cache::lookup_semantic`].
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::config::{check_prompt, normalized, CacheConfig, CacheError};
+use super::guard::{Analysis, GuardReason};
+use super::partition::{normalize_prompt, scoped_key, unscoped};
+use super::snapshot::{self, SnapshotError};
+use super::stats::CacheStats;
+use super::store::{Found, GuardFn, NewEntry, Store, StoreError};
+
+/// One lookup: its prompt, its partition (canonical key, see
+/// `partition::canonical_key`) and, if the caller has one, its vector
+/// (normalised by [`CacheConfig::normalized`]).
+pub struct Query {
+    pub prompt: String,
+    pub partition: String,
+    pub vector: Option<Vec<f32>>,
+}
+
+/// One entry to insert.
+pub struct NewItem {
+    pub prompt: String,
+    /// Canonical partition key.
+    pub partition: String,
+    pub response: Vec<u8>,
+    pub metadata: Option<Vec<u8>>,
+    pub tags: Vec<String>,
+    /// Seconds to live (`CacheConfig::entry_ttl`).
+    pub ttl: f64,
+    /// Normalised by [`CacheConfig::normalized`].
+    pub vector: Vec<f32>,
+}
+
+pub struct Cache {
+    cfg: CacheConfig,
+    /// The embedder's identity: part of every partition key, so vectors of
+    /// different embedders never meet, and checked by snapshots.
+    identity: String,
+    store: Mutex<Store>,
+}
+
+/// A batch of lookups after the exact tier.
+pub struct ExactPhase {
+    /// Partitions scoped by the embedder identity.
+    queries: Vec<Query>,
+    found: Vec<Option<Found>>,
+    /// Microseconds each lookup has spent so far.
+    micros: Vec<f64>,
+    /// Lookups the semantic tier still has to answer.
+    pending: Vec<usize>,
+    now: f64,
+}
+
+impl ExactPhase {
+    /// The prompts whose vectors the caller computes for the semantic
+    /// phase: the pending lookups that came without one, in order.
+    pub fn to_embed(&self) -> Vec<&str> {
+        self.pending
+            .iter()
+            .map(|&i| &self.queries[i])
+            .filter(|q| q.vector.is_none())
+            .map(|q| q.prompt.as_str())
+            .collect()
+    }
+
+    /// Indices of the lookups the semantic phase answers.
+    pub fn pending(&self) -> &[usize] {
+        &self.pending
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Results without a semantic phase (it had nothing to do, or the
+    /// caller could not compute the vectors): exact hits, None elsewhere.
+    pub fn into_found(self) -> Vec<Option<Found>> {
+        self.found
+    }
+}
+
+impl Cache {
+    pub fn new(cfg: CacheConfig, identity: impl Into<String>) -> Result<Cache, CacheError> {
+        cfg.validate()?;
+        Ok(Cache {
+            store: Mutex::new(Store::new(cfg.store())),
+            cfg,
+            identity: identity.into(),
+        })
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.cfg
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    pub fn len(&self) -> usize {
+        self.store.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.store.lock().memory_bytes()
+    }
+
+    fn scoped(&self, partition: &str) -> String {
+        scoped_key(&self.identity, partition)
+    }
+
+    /// The exact tier for every query of a batch (one lock). A query it
+    /// answers, and every query when the threshold admits exact hits only,
+    /// is counted now; the rest wait for [`Cache::lookup_semantic`].
+    pub fn lookup_exact(&self, mut queries: Vec<Query>, now: f64) -> ExactPhase {
+        for q in &mut queries {
+            q.partition = self.scoped(&q.partition);
+        }
+        let exact_only = self.cfg.exact_only();
+        let mut found = Vec::with_capacity(queries.len());
+        let mut micros = Vec::with_capacity(queries.len());
+        let mut pending = Vec::new();
+        let mut store = self.store.lock();
+        for (i, q) in queries.iter().enumerate() {
+            let t = Instant::now();
+            let f = store.lookup_exact(&q.partition, &q.prompt, now);
+            if f.is_some() {
+                store.stats.exact_hits += 1;
+            } else if exact_only {
+                store.stats.misses += 1;
+            } else {
+                pending.push(i);
+            }
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            if f.is_some() || exact_only {
+                store.stats.record_latency(us);
+            }
+            found.push(f);
+            micros.push(us);
+        }
+        drop(store);
+        ExactPhase {
+            queries,
+            found,
+            micros,
+            pending,
+            now,
+        }
+    }
+
+    /// The semantic tier for the lookups `phase` left pending; `computed`
+    /// holds the vectors of `phase.to_embed()`, in that order, normalised.
+    /// Each query is analysed for the guard at most once, however many
+    /// candidates it meets.
+    pub fn lookup_semantic(
+        &self,
+        phase: ExactPhase,
+        computed: Vec<Vec<f32>>,
+    ) -> Vec<Option<Found>> {
+        let ExactPhase {
+            queries,
+            mut found,
+            mut micros,
+            pending,
+            now,
+        } = phase;
+        let mut computed = computed.into_iter();
+        let vectors: Vec<Vec<f32>> = pending
+            .iter()
+            .map(|&i| match &queries[i].vector {
+                Some(v) => v.clone(),
+                None => computed.next().unwrap_or_default(),
+            })
+            .collect();
+        let threshold = self.cfg.threshold as f32;
+        let mut store = self.store.lock();
+        for (&i, v) in pending.iter().zip(&vectors) {
+            let t = Instant::now();
+            let q = &queries[i];
+            let mut analysed: Option<Analysis> = None;
+            let mut guard = |candidate: &str| -> Option<GuardReason> {
+                analysed
+                    .get_or_insert_with(|| Analysis::new(&q.prompt))
+                    .check(candidate)
+            };
+            let guard: Option<&mut GuardFn<'_>> = if self.cfg.guard {
+                Some(&mut guard)
+            } else {
+                None
+            };
+            let (f, rejected) = store.lookup_semantic(&q.partition, v, threshold, guard, now);
+            for r in rejected {
+                *store.stats.guard_rejections.entry(r.as_str()).or_insert(0) += 1;
+            }
+            if f.is_some() {
+                store.stats.semantic_hits += 1;
+            } else {
+                store.stats.misses += 1;
+            }
+            micros[i] += t.elapsed().as_secs_f64() * 1e6;
+            store.stats.record_latency(micros[i]);
+            found[i] = f;
+        }
+        found
+    }
+
+    /// Inserts every item or none: each is checked against the store's
+    /// dimension and memory bound before the first is inserted. The number
+    /// inserted.
+    pub fn insert(&self, items: Vec<NewItem>, now: f64) -> Result<usize, CacheError> {
+        let n = items.len();
+        let entries: Vec<NewEntry> = items
+            .into_iter()
+            .map(|i| NewEntry {
+                partition: self.scoped(&i.partition),
+                prompt: i.prompt,
+                vector: i.vector,
+                response: Arc::from(i.response),
+                metadata: i.metadata.map(Arc::from),
+                tags: i.tags,
+                ttl: i.ttl,
+                age: 0.0,
+            })
+            .collect();
+        let mut store = self.store.lock();
+        for e in &entries {
+            if e.vector.len() != self.cfg.dim {
+                return Err(StoreError::Dimension {
+                    got: e.vector.len(),
+                    expected: self.cfg.dim,
+                }
+                .into());
+            }
+            let bytes = store.required_bytes(e);
+            let limit = store.config().max_memory_bytes;
+            if bytes > limit {
+                return Err(StoreError::TooLarge { bytes, limit }.into());
+            }
+        }
+        for e in entries {
+            store.insert(e, now)?;
+        }
+        Ok(n)
+    }
+
+    /// Removes the entry of `prompt` (compared as the exact tier does).
+    pub fn invalidate(&self, prompt: &str, partition: &str) -> bool {
+        let key = self.scoped(partition);
+        self.store.lock().invalidate(&key, prompt)
+    }
+
+    pub fn invalidate_partition(&self, partition: &str) -> usize {
+        let key = self.scoped(partition);
+        self.store.lock().invalidate_partition(&key)
+    }
+
+    pub fn invalidate_tag(&self, tag: &str) -> usize {
+        self.store.lock().invalidate_tag(tag)
+    }
+
+    /// Removes every entry; the statistics stay.
+    pub fn clear(&self) {
+        self.store.lock().clear()
+    }
+
+    /// The key under which concurrent misses of one prompt wait for a
+    /// single computation: scoped partition and normalised prompt.
+    pub fn flight_key(&self, prompt: &str, partition: &str) -> Result<String, CacheError> {
+        check_prompt(prompt)?;
+        Ok(format!(
+            "{}\u{0}{}",
+            self.scoped(partition),
+            normalize_prompt(prompt)
+        ))
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let store = self.store.lock();
+        let kinds = store.index_kinds();
+        let count = |kind: &str| kinds.iter().filter(|k| k.1 == kind).count();
+        CacheStats {
+            counters: store.stats.clone(),
+            entries: store.len(),
+            partitions: store.partition_count(),
+            memory_bytes: store.memory_bytes(),
+            max_memory_bytes: self.cfg.max_memory_bytes(),
+            index_slack_bytes: store.index_slack_bytes(),
+            flat_indexes: count("flat"),
+            hnsw_indexes: count("hnsw"),
+        }
+    }
+
+    pub fn reset_stats(&self) {
+        self.store.lock().stats.reset()
+    }
+
+    /// Writes a snapshot of the live entries to `path` atomically; the
+    /// number written. The lock is held while encoding, not while writing.
+    pub fn save(&self, path: &Path, now: f64) -> Result<usize, SnapshotError> {
+        let mut w = snapshot::Writer::new(&self.identity, self.cfg.dim);
+        let mut n = 0;
+        self.store.lock().for_each_oldest_first(now, |e| {
+            w.entry(
+                unscoped(e.partition),
+                e.prompt,
+                e.response,
+                e.metadata,
+                e.tags,
+                e.age,
+                e.remaining,
+                &e.vector,
+            );
+            n += 1;
+        });
+        snapshot::write_atomic(path, &w.finish())?;
+        Ok(n)
+    }
+
+    /// Replaces the contents with the snapshot at `path`, all or nothing
+    /// (statistics reset); the number of entries restored. Entries larger
+    /// than this cache's memory bound are skipped.
+    pub fn load_snapshot(&self, path: &Path, now: f64) -> Result<usize, SnapshotError> {
+        let data = std::fs::read(path)
+            .map_err(|e| SnapshotError::Io(format!("cannot read {}: {e}", path.display())))?;
+        let entries = snapshot::decode(&data, &self.identity, self.cfg.dim)?;
+        let mut fresh = Store::new(self.cfg.store());
+        for e in entries {
+            let vector =
+                normalized(e.vector, self.cfg.dim, "").map_err(|_| SnapshotError::Corrupted)?;
+            let entry = NewEntry {
+                partition: self.scoped(&e.partition),
+                prompt: e.prompt,
+                vector,
+                response: Arc::from(e.response),
+                metadata: e.metadata.map(Arc::from),
+                tags: e.tags,
+                ttl: e.age + e.remaining,
+                age: e.age,
+            };
+            let _ = fresh.insert(entry, now);
+        }
+        fresh.stats.reset();
+        let n = fresh.len();
+        *self.store.lock() = fresh;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests;
