@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import statistics
@@ -43,7 +44,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 # LiteLLM fetches a price table from GitHub at import unless told not to
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-sys.path.insert(0, str(HERE.parent / "python"))  # a source checkout without an install
+if importlib.util.find_spec("llmedge") is None:  # a source checkout without an install
+    sys.path.insert(0, str(HERE.parent / "python"))
 
 import httpx  # noqa: E402
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -41,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "python"))  # a source checkout without an install
+if importlib.util.find_spec("llmedge") is None:  # a source checkout without an install
+    sys.path.insert(0, str(HERE.parent / "python"))
 
 from llmedge import _traffic as tr  # noqa: E402
 from llmedge.testing import spawn_mock  # noqa: E402

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +21,9 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from conftest import ANSWER_TOKENS  # noqa: E402
-from test_chat_service import BACKENDS, ROOT, SERVICE, chat_app, expected  # noqa: E402
+from test_chat_service import BACKENDS, SERVICE, chat_app, expected  # noqa: E402
 
+import llmedge  # noqa: E402
 from llmedge.testing import MockLLM  # noqa: E402
 
 # ---------------------------------------------------------------------------
@@ -39,8 +41,10 @@ def gunicorn(env: dict[str, str], workers: int):
 
     port = free_port()
     full_env = dict(os.environ)
+    # the llmedge this test imports (the checkout's editable package or an
+    # installed wheel), whichever directory gunicorn runs in
     full_env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "python"), *filter(None, [full_env.get("PYTHONPATH")])]
+        [str(Path(llmedge.__file__).parents[1]), *filter(None, [full_env.get("PYTHONPATH")])]
     )
     full_env.update(env)
     cmd = [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker",

@@ -129,6 +129,10 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return repo_root().parent / "shared" / "data"
 
 
+# the directory holding this llmedge package
+PACKAGE_PARENT = Path(__file__).resolve().parents[1]
+
+
 def repo_root() -> Path:
     """The source checkout holding this (editable) package: python/llmedge/ -> root."""
     return Path(__file__).resolve().parents[2]
@@ -629,9 +633,10 @@ def start_service(
     full_env = {
         "LLMEDGE_UPSTREAMS": ",".join(upstreams),
         "LLMEDGE_SERVICE_BACKEND": backend,
-        # the editable package, whichever directory the server runs in
+        # this llmedge (the editable package or an installed wheel), whichever
+        # directory the server runs in
         "PYTHONPATH": os.pathsep.join(
-            p for p in (str(repo_root() / "python"), os.environ.get("PYTHONPATH", "")) if p
+            p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")) if p
         ),
     }
     if env:
