@@ -447,3 +447,45 @@ async def test_a_stream_that_is_answering_does_not_make_its_upstream_look_slow(u
         assert r.stats()["u0"]["in_flight"] == 1
         await s.aclose()
         assert r.stats()["u0"]["in_flight"] == 0
+
+
+@pytest.mark.asyncio
+async def test_routers_on_one_store_share_breakers_and_limits(ups, redis_server):
+    """Two routers of one name on one store act as one (as two gunicorn
+    workers would): a breaker opened by one is open in the other, an
+    upstream's rpm is one budget for both, and equal limits of two upstreams
+    stay separate budgets."""
+    a, b = ups[0], ups[1]
+    store = llmedge.RedisStore(redis_server.url, timeout=1.0)
+    name = f"router-shared-{next(_names)}"
+    kw = {"name": name, "store": store, "breaker": {"failure_threshold": 3}}
+    try:
+        async with make(ups, **kw) as r1, make(ups, **kw) as r2:
+            assert r1.stats()["u0"]["breaker"] == "closed"
+            a.set_faults(fail_all=True, status=500)
+            for i in range(3):
+                assert (await r1.achat(ask(i))).upstream == "u1"
+            assert requests(a) == 3
+            # r1 reports its failures in the background; r2 learns of the
+            # opening by push without calling u0 itself.
+            for _ in range(200):
+                if r2.stats()["u0"]["breaker"] == "open":
+                    break
+                await asyncio.sleep(0.01)
+            assert r2.stats()["u0"]["breaker"] == "open"
+            res = await r2.achat(ask())
+            assert res.upstream == "u1" and res.attempts[0].outcome == "circuit_open"
+            assert requests(a) == 3
+        a.clear_faults()
+        for m in ups:
+            m.reset_stats()
+        name = f"router-shared-{next(_names)}"
+        kw = {"name": name, "store": store, "ups_kw": [{"rpm": 2}, {"rpm": 2}]}
+        async with make(ups, **kw) as r1, make(ups, **kw) as r2:
+            served = [(await r.achat(ask(i))).upstream for i, r in enumerate([r1, r2] * 2)]
+            assert served == ["u0", "u0", "u1", "u1"]
+            with pytest.raises(AllUpstreamsFailedError):
+                await r1.achat(ask())
+        assert requests(a) == 2 and requests(b) == 2
+    finally:
+        store.close()

@@ -508,7 +508,10 @@ class Router:
                 limits["requests"] = (float(u.rpm), 60.0, u.rpm)
             if u.tpm:
                 limits["tokens"] = (float(u.tpm), 60.0, u.tpm)
-            limiter = MultiRateLimiter(limits, clock=clock, **shared) if limits else None
+            # With a store the limiter's name keys its state in Redis: one per
+            # router and upstream, so two upstreams with equal limits never share.
+            named = {"name": f"{name}:{u.name}", **shared} if shared else {}
+            limiter = MultiRateLimiter(limits, clock=clock, **named) if limits else None
             self._slots.append(_Slot(i, u, b, limiter))
         self._client = client
         self._clients: dict[asyncio.AbstractEventLoop, Any] = {}
