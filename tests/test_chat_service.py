@@ -549,7 +549,12 @@ async def test_followers_of_a_cancelled_leader_elect_one_new_leader(svc, upstrea
     try:
         q = {"question": "Who leads when the leader leaves?"}
         leader = asyncio.ensure_future(svc.client.post("/chat", json=q))
-        await asyncio.sleep(0.05)
+        # the leader's request is at the upstream (a fixed sleep was too short
+        # on a loaded machine)
+        for _ in range(500):
+            if upstreams[0].stats()["requests"] == 1:
+                break
+            await asyncio.sleep(0.01)
         followers = [asyncio.ensure_future(svc.client.post("/chat", json=q)) for _ in range(6)]
         await asyncio.sleep(0.05)
         leader.cancel()
