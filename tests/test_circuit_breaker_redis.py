@@ -17,6 +17,7 @@ import time
 
 import breaker_workers
 import pytest
+from docs_text import docs_text
 
 import llmedge
 
@@ -314,14 +315,11 @@ def test_exactly_half_open_max_calls_probes_run_across_four_processes(redis_serv
 
 
 def test_readme_example_runs(redis_server, monkeypatch, capsys):
-    from pathlib import Path
-
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    text = readme.read_text(encoding="utf-8")
+    text = docs_text()
     section = text.split("#### One breaker for every process: `store=`", 1)[1]
     block = section.split("```python\n", 1)[1].split("```", 1)[0]
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     ns: dict = {}
-    exec(compile(block, str(readme), "exec"), ns)
+    exec(compile(block, "docs/resilience.md", "exec"), ns)
     ns["store"].close()
     assert capsys.readouterr().out.split() == ["echo:", "hi", "True", "redis", "False"]

@@ -14,6 +14,7 @@ import threading
 
 import pytest
 from conftest import FakeClock
+from docs_text import docs_text
 from store_support import answers, wait_for
 
 from llmedge import MultiRateLimiter, RateLimiter, RateLimitExceeded, RedisStore, StoreError
@@ -222,10 +223,7 @@ def test_a_paused_server_costs_at_most_the_timeout_per_call(redis_server):
 
 
 def test_the_readme_example_runs(redis_server, capsys):
-    from pathlib import Path
-
-    readme = Path(__file__).resolve().parents[1] / "README.md"
-    section = readme.read_text().split("### Shared limits: `RedisStore`", 1)[1]
+    section = docs_text().split("### Shared limits: `RedisStore`", 1)[1]
     source = section.split("```python\n", 1)[1].split("```", 1)[0]
     assert "redis://localhost:6379/0" in source
     exec(

@@ -12,13 +12,15 @@ pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 
+from docs_text import docs_text  # noqa: E402
+
 import llmedge  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _block() -> str:
-    section = README.read_text().split("## FastAPI integration and the reference service", 1)[1]
+    section = docs_text().split("## FastAPI integration and the reference service", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, "no python block in the FastAPI integration section"
     return match.group(1)

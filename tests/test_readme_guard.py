@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from docs_text import docs_text
 
 import llmedge
 
@@ -16,7 +17,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def _blocks() -> list[str]:
     if not README.is_file():
         pytest.skip("README.md not found beside the tests")
-    text = README.read_text(encoding="utf-8")
+    text = docs_text()
     start = text.index("## Guard and embedders")
     end = text.find("\n## ", start + 1)
     return re.findall(r"```python\n(.*?)```", text[start : end if end != -1 else None], re.S)

@@ -6,12 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
+from docs_text import docs_text
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _section() -> str:
-    text = README.read_text(encoding="utf-8")
+    text = docs_text()
     start = text.index("## Models, messages and cost")
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else None]

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from docs_text import docs_text
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -14,7 +15,7 @@ def test_mock_example_runs(capsys):
     pytest.importorskip("uvicorn")
     if not README.is_file():
         pytest.skip("README.md not found beside the tests")
-    text = README.read_text(encoding="utf-8")
+    text = docs_text()
     start = text.index("## The mock LLM")
     section = text[start : text.index("\n## ", start + 1)]
     (block,) = re.findall(r"```python\n(.*?)```", section, re.S)

@@ -10,13 +10,15 @@ import pytest
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from docs_text import docs_text  # noqa: E402
+
 import llmedge  # noqa: E402
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _quickstart_source() -> str:
-    text = README.read_text()
+    text = docs_text()
     section = text.split("## Quick start", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, "no python block in the quick start"

@@ -5,13 +5,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from docs_text import docs_text
+
 import llmedge
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _deployment_source() -> str:
-    section = README.read_text().split("## Deployment: many workers, many hosts", 1)[1]
+    section = docs_text().split("## Deployment: many workers, many hosts", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, "no python block in the deployment section"
     return match.group(1)

@@ -6,12 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
+from docs_text import docs_text
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _blocks(title: str) -> list[str]:
-    text = README.read_text(encoding="utf-8")
+    text = docs_text()
     start = text.index(title)
     section = text[start : text.index("\n### ", start + len(title))]
     return re.findall(r"```python\n(.*?)```", section, re.S)

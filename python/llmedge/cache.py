@@ -89,7 +89,7 @@ class _Batcher:
 class SemanticCache(_core.SemanticCache):
     """An LLM response cache that answers repeated and paraphrased prompts.
 
-    See the README section "Semantic cache". Keyword-only configuration:
+    See docs/cache.md. Keyword-only configuration:
     ``embedder`` (callable on a list of strings returning a 2-D float array;
     default: the built-in ``HashingEmbedder``), ``dim``, ``threshold`` (cosine
     similarity in [-1, 1]; 1.0 means exact matches only), ``ttl`` (seconds,

@@ -71,7 +71,7 @@ def get_breaker(name: str) -> CircuitBreaker:
 
 
 class CircuitBreaker(_core.CircuitBreaker):
-    """A circuit breaker (see the README's Resilience section for the rules).
+    """A circuit breaker (see docs/resilience.md for the rules).
 
     ``CircuitBreaker(name, *, failure_threshold=5, recovery_timeout=60.0,
     success_threshold=3, failure_rate_threshold=None, window_type="count",

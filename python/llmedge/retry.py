@@ -122,7 +122,7 @@ class _Attempts:
 
 
 class Retry(_core.Retry):
-    """Retries a call with backoff (see the README's Retry section).
+    """Retries a call with backoff (see docs/routing.md).
 
     ``Retry(attempts=3, *, backoff="exponential", base=0.1, max_delay=10.0,
     jitter="full", retry_on=None, respect_retry_after=True, deadline=None,

@@ -36,8 +36,8 @@ from llmedge.routing.upstream import (
 
 
 class Router:
-    """Routes chat completions over OpenAI-compatible upstreams (see the
-    README's Router section).
+    """Routes chat completions over OpenAI-compatible upstreams (see
+    docs/routing.md).
 
     ``Router(upstreams, *, strategy="ordered", retry=None, hedge=False,
     deadline=None, latency_target=None, explore_after=5.0, alpha=0.2,
