@@ -48,8 +48,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "demo",
         help="run the reference chat service under a short load with a provider failure",
         description=(
-            "Starts two mock LLM upstreams and the reference service "
-            "(examples/chat_service), runs a short load (30 s by default) during which "
+            "Starts two mock LLM upstreams and the gateway "
+            "(llmedge.gateway), runs a short load (30 s by default) during which "
             "the primary upstream fails and recovers, prints latency percentiles, "
             "requests per second, time to first token, cache hit rate by kind, breaker "
             "transitions and the tokens and cost saved, then stops everything it started."
@@ -62,11 +62,6 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=["llmedge", "baseline"],
         default="llmedge",
         help="the service on llmedge (default) or on the pure-Python baselines",
-    )
-    demo.add_argument(
-        "--service-dir",
-        metavar="DIR",
-        help="the reference service (default: examples/chat_service of the checkout)",
     )
     demo.add_argument(
         "--data",
