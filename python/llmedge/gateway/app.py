@@ -615,11 +615,13 @@ class Service:
                         parts.append(text)
                         yield text
             finally:
-                await events.aclose()
-                # A stream cut by the upstream or abandoned by the client was
-                # still served up to here: cost what was received.
-                if parts or upstream_usage:
-                    finish()
+                try:
+                    await events.aclose()
+                finally:
+                    # A stream cut by the upstream or abandoned by the client
+                    # was still served up to here: cost what was received.
+                    if parts or upstream_usage:
+                        finish()
 
         def finish() -> tuple[dict, float]:
             if not recorded:
