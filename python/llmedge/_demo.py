@@ -272,7 +272,7 @@ def run(
         fallback = stack.enter_context(spawn_mock(port=0, ttft=ttft, tpot=tpot))
         started += [{"name": "mock", "pid": m.process.pid} for m in (primary, fallback)]
         service, url = tr.start_service(
-            upstreams=[primary.base_url, fallback.base_url],
+            upstreams=[f"primary={primary.base_url}", f"fallback={fallback.base_url}"],
             backend=backend,
             env=DEMO_SERVICE_ENV,
             server="uvicorn",

@@ -18,13 +18,20 @@ lookup partitioned by model, sampling parameters, system prompt and earlier
 turns, then the upstreams in order of preference through an ``llmedge.Router``,
 each behind its own circuit breaker (5xx, 429, timeouts and connection errors
 are failures and move on to the next upstream; other 4xx are the caller's and
-are passed back). Streams forward the
-first token as soon as it arrives and are cached only when they completed.
+are passed back; when all answered 429 the client gets 429 with the
+smallest ``Retry-After`` they gave). Streams forward the first token as soon
+as it arrives. An answer is cached only when it completed normally
+(``finish_reason`` ``stop``, or ``length`` when the client set
+``max_tokens``) without tool calls. Clients see upstreams by label
+(``upstream-<index>`` or the label given in ``LLMEDGE_UPSTREAMS``), never by
+URL.
 
 Configuration (environment):
 
 =============================  ==============================================
-``LLMEDGE_UPSTREAMS``          comma-separated base URLs (``http://h:p/v1``)
+``LLMEDGE_UPSTREAMS``          comma-separated base URLs (``http://h:p/v1``),
+                               each optionally labelled (``primary=http://...``;
+                               clients see labels, never URLs)
 ``LLMEDGE_SERVICE_BACKEND``    ``llmedge`` (default) or ``baseline``
 ``LLMEDGE_MODEL``              default model (``gpt-4o-mini``)
 ``LLMEDGE_SYSTEM_PROMPT``      system prompt of ``/chat``
@@ -76,7 +83,6 @@ from llmedge.fastapi import (
     Monitor,
     OpenAIError,
     RateLimit,
-    cache_on_complete,
     event_content,
     openai_error_body,
     replay,
@@ -84,6 +90,13 @@ from llmedge.fastapi import (
     sse_response,
 )
 from llmedge.gateway.backends import make_backend
+from llmedge.gateway.upstreams import (
+    all_failed_error,
+    describe,
+    log,
+    make_router,
+    parse_upstreams,
+)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -177,12 +190,7 @@ class Settings:
     def validate(self) -> None:
         if not self.upstreams:
             raise ValueError("LLMEDGE_UPSTREAMS lists no upstream base URL")
-        for u in self.upstreams:
-            if not u.startswith(("http://", "https://")):
-                raise ValueError(
-                    f"LLMEDGE_UPSTREAMS entries must be http(s) base URLs such as "
-                    f"http://127.0.0.1:8001/v1, got {u!r}"
-                )
+        parse_upstreams(self.upstreams)
         for name in ("connect_timeout", "read_timeout", "total_timeout", "breaker_recovery"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
@@ -273,64 +281,15 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def make_router(settings: Settings, backend: Any) -> llmedge.Router:
-    """The upstreams in order of preference, each behind the backend's breaker
-    (5xx, 429, timeouts and connection errors fail over to the next; other 4xx
-    are the caller's and are passed back)."""
-    s = settings
-    upstreams = []
-    for i, url in enumerate(s.upstreams):
-        breaker = backend.breaker(
-            f"upstream-{i}:{url}",
-            exclude=(llmedge.UpstreamClientError,),
-            failure_threshold=s.breaker_failures,
-            recovery_timeout=s.breaker_recovery,
-            failure_rate_threshold=s.breaker_failure_rate,
-            window_size=20,
-            minimum_calls=10,
-        )
-        upstreams.append(
-            llmedge.Upstream(
-                url,
-                name=f"upstream-{i}",
-                breaker=breaker,
-                connect_timeout=s.connect_timeout,
-                read_timeout=s.read_timeout,
-                timeout=s.total_timeout,
-            )
-        )
-    # one pass over the upstreams: falling back to the next is no retry
-    retry = llmedge.Retry(len(upstreams))
-    return llmedge.Router(upstreams, strategy="ordered", retry=retry, name="chat")
-
-
-def _all_failed(exc: llmedge.AllUpstreamsFailedError) -> OpenAIError:
-    if not exc.errors:
-        seconds = max(1, math.ceil(exc.retry_after or 0))
-        return OpenAIError(
-            503,
-            "every upstream is unavailable (circuit open); retry later",
-            type="upstream_unavailable",
-            code="circuit_open",
-            headers={"Retry-After": str(seconds)},
-        )
-    return OpenAIError(
-        504 if exc.timeout else 502,
-        "every upstream failed: " + "; ".join(str(e) for e in exc.errors),
-        type="upstream_error",
-        code="upstream_timeout" if exc.timeout else "upstream_failed",
-    )
-
-
 @contextlib.asynccontextmanager
-async def _routed() -> AsyncIterator[None]:
+async def _routed(urls: dict[str, str]) -> AsyncIterator[None]:
     """The Router's failures as the service's HTTP errors."""
     try:
         yield
     except llmedge.UpstreamClientError as exc:
         raise _Passthrough(JSONResponse(exc.body, status_code=exc.status)) from None
     except llmedge.AllUpstreamsFailedError as exc:
-        raise _all_failed(exc) from None
+        raise all_failed_error(exc, urls) from None
 
 
 # ---------------------------------------------------------------------------
@@ -348,6 +307,19 @@ class Prepared:
     prompt_tokens: int
     stream: bool
     include_usage: bool
+    limited: bool = False  # the client set max_tokens (or max_completion_tokens)
+
+
+def _completed(p: Prepared, finish_reason: Any, tool_calls: bool) -> bool:
+    """Whether an answer may be cached: it ended normally (``stop``, or
+    ``length`` when the client set the limit, so the same request gets the
+    same cut) and called no tool. A ``content_filter`` end, or a cut the
+    client did not ask for, is never replayed to the next person."""
+    return (
+        p.prompt is not None
+        and not tool_calls
+        and (finish_reason == "stop" or (finish_reason == "length" and p.limited))
+    )
 
 
 class Service:
@@ -367,6 +339,8 @@ class Service:
             settings.backend, threshold=settings.cache_threshold, ttl=settings.cache_ttl, **shared
         )
         self.router = make_router(settings, self.backend)
+        self.urls = dict(parse_upstreams(settings.upstreams))  # label: base URL (logs only)
+        self.labels = list(self.urls)
         self.costs = self.backend.cost_tracker()
         self.saved_by_cache = self.backend.cost_tracker()
         self.saved_by_optimizer = self.backend.cost_tracker()
@@ -471,6 +445,7 @@ class Service:
             prompt_tokens=prompt_tokens,
             stream=stream,
             include_usage=include_usage,
+            limited=max_out is not None,
         )
 
     async def lookup(self, p: Prepared) -> tuple[str, str] | None:
@@ -500,33 +475,35 @@ class Service:
         )
         return u, float(cost)
 
-    def upstream(self, name: str) -> tuple[int, str]:
-        """(index, base URL) of the upstream the router calls ``name``."""
-        i = int(name.rsplit("-", 1)[1])
-        return i, self.settings.upstreams[i]
+    def upstream(self, name: str) -> int:
+        """The index of the upstream the router calls ``name`` (its label)."""
+        return self.labels.index(name)
 
     async def complete(self, p: Prepared) -> tuple[str, dict, float, int, dict]:
-        async with _routed():
+        async with _routed(self.urls):
             res = await self.router.achat(p.upstream_body)
         data = res.body
         choice = data["choices"][0]
         content = choice["message"].get("content")
         answer = content if isinstance(content, str) else ""
         usage, cost = self.record(p, data.get("usage"), answer)
-        if (
-            p.prompt is not None
-            and answer
-            and not choice["message"].get("tool_calls")
-            and choice.get("finish_reason") in ("stop", "length")
-        ):
+        tool_calls = bool(choice["message"].get("tool_calls"))
+        if answer and _completed(p, choice.get("finish_reason"), tool_calls):
+            await self._store(p, answer)
+        return answer, usage, cost, self.upstream(res.upstream), data
+
+    async def _store(self, p: Prepared, answer: str) -> None:
+        assert p.prompt is not None
+        try:
             await self.backend.cache.aset(p.prompt, answer, partition=p.partition)
-        return answer, usage, cost, self.upstream(res.upstream)[0], data
+        except Exception:  # a full or broken cache must not break the answer
+            log.exception("storing a completed answer in the cache failed")
 
     async def open_stream(self, p: Prepared) -> tuple[llmedge.RouterStream, int]:
         """The first upstream whose first token arrived: its events, from the first."""
-        async with _routed():
+        async with _routed(self.urls):
             stream = await self.router.astream(p.upstream_body)
-        return stream, self.upstream(stream.upstream)[0]
+        return stream, self.upstream(stream.upstream)
 
     # -- single flight: identical non-streamed misses in flight share one call --
 
@@ -601,7 +578,7 @@ class Service:
         upstream_usage = events.usage
         headers["X-LLMedge-Upstream"] = str(up)
         parts: list[str] = []
-        tool_calls = []
+        ending = _Ending()
 
         recorded: list[tuple[dict, float]] = []
 
@@ -609,11 +586,15 @@ class Service:
             try:
                 async for event in events:
                     text = event_content(event)
-                    if _has_tool_calls(event):
-                        tool_calls.append(True)
+                    ending.see(event)
                     if text:
                         parts.append(text)
                         yield text
+                text = "".join(parts)
+                if text and _completed(p, ending.reason, ending.tool_calls):
+                    await self._store(p, text)
+            except llmedge.UpstreamError as exc:  # reported to the client in-band
+                raise llmedge.UpstreamError(_stream_failure(exc)) from None
             finally:
                 try:
                     await events.aclose()
@@ -629,13 +610,10 @@ class Service:
             return recorded[0]
 
         if fmt == "openai":  # a proxy: the upstream's chunks as they are
-            return self._passthrough_sse(events, p, headers, parts, tool_calls, finish)
-        stream: AsyncIterator[str] = texts()
-        if p.prompt is not None:
-            stream = cache_on_complete(stream, self.backend.cache, p.prompt, partition=p.partition)
-        return self._sse(stream, p, fmt, cid, headers, "none", finish)
+            return self._passthrough_sse(events, p, headers, parts, ending, finish)
+        return self._sse(texts(), p, fmt, cid, headers, "none", finish)
 
-    def _passthrough_sse(self, events, p, headers, parts, tool_calls, finish) -> Response:  # type: ignore[no-untyped-def]
+    def _passthrough_sse(self, events, p, headers, parts, ending, finish) -> Response:  # type: ignore[no-untyped-def]
         async def body() -> AsyncIterator[bytes]:
             try:
                 async for chunk in _body():
@@ -646,8 +624,7 @@ class Service:
         async def _body() -> AsyncIterator[bytes]:
             try:
                 async for event in events:
-                    if _has_tool_calls(event):
-                        tool_calls.append(True)
+                    ending.see(event)
                     parts.append(event_content(event))
                     if event.get("usage") and not event.get("choices") and not p.include_usage:
                         continue  # usage was asked for by us, not by the client
@@ -655,7 +632,9 @@ class Service:
             except Exception as exc:  # the status is sent: report in-band, no [DONE]
                 finish()  # what was received was served: cost it
                 err = openai_error_body(
-                    f"upstream stream failed: {exc}", "upstream_error", "stream_error"
+                    f"upstream stream failed: {_stream_failure(exc)}",
+                    "upstream_error",
+                    "stream_error",
                 )
                 yield sse_event(err, event="error")
                 return
@@ -664,9 +643,8 @@ class Service:
                 raise
             finish()
             text = "".join(parts)
-            if p.prompt is not None and text and not tool_calls:
-                with contextlib.suppress(Exception):
-                    await self.backend.cache.aset(p.prompt, text, partition=p.partition)
+            if text and _completed(p, ending.reason, ending.tool_calls):
+                await self._store(p, text)
             yield b"data: [DONE]\n\n"
 
         hdrs = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers}
@@ -701,7 +679,7 @@ class Service:
                 "model": p.model,
                 "usage": usage,
                 "cost": cost,
-                "upstream": None if up is None else self.settings.upstreams[up],
+                "upstream": None if up is None else self.labels[up],
             }
         else:
             body = {
@@ -722,11 +700,28 @@ class Service:
         return JSONResponse(body, headers=headers)
 
 
-def _has_tool_calls(event: dict[str, Any]) -> bool:
-    return any(
-        (c.get("delta") or {}).get("tool_calls") or (c.get("delta") or {}).get("function_call")
-        for c in event.get("choices") or ()
-    )
+def _stream_failure(exc: Exception) -> str:
+    """A stream's failure for the client: the upstream's label and the kind,
+    not the error's own text (which may carry an address); that is logged."""
+    log.warning("upstream stream failed: %r", exc)
+    return describe(exc) if isinstance(exc, llmedge.UpstreamError) else "stream failed"
+
+
+class _Ending:
+    """How a streamed answer ended, from its events: whether it called a
+    tool, and its finish reason."""
+
+    def __init__(self) -> None:
+        self.tool_calls = False
+        self.reason: Any = None
+
+    def see(self, event: dict[str, Any]) -> None:
+        for c in event.get("choices") or ():
+            delta = c.get("delta") or {}
+            if delta.get("tool_calls") or delta.get("function_call"):
+                self.tool_calls = True
+            if c.get("finish_reason"):
+                self.reason = c["finish_reason"]
 
 
 class _Passthrough(Exception):
