@@ -46,6 +46,7 @@ Configuration (environment):
 ``LLMEDGE_TOKENS_PER_MINUTE``  estimated tokens per minute per key (0: off)
 ``LLMEDGE_CACHE_THRESHOLD``    cosine similarity of a semantic hit (0.85)
 ``LLMEDGE_CACHE_TTL``          seconds (3600)
+``LLMEDGE_CACHE_MAX_ENTRIES``  entries the cache holds at most (10000)
 ``LLMEDGE_SSE_EVERY``          chunks coalesced per SSE event at most (8)
 ``LLMEDGE_SSE_MAX_DELAY``      seconds a chunk may wait in the coalescer (0.05)
 ``LLMEDGE_REDIS_URL``          ``redis://``, ``rediss://`` or ``unix://`` URL, or
@@ -128,6 +129,7 @@ class Settings:
     tokens_per_minute: int = 0
     cache_threshold: float = 0.85
     cache_ttl: float = 3600.0
+    cache_max_entries: int = 10_000
     sse_every: int = 8
     sse_max_delay: float | None = 0.05
     reserve_output_tokens: int = 1024
@@ -180,6 +182,7 @@ class Settings:
             tokens_per_minute=int(_env_float("LLMEDGE_TOKENS_PER_MINUTE", 0)),
             cache_threshold=_env_float("LLMEDGE_CACHE_THRESHOLD", 0.85),
             cache_ttl=_env_float("LLMEDGE_CACHE_TTL", 3600.0),
+            cache_max_entries=int(_env_float("LLMEDGE_CACHE_MAX_ENTRIES", 10_000)),
             sse_every=int(_env_float("LLMEDGE_SSE_EVERY", 8)),
             sse_max_delay=delay if delay > 0 else None,
             redis_url=(redis_urls[0] if len(redis_urls) == 1 else redis_urls) or None,
@@ -199,6 +202,11 @@ class Settings:
             raise ValueError(f"breaker_failure_rate must be in (0, 1] or None, got {rate!r}")
         if self.sse_every < 1:
             raise ValueError(f"sse_every (LLMEDGE_SSE_EVERY) must be >= 1, got {self.sse_every!r}")
+        if self.cache_max_entries < 1:
+            raise ValueError(
+                f"cache_max_entries (LLMEDGE_CACHE_MAX_ENTRIES) must be >= 1, "
+                f"got {self.cache_max_entries!r}"
+            )
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
         if self.redis_url is not None and self.backend != "llmedge":
@@ -336,7 +344,11 @@ class Service:
             {"store": self.store, "local_share": settings.redis_local_share} if self.store else {}
         )
         self.backend = make_backend(
-            settings.backend, threshold=settings.cache_threshold, ttl=settings.cache_ttl, **shared
+            settings.backend,
+            threshold=settings.cache_threshold,
+            ttl=settings.cache_ttl,
+            max_entries=settings.cache_max_entries,
+            **shared,
         )
         self.router = make_router(settings, self.backend)
         self.urls = dict(parse_upstreams(settings.upstreams))  # label: base URL (logs only)
