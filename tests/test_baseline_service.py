@@ -57,9 +57,7 @@ def test_token_bucket_keys_are_bounded_and_active_keys_kept():
 
 
 def test_baseline_limiter_keys_are_bounded():
-    limits = _BaselineLimits(resilience.TokenBucket, {"requests": (5.0, 1.0, 10)})
-    for b in limits.buckets.values():
-        b.max_keys = 1000
+    limits = _BaselineLimits(resilience.TokenBucket, {"requests": (5.0, 1.0, 10)}, max_keys=1000)
     for i in range(10_000):
         assert limits.try_acquire(f"key-{i}", requests=1)
     assert all(len(b.buckets) <= 1000 for b in limits.buckets.values())

@@ -53,8 +53,8 @@ class BaselineBackend:
             exclude,
         )
 
-    def limiter(self, **limits: Any) -> Any:
-        return _BaselineLimits(self._b.resilience.TokenBucket, limits)
+    def limiter(self, *, max_keys: int = 100_000, **limits: Any) -> Any:
+        return _BaselineLimits(self._b.resilience.TokenBucket, limits, max_keys)
 
     def _rules_for(self, model: str) -> Any:
         rules = self._rules.get(model)
@@ -283,13 +283,15 @@ class _BaselineBreaker:
 class _BaselineLimits:
     """Token buckets for requests and tokens, charged together or not at all."""
 
-    def __init__(self, bucket: Any, limits: dict[str, tuple[Any, ...]]) -> None:
+    def __init__(
+        self, bucket: Any, limits: dict[str, tuple[Any, ...]], max_keys: int = 100_000
+    ) -> None:
         self.buckets = {}
         self.limits = {}
         for name, spec in limits.items():
             rate, per, *rest = spec
             burst = rest[0] if rest else None
-            self.buckets[name] = bucket(rate, per=per, burst=burst)
+            self.buckets[name] = bucket(rate, per=per, burst=burst, max_keys=max_keys)
             self.limits[name] = (float(rate), float(per), int(self.buckets[name].burst))
         self.lock = threading.Lock()
 
@@ -315,6 +317,10 @@ class _BaselineLimits:
             if need > 0:
                 wait = max(wait, need / b.fill)
         return wait
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(set().union(*(b.buckets for b in self.buckets.values())))
 
     def available(self, key: str = "") -> dict[str, int]:
         with self.lock:

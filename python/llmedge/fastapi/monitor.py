@@ -245,7 +245,12 @@ class Monitor:
             body["routers"] = {name: r.stats() for name, r in self.routers.items()}
         if self.rate_limits:
             body["rate_limits"] = {
-                rl.name: {"granted": rl.granted, "rejections": dict(rl.rejections)}
+                rl.name: {
+                    "granted": rl.granted,
+                    "rejections": dict(rl.rejections),
+                    # keys holding state now (bounded by the limiter's max_keys)
+                    **({"keys": len(rl.limiter)} if hasattr(rl.limiter, "__len__") else {}),
+                }
                 for rl in self.rate_limits
             }
         return (503 if status == "unhealthy" else 200), body

@@ -91,6 +91,7 @@ from llmedge.fastapi import (
     sse_response,
 )
 from llmedge.gateway.backends import make_backend
+from llmedge.gateway.limits import LimitsMiddleware, RequestLimits
 from llmedge.gateway.upstreams import (
     all_failed_error,
     describe,
@@ -136,6 +137,11 @@ class Settings:
     redis_url: str | list[str] | None = None
     redis_timeout: float = 0.05
     redis_local_share: int = 1
+    rate_limit_max_keys: int = 100_000
+    max_body_bytes: int = RequestLimits.max_body_bytes
+    max_messages: int = RequestLimits.max_messages
+    max_json_depth: int = RequestLimits.max_json_depth
+    body_timeout: float = RequestLimits.body_timeout
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -188,6 +194,11 @@ class Settings:
             redis_url=(redis_urls[0] if len(redis_urls) == 1 else redis_urls) or None,
             redis_timeout=_env_float("LLMEDGE_REDIS_TIMEOUT", 0.05),
             redis_local_share=int(_env_float("LLMEDGE_REDIS_LOCAL_SHARE", 1)),
+            rate_limit_max_keys=int(_env_float("LLMEDGE_RATE_LIMIT_MAX_KEYS", 100_000)),
+            max_body_bytes=int(_env_float("LLMEDGE_MAX_BODY_BYTES", RequestLimits.max_body_bytes)),
+            max_messages=int(_env_float("LLMEDGE_MAX_MESSAGES", RequestLimits.max_messages)),
+            max_json_depth=int(_env_float("LLMEDGE_MAX_JSON_DEPTH", RequestLimits.max_json_depth)),
+            body_timeout=_env_float("LLMEDGE_BODY_TIMEOUT", RequestLimits.body_timeout),
         )
 
     def validate(self) -> None:
@@ -218,7 +229,21 @@ class Settings:
                 f"redis_local_share (LLMEDGE_REDIS_LOCAL_SHARE) must be >= 1, "
                 f"got {self.redis_local_share!r}"
             )
+        if self.rate_limit_max_keys < 1:
+            raise ValueError(
+                f"rate_limit_max_keys (LLMEDGE_RATE_LIMIT_MAX_KEYS) must be >= 1, "
+                f"got {self.rate_limit_max_keys!r}"
+            )
+        self.limits()
         llmedge.model_info(self.model)
+
+    def limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_body_bytes=self.max_body_bytes,
+            max_messages=self.max_messages,
+            max_json_depth=self.max_json_depth,
+            body_timeout=self.body_timeout,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -364,7 +389,11 @@ class Service:
             tpm = settings.tokens_per_minute
             limits["tokens"] = (float(tpm), 60.0, tpm)
         self.rate_limit = (
-            RateLimit(limiter=self.backend.limiter(**limits), model=settings.model, name="chat")
+            RateLimit(
+                limiter=self.backend.limiter(max_keys=settings.rate_limit_max_keys, **limits),
+                model=settings.model,
+                name="chat",
+            )
             if limits
             else None
         )
@@ -800,6 +829,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stores={"redis": service.store} if service.store else None,
     )
     app.state.monitor = monitor
+    # inside the monitor's middleware, so that its 4xx are counted too
+    app.add_middleware(LimitsMiddleware, limits=settings.limits())
     monitor.install(app)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(_Passthrough, _on_passthrough)
