@@ -51,7 +51,7 @@ def gunicorn(env: dict[str, str], workers: int):
         ]
     )
     full_env.update(env)
-    cmd = [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker",
+    cmd = [sys.executable, "-m", "gunicorn", "-k", "llmedge.gateway.worker.UvicornWorker",
            "-w", str(workers), "-b", f"127.0.0.1:{port}",
            "--graceful-timeout", "5", "llmedge.gateway:create_app()"]  # fmt: skip
     proc = subprocess.Popen(

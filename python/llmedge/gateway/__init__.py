@@ -4,8 +4,12 @@
 ``settings`` it reads the ``LLMEDGE_*`` environment variables (see
 ``llmedge.gateway.app``). Run it under uvicorn or gunicorn::
 
-    uvicorn --factory llmedge.gateway:create_app
-    gunicorn -k uvicorn.workers.UvicornWorker -w 4 'llmedge.gateway:create_app()'
+    uvicorn --factory llmedge.gateway:create_app \
+            --http llmedge.gateway.server:HeaderTimeoutProtocol
+    gunicorn -k llmedge.gateway.worker.UvicornWorker -w 4 'llmedge.gateway:create_app()'
+
+(the header-timeout protocol and worker refuse slow-loris clients; see
+``llmedge.gateway.server``)
 """
 
 from llmedge.gateway.app import Settings, create_app

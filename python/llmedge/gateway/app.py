@@ -2,8 +2,9 @@
 
 Run it (``pip install 'llmedge[service]'``)::
 
-    LLMEDGE_UPSTREAMS=http://127.0.0.1:8001/v1 uvicorn --factory llmedge.gateway:create_app
-    LLMEDGE_UPSTREAMS=... gunicorn -k uvicorn.workers.UvicornWorker -w 2 \\
+    LLMEDGE_UPSTREAMS=http://127.0.0.1:8001/v1 uvicorn --factory llmedge.gateway:create_app \\
+        --http llmedge.gateway.server:HeaderTimeoutProtocol
+    LLMEDGE_UPSTREAMS=... gunicorn -k llmedge.gateway.worker.UvicornWorker -w 2 \\
         'llmedge.gateway:create_app()'
 
 Endpoints: ``POST /chat`` (``{"question", "history", "stream", "model"}``),
@@ -56,6 +57,13 @@ Configuration (environment):
 ``LLMEDGE_REDIS_TIMEOUT``      seconds any request waits for Redis (0.05)
 ``LLMEDGE_REDIS_LOCAL_SHARE``  processes sharing the limit: while Redis is
                                unreachable each admits rate / this (1)
+``LLMEDGE_RATE_LIMIT_MAX_KEYS`` keys the limiter keeps state for (100000)
+``LLMEDGE_MAX_BODY_BYTES``     request body size, 413 beyond (4194304)
+``LLMEDGE_MAX_MESSAGES``       messages (or history entries), 413 beyond (2048)
+``LLMEDGE_MAX_JSON_DEPTH``     JSON nesting, 400 beyond (64)
+``LLMEDGE_BODY_TIMEOUT``       seconds for the body after the headers, 408 (30)
+``LLMEDGE_HEADER_TIMEOUT``     seconds for the headers, 408 (10; the server's,
+                               see ``llmedge.gateway.server``)
 =============================  ==============================================
 """
 
