@@ -38,6 +38,7 @@ import importlib.util
 import json
 import os
 import random
+import statistics
 import sys
 import time
 from collections import Counter
@@ -231,8 +232,7 @@ def growth(values: Sequence[float]) -> float | None:
     if len(values) < 2:
         return None
     k = max(1, len(values) // 4)
-    first = sorted(values[:k])[k // 2]
-    last = sorted(values[-k:])[k // 2]
+    first, last = statistics.median(values[:k]), statistics.median(values[-k:])
     return (last - first) / first if first else None
 
 
