@@ -98,55 +98,6 @@ def test_runs_under_gunicorn_with_two_workers(upstreams):
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.asyncio
-@pytest.mark.parametrize("backend", BACKENDS)
-async def test_client_disconnect_mid_stream_is_not_cached_nor_a_failure(backend):
-    import threading
-
-    import uvicorn
-
-    with MockLLM(tpot=0.05, answer_tokens=ANSWER_TOKENS) as mock:  # 1.2 s per answer
-        app = chat_app.create_app(
-            chat_app.Settings(upstreams=[mock.base_url], backend=backend, sse_max_delay=None)
-        )
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        try:
-            while not server.started:
-                assert thread.is_alive()
-                await asyncio.sleep(0.01)
-            url = f"http://127.0.0.1:{port}"
-            async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as c:
-                body = {"question": "Leave halfway?", "stream": True}
-                async with c.stream("POST", "/chat", json=body) as r:
-                    async for chunk in r.aiter_text():
-                        assert '"content"' in chunk
-                        break  # and close the connection
-                # the service ends the request when it sees the disconnect
-                done = 'llmedge_http_request_duration_seconds_count{method="POST",route="/chat"'
-                for _ in range(1000):
-                    if done in (await c.get("/metrics")).text:
-                        break
-                    await asyncio.sleep(0.01)
-                else:
-                    pytest.fail("the service never finished the abandoned stream")
-                health = (await c.get("/health")).json()
-                assert health["caches"]["chat"]["inserts"] == 0
-                (breaker,) = health["breakers"].values()
-                assert breaker["failures"] == 0 and breaker["state"] == "closed"
-                r = await c.post("/chat", json={"question": "Leave halfway?"})
-                assert r.json()["cached"] == "none"
-                assert r.json()["answer"] == expected("gpt-4o-mini", "Leave halfway?")
-        finally:
-            server.should_exit = True
-            await asyncio.to_thread(thread.join, 10)
-            sock.close()
-
-
 @contextlib.contextmanager
 def served(app):
     """``app`` under uvicorn on a free loopback port, in a thread; yields its URL."""
@@ -170,6 +121,37 @@ def served(app):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_client_disconnect_mid_stream_is_not_cached_nor_a_failure(backend):
+    with MockLLM(tpot=0.05, answer_tokens=ANSWER_TOKENS) as mock:  # 1.2 s per answer
+        app = chat_app.create_app(
+            chat_app.Settings(upstreams=[mock.base_url], backend=backend, sse_max_delay=None)
+        )
+        with served(app) as url:
+            async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=30) as c:
+                body = {"question": "Leave halfway?", "stream": True}
+                async with c.stream("POST", "/chat", json=body) as r:
+                    async for chunk in r.aiter_text():
+                        assert '"content"' in chunk
+                        break  # and close the connection
+                # the service ends the request when it sees the disconnect
+                done = 'llmedge_http_request_duration_seconds_count{method="POST",route="/chat"'
+                for _ in range(1000):
+                    if done in (await c.get("/metrics")).text:
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    pytest.fail("the service never finished the abandoned stream")
+                health = (await c.get("/health")).json()
+                assert health["caches"]["chat"]["inserts"] == 0
+                (breaker,) = health["breakers"].values()
+                assert breaker["failures"] == 0 and breaker["state"] == "closed"
+                r = await c.post("/chat", json={"question": "Leave halfway?"})
+                assert r.json()["cached"] == "none"
+                assert r.json()["answer"] == expected("gpt-4o-mini", "Leave halfway?")
 
 
 @pytest.mark.asyncio

@@ -3,7 +3,6 @@ latency drift, the per-minute table. The soak itself runs by hand."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -11,16 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "loadtest"))
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("loadtest_soak", ROOT / "loadtest" / "soak.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-soak = _load()
+import soak  # noqa: E402
 
 
 def sample(t: float, rss: int, fds: int, p50: float = 10.0) -> dict:
