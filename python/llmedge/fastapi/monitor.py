@@ -248,8 +248,7 @@ class Monitor:
                 rl.name: {
                     "granted": rl.granted,
                     "rejections": dict(rl.rejections),
-                    # keys holding state now (bounded by the limiter's max_keys)
-                    **({"keys": len(rl.limiter)} if hasattr(rl.limiter, "__len__") else {}),
+                    **_local_keys(rl.limiter),
                 }
                 for rl in self.rate_limits
             }
@@ -290,6 +289,14 @@ class Monitor:
         app.include_router(self.router(health_path=health_path, metrics_path=metrics_path))
         install_error_handler(app)
         return app
+
+
+def _local_keys(limiter: Any) -> dict[str, int]:
+    """``{"keys": n}``: the keys a process-local limiter holds state for
+    (bounded by its ``max_keys``); nothing for one whose state is in a store."""
+    if getattr(limiter, "shared", False) or not hasattr(limiter, "__len__"):
+        return {}
+    return {"keys": len(limiter)}
 
 
 def _is_breaker(b: Any) -> bool:
