@@ -11,6 +11,8 @@ churn everywhere state accumulates:
 * new prompts (real prompts from the data directory, 60 % never asked, the
   rest exact repeats and paraphrases), a cache small enough to evict
   (``--cache-entries``) and a short TTL (``--cache-ttl``) so entries expire;
+  the temperature moves every ``--shift-every`` requests, so the cache
+  partitions change and misses go on after the corpus was asked once;
 * new users: every request carries the API key of one of ``--active-users``
   users drawn from a window that slides by ``--new-users`` keys per second
   (the limiter keeps seeing new keys and forgetting old ones), plus a greedy
@@ -85,6 +87,12 @@ class Load:
         self.next = 0
         self.started = 0.0
 
+    def temperature(self, k: int) -> float:
+        """Moves every ``--shift-every`` requests: every cache partition
+        changes, so misses, inserts and evictions go on once the corpus has
+        been asked (old partitions empty out by eviction and expiry)."""
+        return (k // self.args.shift_every) % 21 / 10
+
     def _user(self, now: float) -> str:
         if self.rng.random() < self.args.greedy:
             return "greedy"
@@ -110,9 +118,9 @@ class Load:
             if due >= until:
                 return
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            await self._one(client, self.requests[k % len(self.requests)])
+            await self._one(client, self.requests[k % len(self.requests)], k)
 
-    async def _one(self, client: Any, req: tr.ChatRequest) -> None:
+    async def _one(self, client: Any, req: tr.ChatRequest, k: int) -> None:
         import httpx
 
         a = self.args
@@ -124,9 +132,10 @@ class Load:
                 "model": "gpt-4o-mini",
                 "messages": [{"role": "user", "content": req.question}],
                 "stream": req.stream,
+                "temperature": self.temperature(k),
             }
         else:
-            path, body = "/chat", req.body()
+            path, body = "/chat", {**req.body(), "temperature": self.temperature(k)}
         headers = {"Authorization": f"Bearer {self._user(time.monotonic())}"}
         start = time.monotonic()
         status, cached, error = 0, None, None
@@ -400,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--greedy", type=float, default=0.1, help="share of requests of the greedy key (0.1)")
     add("--trip-every", type=float, default=120.0, help="seconds between outages (120)")
     add("--trip-seconds", type=float, default=15.0, help="seconds an outage lasts (15)")
+    add("--shift-every", type=int, default=3000, help="requests per temperature (3000)")
     add("--abandon", type=float, default=0.05, help="share of streams abandoned (0.05)")
     add("--openai", type=float, default=0.2, help="share sent to /v1/chat/completions (0.2)")
     add("--stream", type=float, default=0.5, help="share streamed (default 0.5)")
