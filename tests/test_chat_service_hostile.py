@@ -323,3 +323,31 @@ def test_10000_api_keys_keep_limiter_state_and_metric_labels_bounded(gateway):
 
     asyncio.run(flood())
     gateway.served()
+
+
+def test_header_timeout_setting(monkeypatch):
+    from llmedge.gateway.server import DEFAULT_HEADER_TIMEOUT, header_timeout
+
+    monkeypatch.delenv("LLMEDGE_HEADER_TIMEOUT", raising=False)
+    assert header_timeout() == DEFAULT_HEADER_TIMEOUT
+    monkeypatch.setenv("LLMEDGE_HEADER_TIMEOUT", "2.5")
+    assert header_timeout() == 2.5
+    for bad in ("0", "-1", "soon", "inf"):
+        monkeypatch.setenv("LLMEDGE_HEADER_TIMEOUT", bad)
+        with pytest.raises(
+            ValueError, match=f"LLMEDGE_HEADER_TIMEOUT must be seconds > 0, got '{bad}'"
+        ):
+            header_timeout()
+
+
+def test_limits_are_settings_with_environment_variables(monkeypatch):
+    from llmedge.gateway.app import Settings
+
+    monkeypatch.setenv("LLMEDGE_MAX_BODY_BYTES", "1000")
+    monkeypatch.setenv("LLMEDGE_MAX_MESSAGES", "7")
+    monkeypatch.setenv("LLMEDGE_MAX_JSON_DEPTH", "9")
+    monkeypatch.setenv("LLMEDGE_BODY_TIMEOUT", "1.5")
+    assert Settings.from_env().limits() == RequestLimits(1000, 7, 9, 1.5)
+    monkeypatch.setenv("LLMEDGE_MAX_MESSAGES", "0")
+    with pytest.raises(ValueError, match=r"max_messages \(LLMEDGE_MAX_MESSAGES\) must be"):
+        Settings.from_env().validate()
