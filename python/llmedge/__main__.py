@@ -11,7 +11,7 @@ from llmedge import __version__
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m llmedge",
+        prog="llmedge",
         description="llmedge: fast, correct LLM plumbing for Python web backends.",
     )
     parser.add_argument("--version", action="version", version=f"llmedge {__version__}")
@@ -23,6 +23,9 @@ def _build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
+    from llmedge.gateway.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     demo = sub.add_parser(
         "demo",
         help="run the gateway in front of two mock LLMs under a short load with a failure",
@@ -57,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.command == "serve":
+        from llmedge.gateway.cli import main as serve_main
+
+        return serve_main(args)
     if args.command == "demo":
         from llmedge._demo import main as demo_main
 

@@ -351,18 +351,18 @@ def _free_port() -> int:
 
 
 class Gateway:
-    """The gateway under uvicorn (1 worker), a subprocess in its own session on a
+    """``llmedge serve`` (uvicorn, 1 worker), a subprocess in its own session on a
     free loopback port; ``stop()`` ends its process group."""
 
     def __init__(self, upstreams: Sequence[str], *, timeout: float = 60.0) -> None:
         import httpx
 
         port = _free_port()
-        argv = [
-            sys.executable, "-m", "uvicorn", "--factory", "llmedge.gateway:create_app",
-            "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-        ]  # fmt: skip
-        env = dict(os.environ, LLMEDGE_UPSTREAMS=",".join(upstreams), **DEMO_SERVICE_ENV)
+        argv = [sys.executable, "-m", "llmedge", "serve", "--port", str(port)]
+        argv += ["--log-level", "warning"]
+        for url in upstreams:
+            argv += ["--upstream", url]
+        env = dict(os.environ, **DEMO_SERVICE_ENV)
         # a file, not a pipe: a pipe nobody reads would fill and stall the gateway
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.proc = subprocess.Popen(
