@@ -9,6 +9,8 @@ from redis_support import RedisCluster, RedisServer, require_redis
 from llmedge import CircuitBreaker
 from llmedge.testing import FakeClock, MockLLM  # noqa: F401 - FakeClock: the tests import it from here
 
+pytest_plugins = ["pytester"]
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
