@@ -232,3 +232,16 @@ def test_mock_embeddings_reject_bad_bodies(mock_llm):
     one = httpx.post(url, json={"model": MODEL, "input": "a"}).json()
     assert one["object"] == "list" and one["data"][0]["object"] == "embedding"
     assert one["usage"]["prompt_tokens"] == one["usage"]["total_tokens"] >= 1
+
+
+def test_the_docs_example_runs(capsys):
+    from docs_text import docs_text
+
+    text = docs_text()
+    start = text.index("## Guard and embedders")
+    section = text[start : text.index("\n## ", start + 1)]
+    block = next(
+        b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "OpenAIEmbedder(" in b
+    )
+    exec(block, {})
+    assert capsys.readouterr().out.split() == ["exact", "closed", "1"]

@@ -16,6 +16,7 @@ so that a cache never mixes vectors of two different embedders.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 from collections.abc import Mapping, Sequence
@@ -325,6 +326,13 @@ class OpenAIEmbedder:
     def close(self) -> None:
         """Close the HTTP connections; the embedder cannot embed afterwards."""
         self._client.close()
+
+    def __del__(self) -> None:
+        # an embedder dropped without close() (the cache owns it) frees its sockets
+        client = getattr(self, "_client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
 
     def __enter__(self) -> OpenAIEmbedder:
         return self

@@ -25,6 +25,7 @@ Configuration (environment):
 
 =============================  ==============================================
 ``LLMEDGE_UPSTREAMS``          comma-separated base URLs (``http://h:p/v1``)
+``LLMEDGE_UPSTREAM_API_KEY``   bearer token sent to every upstream (unset: none)
 ``LLMEDGE_SERVICE_BACKEND``    ``llmedge`` (default) or ``baseline``
 ``LLMEDGE_MODEL``              default model (``gpt-4o-mini``)
 ``LLMEDGE_SYSTEM_PROMPT``      system prompt of ``/chat``
@@ -42,7 +43,8 @@ Configuration (environment):
 ``LLMEDGE_EMBEDDER``           the semantic tier's embedder: ``hashing`` (default),
                                ``sentence-transformers:MODEL`` or ``openai:MODEL``
 ``LLMEDGE_EMBEDDER_URL``       base URL of ``openai:`` (default: the first upstream)
-``LLMEDGE_EMBEDDER_API_KEY``   its bearer token (unset: none)
+``LLMEDGE_EMBEDDER_API_KEY``   its bearer token (default: the upstreams' when
+                               the embedder's URL is the first upstream's)
 ``LLMEDGE_EMBEDDER_TIMEOUT``   seconds an embeddings request may take (2.0)
 ``LLMEDGE_SSE_EVERY``          chunks coalesced per SSE event at most (8)
 ``LLMEDGE_SSE_MAX_DELAY``      seconds a chunk may wait in the coalescer (0.05)
@@ -124,6 +126,7 @@ class Settings:
     embedder_url: str | None = None
     embedder_api_key: str | None = None
     embedder_timeout: float = 2.0
+    upstream_api_key: str | None = None
     sse_every: int = 8
     sse_max_delay: float | None = 0.05
     reserve_output_tokens: int = 1024
@@ -180,6 +183,7 @@ class Settings:
             embedder_url=os.environ.get("LLMEDGE_EMBEDDER_URL", "").strip() or None,
             embedder_api_key=os.environ.get("LLMEDGE_EMBEDDER_API_KEY") or None,
             embedder_timeout=_env_float("LLMEDGE_EMBEDDER_TIMEOUT", 2.0),
+            upstream_api_key=os.environ.get("LLMEDGE_UPSTREAM_API_KEY") or None,
             sse_every=int(_env_float("LLMEDGE_SSE_EVERY", 8)),
             sse_max_delay=delay if delay > 0 else None,
             redis_url=(redis_urls[0] if len(redis_urls) == 1 else redis_urls) or None,
@@ -307,6 +311,7 @@ def make_router(settings: Settings, backend: Any) -> llmedge.Router:
             llmedge.Upstream(
                 url,
                 name=f"upstream-{i}",
+                api_key=s.upstream_api_key,
                 breaker=breaker,
                 connect_timeout=s.connect_timeout,
                 read_timeout=s.read_timeout,

@@ -172,8 +172,11 @@ def make_embedder(settings: Any) -> Any:
         return embedders.SentenceTransformerEmbedder(model)
     if kind == "openai":
         url = settings.embedder_url or settings.upstreams[0]
+        key = settings.embedder_api_key
+        if key is None and url == settings.upstreams[0]:
+            key = settings.upstream_api_key
         embedder = embedders.OpenAIEmbedder(
-            url, model, api_key=settings.embedder_api_key, timeout=settings.embedder_timeout
+            url, model, api_key=key, timeout=settings.embedder_timeout
         )
         try:
             embedder.dim  # noqa: B018 - the probe
