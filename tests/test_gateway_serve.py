@@ -109,6 +109,8 @@ def test_missing_extras_name_the_extra(monkeypatch, capsys):
     assert main(["serve"]) == 2
     err = capsys.readouterr().err
     assert "missing: no-such-dist" in err and "pip install 'llmedge[service]'" in err
+    assert main(["demo", "--duration", "5"]) == 2
+    assert "llmedge[service] (missing: no-such-dist)" in capsys.readouterr().out
     import llmedge.gateway
 
     with pytest.raises(ImportError, match=r"llmedge\[service\] \(missing: no-such-dist\)"):

@@ -358,7 +358,16 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 
 
 def main(args: Any) -> int:
+    from llmedge.gateway.cli import missing_service_modules
 
+    missing = missing_service_modules()
+    if missing:
+        print(
+            f"llmedge demo: the demo runs the gateway, which needs the optional dependencies "
+            f"of llmedge[service] (missing: {', '.join(missing)}); install them with: "
+            "pip install 'llmedge[service]'"
+        )
+        return 2
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         run(
