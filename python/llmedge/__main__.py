@@ -26,6 +26,20 @@ def _build_parser() -> argparse.ArgumentParser:
     from llmedge.gateway.cli import add_parser as add_serve_parser
 
     add_serve_parser(sub)
+
+    from llmedge.cache_eval import add_arguments as cache_eval_arguments
+
+    cache_eval = sub.add_parser(
+        "cache-eval",
+        help="precision and recall of the semantic cache on your labelled prompt pairs",
+        description=(
+            "Reads labelled prompt pairs (prompt_a,prompt_b,same_answer), prints precision "
+            "and recall per similarity threshold with and without the guard, the guard's "
+            "rejections by reason with examples, and the threshold that meets a target "
+            "precision."
+        ),
+    )
+    cache_eval_arguments(cache_eval)
     demo = sub.add_parser(
         "demo",
         help="run the gateway in front of two mock LLMs under a short load with a failure",
@@ -64,6 +78,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from llmedge.gateway.cli import main as serve_main
 
         return serve_main(args)
+    if args.command == "cache-eval":
+        from llmedge.cache_eval import main as cache_eval_main
+
+        return cache_eval_main(args)
     if args.command == "demo":
         from llmedge._demo import main as demo_main
 
