@@ -107,12 +107,7 @@ class SentenceTransformerEmbedder:
         return self._np.asarray(out, dtype=self._np.float32)
 
     def __call__(self, texts: Sequence[str]) -> Any:
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of str, got a single str; wrap it in a list")
-        items = list(texts)
-        for i, t in enumerate(items):
-            if not isinstance(t, str):
-                raise TypeError(f"texts[{i}] must be str, got {type(t).__name__}")
+        items = _texts(texts)
         if not items:
             return self._np.zeros((0, self._dim), dtype=self._np.float32)
         out = self._encode(items)
@@ -130,6 +125,7 @@ class SentenceTransformerEmbedder:
 
 
 def _texts(texts: Sequence[str]) -> list[str]:
+    """``texts`` as a list, checked: a list of str, not one str."""
     if isinstance(texts, str):
         raise TypeError("texts must be a list of str, got a single str; wrap it in a list")
     items = list(texts)

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from llmedge.testing._answers import mock_answer, mock_embeddings
-from llmedge.testing._state import _Config, _State
+from llmedge.testing._state import _Config, _Faults, _State
 
 _Scope = dict[str, Any]
 _Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -144,20 +144,26 @@ class _MockApp:
         self._ids += 1
         return f"chatcmpl-mock-{self._ids}"
 
+    async def _failed(self, fate: str, faults: _Faults, receive: _Receive, send: _Send) -> bool:
+        """Answers an injected error or timeout; False when the request goes on."""
+        if fate == "error":
+            self.state.count_status(faults.status)
+            message = f"mock upstream failure (HTTP {faults.status})"
+            await _send_error(send, faults.status, message, faults.retry_after)
+            return True
+        if fate == "timeout":
+            await _wait_or_disconnect(faults.hang, receive)
+            self.state.count_status(504)
+            await _send_error(send, 504, "mock upstream timed out")
+            return True
+        return False
+
     async def _chat(self, raw: bytes, receive: _Receive, send: _Send) -> None:
         body = _parse_chat_body(raw)
         model, messages, stream = body["model"], body["messages"], body.get("stream", False)
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         fate, faults, config = self.state.decide(stream)
-        if fate == "error":
-            self.state.count_status(faults.status)
-            message = f"mock upstream failure (HTTP {faults.status})"
-            await _send_error(send, faults.status, message, faults.retry_after)
-            return
-        if fate == "timeout":
-            await _wait_or_disconnect(faults.hang, receive)
-            self.state.count_status(504)
-            await _send_error(send, 504, "mock upstream timed out")
+        if await self._failed(fate, faults, receive, send):
             return
         n = config.answer_tokens if max_tokens is None else min(config.answer_tokens, max_tokens)
         answer = mock_answer(model, messages, n, seed=config.seed)
@@ -225,15 +231,7 @@ class _MockApp:
                 f"got {body.get('encoding_format')!r}"
             )
         fate, faults, config = self.state.decide(False, embedding_inputs=len(texts))
-        if fate == "error":
-            self.state.count_status(faults.status)
-            message = f"mock upstream failure (HTTP {faults.status})"
-            await _send_error(send, faults.status, message, faults.retry_after)
-            return
-        if fate == "timeout":
-            await _wait_or_disconnect(faults.hang, receive)
-            self.state.count_status(504)
-            await _send_error(send, 504, "mock upstream timed out")
+        if await self._failed(fate, faults, receive, send):
             return
         vectors = mock_embeddings(texts, dim)
         tokens = sum(_count_text(model, t) for t in texts)
