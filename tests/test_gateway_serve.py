@@ -181,3 +181,32 @@ def test_embedder_settings_are_checked():
         with pytest.raises(ValueError, match=match):
             Settings(**base, **settings).validate()
     Settings(**base).validate()
+
+
+def test_the_upstream_api_key_reaches_the_upstream():
+    from llmedge.testing import GatewayServer
+    from llmedge.testing._server import _ThreadServer
+
+    seen: list[str | None] = []
+
+    async def upstream(scope, receive, send):  # records the Authorization header
+        if scope["type"] != "http":
+            return
+        headers = dict(scope["headers"])
+        seen.append((headers.get(b"authorization") or b"").decode() or None)
+        body = b'{"id":"c","object":"chat.completion","created":0,"model":"gpt-4o-mini",'
+        body += b'"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},'
+        body += b'"finish_reason":"stop"}]}'
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    server = _ThreadServer(upstream, "127.0.0.1", 0, "upstream", lifespan="off")
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/v1"
+        with GatewayServer([url], upstream_api_key="sk-test") as gateway:
+            assert ask(gateway.url).json()["choices"][0]["message"]["content"] == "hi"
+    finally:
+        server.stop()
+    assert seen == ["Bearer sk-test"]
