@@ -73,6 +73,7 @@ def make_router(settings: Any, backend: Any) -> llmedge.Router:
             llmedge.Upstream(
                 url,
                 name=label,
+                api_key=s.upstream_api_key,
                 breaker=breaker,
                 connect_timeout=s.connect_timeout,
                 read_timeout=s.read_timeout,
