@@ -18,7 +18,8 @@ The interface (what ``app.py`` calls):
   (``.retry_after``);
 * ``limiter(requests=(rate, per, burst), tokens=...)``: for
   ``llmedge.fastapi.RateLimit(limiter=...)``; with a ``store`` (llmedge
-  only), breakers and limiter share their state through Redis;
+  only), breakers, limiter and cache (on ``namespace``) share their state
+  through Redis; the baseline takes ``redis_url`` and shares its cache;
 * ``fit(model, messages, max_tokens)``, ``count_messages(model, messages)``,
   ``count_tokens(model, text)``, ``cost_tracker()``.
 """
@@ -32,6 +33,9 @@ from typing import Any
 import llmedge
 
 HISTORY_LIMIT = 4
+# SemanticCache(store=, namespace=) is being built: until it is, a store shares
+# only the limiter and the breakers
+_SHARED_CACHE = hasattr(llmedge.SemanticCache, "namespace")
 # The pure-Python backend of the load tests (repository's benches/ on PYTHONPATH).
 BASELINE = "baselines.service:BaselineBackend"
 
@@ -47,12 +51,15 @@ class LlmedgeBackend:
         max_entries: int = 10_000,
         store: llmedge.RedisStore | None = None,
         local_share: int = 1,
+        namespace: str = "chat",
     ):
         self.store = store
         self.local_share = local_share
-        self.cache = _LlmedgeCache(
-            llmedge.SemanticCache(threshold=threshold, ttl=ttl, max_entries=max_entries)
-        )
+        config: dict[str, Any] = {"threshold": threshold, "ttl": ttl, "max_entries": max_entries}
+        if store is not None and _SHARED_CACHE:
+            # every worker on the namespace learns what the others stored
+            config.update(store=store, namespace=namespace)
+        self.cache = _LlmedgeCache(llmedge.SemanticCache(**config))
         self._optimizers: dict[str, llmedge.PromptOptimizer] = {}
         self._lock = threading.Lock()
 
