@@ -142,9 +142,14 @@ class Conn:
 
 
 def _local_port(response: httpx.Response) -> int:
+    """The client port of the connection that carried ``response``; -1 once
+    the server closed it."""
     stream = response.extensions.get("network_stream")
     sock = stream.get_extra_info("socket") if stream is not None else None
-    return int(sock.getsockname()[1]) if sock is not None else -1
+    try:
+        return int(sock.getsockname()[1]) if sock is not None else -1
+    except OSError:
+        return -1
 
 
 class Pool:
@@ -201,12 +206,18 @@ class Pool:
         else:
             self.idle[conn.pid].append(conn)
 
-    async def repin(self, conn: Conn, port: int) -> None:
-        """The connection was re-established (the server closed it): which
-        worker holds it now."""
-        if port != conn.port:
-            conn.pid, conn.port = await self._probe(conn.client)
-            self.repinned += 1
+    async def repin(self, conn: Conn, port: int) -> int:
+        """The worker that answered on ``conn`` (at ``port``). When the server
+        closed the connection, the next request opens another one: which
+        worker holds it is asked again."""
+        if port == conn.port:
+            return conn.pid
+        served = conn.pid
+        conn.pid, conn.port = await self._probe(conn.client)
+        self.repinned += 1
+        # -1: the pinned connection answered, then closed; another port: the
+        # request already went over a new connection, to the worker probed now
+        return served if port == -1 else conn.pid
 
     async def discard(self, conn: Conn) -> None:
         await conn.client.aclose()
@@ -312,8 +323,7 @@ async def drive(
                     router.refresh()
                     conn = await pool.acquire(None)
                 status, cached, error, port = await send(conn, req)
-                await pool.repin(conn, port)
-                worker: int | None = conn.pid
+                worker: int | None = await pool.repin(conn, port)
             except httpx.HTTPError as exc:
                 status, cached, error, worker = 0, "none", type(exc).__name__, None
                 if conn is not None:
@@ -393,8 +403,8 @@ def timeline(
     results: Sequence[Result], begin: float, end: float, events: Sequence[dict], bin_s: float
 ) -> list[dict[str, Any]]:
     rows = []
-    t = begin
-    while t < end:
+    for i in range(int((end - begin) / bin_s)):  # whole bins only
+        t = begin + i * bin_s
         rs = [r for r in results if t <= r.t < t + bin_s]
         ok = [r for r in rs if r.ok]
         hit = sum(1 for r in ok if r.cached in ("exact", "semantic"))
@@ -408,7 +418,6 @@ def timeline(
                 "events": [e["what"] for e in events if t <= e["t"] < t + bin_s],
             }
         )
-        t += bin_s
     return rows
 
 
@@ -514,14 +523,18 @@ class Session:
                 async def restarts() -> None:
                     await asyncio.sleep(a.warmup)
                     for old in list(router.live):
+                        before = set(worker_pids(proc))
                         os.kill(old, signal.SIGTERM)
                         events.append({"t": time.time(), "what": f"worker {old} stopped"})
                         deadline = time.time() + a.interval
+                        new: set[int] = set()
                         while time.time() < deadline:
-                            router.refresh()
-                            await asyncio.sleep(0.1)
-                        fresh = sorted(set(router.live) - {old})
-                        events.append({"t": time.time(), "what": f"{len(fresh)} workers up"})
+                            if not new:
+                                new = worker_pids(proc) - before
+                                for pid in new:
+                                    what = f"worker {pid} started"
+                                    events.append({"t": time.time(), "what": what})
+                            await asyncio.sleep(0.05)
 
                 async def refresh() -> None:
                     while time.time() < stop_at:

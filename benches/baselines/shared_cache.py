@@ -205,7 +205,6 @@ class RedisPyCache:
             "lookups": lookups,
             "hit_rate": hits / lookups if lookups else 0.0,
             "entries": entries,
-            "shared": True,
         }
 
     def close(self) -> None:
