@@ -44,6 +44,19 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="evaluation data directory (default: $LLMEDGE_DATA or ../shared/data)",
     )
+    from llmedge.cache_eval import add_arguments as cache_eval_arguments
+
+    cache_eval = sub.add_parser(
+        "cache-eval",
+        help="precision and recall of the semantic cache on your labelled prompt pairs",
+        description=(
+            "Reads labelled prompt pairs (prompt_a,prompt_b,same_answer), prints precision "
+            "and recall per similarity threshold with and without the guard, the guard's "
+            "rejections by reason with examples, and the threshold that meets a target "
+            "precision."
+        ),
+    )
+    cache_eval_arguments(cache_eval)
     demo = sub.add_parser(
         "demo",
         help="run the reference chat service under a short load with a provider failure",
@@ -87,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             json_path=args.json,
             data_dir=args.data,
         )
+    if args.command == "cache-eval":
+        from llmedge.cache_eval import main as cache_eval_main
+
+        return cache_eval_main(args)
     if args.command == "demo":
         from llmedge._demo import main as demo_main
 
