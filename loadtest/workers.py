@@ -681,9 +681,9 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"{s['requests']} requests, {s['rps']:.1f} req/s, {s['requests'] - s['ok']} errors "
             f"({s['retried']} sent again on another connection after a stopping worker closed "
-            f"theirs), {r['upstream_calls']} upstream calls; hit rate {_pct(r['hit_rate_before'])} before "
-            f"the first restart, {_pct(r['hit_rate_during'])} during, "
-            f"{_pct(r['hit_rate_after'])} after the last.",
+            f"theirs), {r['upstream_calls']} upstream calls; hit rate "
+            f"{_pct(r['hit_rate_before'])} before the first restart, "
+            f"{_pct(r['hit_rate_during'])} during, {_pct(r['hit_rate_after'])} after the last.",
             "",
             "| t (s) | requests | hit rate | p99 ms | errors | events |",
             "|---:|---:|---:|---:|---:|---|",
