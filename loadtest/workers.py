@@ -43,7 +43,7 @@ import signal
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,40 +81,23 @@ REPORTED_SETTINGS = (
 def start_service(
     backend: str, workers: int, redis_url: str | None, upstream: str, log: Path
 ) -> tuple[tr.ManagedProcess, str]:
-    """The gateway under gunicorn, once every worker answers ``/health``."""
-    port = tr.free_port()
-    argv = [
-        sys.executable, "-m", "gunicorn",
-        "-k", "uvicorn.workers.UvicornWorker",
-        "-w", str(workers),
-        "-b", f"127.0.0.1:{port}",
-        "--graceful-timeout", "5",
-        # pinned client connections stay open between requests
-        "--keep-alive", "300",
-        "llmedge.gateway:create_app()",
-    ]  # fmt: skip
+    """The gateway under gunicorn, once every worker is up."""
     env = {
         **SERVICE_ENV,
-        "LLMEDGE_UPSTREAMS": upstream,
-        "LLMEDGE_SERVICE_BACKEND": backend,
-        "PYTHONPATH": os.pathsep.join(
-            p
-            for p in (str(tr.PACKAGE_PARENT), str(ROOT / "benches"), os.environ.get("PYTHONPATH"))
-            if p
-        ),
+        # pinned client connections stay open between requests
+        "GUNICORN_CMD_ARGS": "--keep-alive 300",
     }
     if redis_url is not None:
         env["LLMEDGE_REDIS_URL"] = redis_url
         env["LLMEDGE_REDIS_LOCAL_SHARE"] = str(workers)
-    name = f"gateway ({backend}, {workers} workers{', redis' if redis_url else ''})"
-    proc = tr.ManagedProcess(name, argv, env=env, log_path=log)
-    url = f"http://127.0.0.1:{port}"
+    proc, url = tr.start_service(
+        upstreams=[upstream], backend=backend, workers=workers, env=env, log_path=log
+    )
     try:
-        tr.wait_http(url + "/health", timeout=60, proc=proc)
         deadline = time.monotonic() + 60
         while len(worker_pids(proc)) < workers:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{name}: fewer than {workers} workers after 60 s")
+                raise TimeoutError(f"{proc.name}: fewer than {workers} workers after 60 s")
             time.sleep(0.1)
     except BaseException:
         proc.stop()
@@ -461,9 +444,12 @@ class Session:
         stack.callback(self.mock.stop)
         self.started.append({"name": "mock", "pid": self.mock.process.pid})
 
-    def service(
-        self, stack: contextlib.ExitStack, backend: str, workers: int, redis: bool, label: str
-    ) -> tuple[tr.ManagedProcess, str]:
+    @contextlib.asynccontextmanager
+    async def serving(
+        self, backend: str, workers: int, redis: bool, label: str
+    ) -> AsyncIterator[tuple[tr.ManagedProcess, Pool, Router]]:
+        """The gateway (on an empty Redis), its workers warmed up, the
+        upstream's counts reset."""
         self.redis.flushall()
         proc, url = start_service(
             backend,
@@ -472,35 +458,34 @@ class Session:
             self.mock.base_url,
             self.work / f"{label}.log",
         )
-        stack.callback(proc.stop)
         self.started.append({"name": proc.name, "pgid": proc.pgid})
-        return proc, url
+        pool = Pool(url)
+        try:
+            router = Router(proc, self.corpus.pairs)
+            await warm(pool, router.live)
+            self.mock.reset_stats()
+            yield proc, pool, router
+        finally:
+            await pool.close()
+            proc.stop()
 
     async def share(self, backend: str, workers: int, redis: bool) -> dict[str, Any]:
         label = f"share-{backend}-{workers}w{'-redis' if redis else ''}"
         n = self.args.requests
-        with contextlib.ExitStack() as stack:
-            proc, url = self.service(stack, backend, workers, redis, label)
-            pool = Pool(url)
-            try:
-                router = Router(proc, self.corpus.pairs)
-                await warm(pool, router.live)
-                self.mock.reset_stats()
-                results: list[Result] = []
-                start = time.time()
-                await drive(
-                    pool,
-                    router,
-                    self.requests,
-                    users=self.args.users,
-                    until=lambda i: i >= n,
-                    results=results,
-                )
-                elapsed = time.time() - start
-                upstream = self.mock.stats()["requests"]
-                stats = await worker_stats(pool, router.live)
-            finally:
-                await pool.close()
+        results: list[Result] = []
+        async with self.serving(backend, workers, redis, label) as (proc, pool, router):
+            start = time.time()
+            await drive(
+                pool,
+                router,
+                self.requests,
+                users=self.args.users,
+                until=lambda i: i >= n,
+                results=results,
+            )
+            elapsed = time.time() - start
+            upstream = self.mock.stats()["requests"]
+            stats = await worker_stats(pool, router.live)
         return {
             "scenario": "share",
             "label": label,
@@ -518,56 +503,47 @@ class Session:
         a = self.args
         label = f"deploy-{backend}-{workers}w{'-redis' if redis else ''}"
         total = a.warmup + workers * a.interval + a.settle
-        with contextlib.ExitStack() as stack:
-            proc, url = self.service(stack, backend, workers, redis, label)
-            pool = Pool(url)
-            try:
-                router = Router(proc, self.corpus.pairs)
-                await warm(pool, router.live)
-                self.mock.reset_stats()
-                results: list[Result] = []
-                events: list[dict[str, Any]] = []
-                begin = time.time()
-                stop_at = begin + total
+        results: list[Result] = []
+        events: list[dict[str, Any]] = []
+        async with self.serving(backend, workers, redis, label) as (proc, pool, router):
+            begin = time.time()
+            stop_at = begin + total
 
-                async def restarts() -> None:
-                    await asyncio.sleep(a.warmup)
-                    for old in list(router.live):
-                        before = set(worker_pids(proc))
-                        os.kill(old, signal.SIGTERM)
-                        events.append({"t": time.time(), "what": f"worker {old} stopped"})
-                        deadline = time.time() + a.interval
-                        new: set[int] = set()
-                        while time.time() < deadline:
-                            if not new:
-                                new = worker_pids(proc) - before
-                                for pid in new:
-                                    what = f"worker {pid} started"
-                                    events.append({"t": time.time(), "what": what})
-                            await asyncio.sleep(0.05)
+            async def restarts() -> None:
+                await asyncio.sleep(a.warmup)
+                for old in list(router.live):
+                    before = set(worker_pids(proc))
+                    os.kill(old, signal.SIGTERM)
+                    events.append({"t": time.time(), "what": f"worker {old} stopped"})
+                    deadline = time.time() + a.interval
+                    new: set[int] = set()
+                    while time.time() < deadline:
+                        if not new:
+                            new = worker_pids(proc) - before
+                            for pid in new:
+                                events.append({"t": time.time(), "what": f"worker {pid} started"})
+                        await asyncio.sleep(0.05)
 
-                async def refresh() -> None:
-                    while time.time() < stop_at:
-                        router.refresh()
-                        await asyncio.sleep(0.2)
+            async def refresh() -> None:
+                while time.time() < stop_at:
+                    router.refresh()
+                    await asyncio.sleep(0.2)
 
-                await asyncio.gather(
-                    restarts(),
-                    refresh(),
-                    drive(
-                        pool,
-                        router,
-                        self.requests,
-                        users=a.users,
-                        until=lambda i: time.time() >= stop_at,
-                        results=results,
-                    ),
-                )
-                end = time.time()
-                upstream = self.mock.stats()["requests"]
-                stats = await worker_stats(pool, router.live)
-            finally:
-                await pool.close()
+            await asyncio.gather(
+                restarts(),
+                refresh(),
+                drive(
+                    pool,
+                    router,
+                    self.requests,
+                    users=a.users,
+                    until=lambda i: time.time() >= stop_at,
+                    results=results,
+                ),
+            )
+            end = time.time()
+            upstream = self.mock.stats()["requests"]
+            stats = await worker_stats(pool, router.live)
         first = begin + a.warmup
         last = first + (workers - 1) * a.interval
         return {

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import sys
 import time
@@ -23,6 +22,8 @@ pytest.importorskip("gunicorn")
 pytest.importorskip("fastapi")
 pytest.importorskip("redis")
 httpx = pytest.importorskip("httpx")
+
+from conftest import load_script  # noqa: E402
 
 import llmedge  # noqa: E402
 from llmedge.testing import MockLLM  # noqa: E402
@@ -43,18 +44,7 @@ needs_shared = pytest.mark.skipif(
 )
 
 
-def _load_workers():
-    spec = importlib.util.spec_from_file_location(
-        "loadtest_workers", ROOT / "loadtest" / "workers.py"
-    )
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-lt = _load_workers()
+lt = load_script("loadtest/workers.py", "loadtest_workers")
 
 
 # --------------------------------------------------------------------- the baseline
