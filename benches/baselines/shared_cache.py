@@ -137,17 +137,22 @@ class RedisPyCache:
         return json.loads(raw)
 
     def _forget(self, part: str, entry_id: str) -> None:
-        exact_key, vec_key, norm_key = self._keys(part)
+        exact_key, _, norm_key = self._keys(part)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hget(norm_key, entry_id)
-        pipe.hdel(norm_key, entry_id)
-        pipe.hdel(vec_key, entry_id)
-        pipe.zrem(f"{self.prefix}lru", f"{part}/{entry_id}")
-        pipe.delete(f"{self.prefix}e:{entry_id}")
+        self._drop(pipe, part, entry_id)
         norm = pipe.execute()[0]
         # the exact prompt only if it still names this entry: a newer set may own it
         if norm is not None and self.redis.hget(exact_key, norm) == entry_id.encode():
             self.redis.hdel(exact_key, norm)
+
+    def _drop(self, pipe: Any, part: str, entry_id: str) -> None:
+        """Queue the removal of an entry, its vector and its place in the LRU order."""
+        _, vec_key, norm_key = self._keys(part)
+        pipe.hdel(norm_key, entry_id)
+        pipe.hdel(vec_key, entry_id)
+        pipe.zrem(f"{self.prefix}lru", f"{part}/{entry_id}")
+        pipe.delete(f"{self.prefix}e:{entry_id}")
 
     def set(self, prompt: str, response: Any, partition: str) -> None:
         try:
@@ -163,11 +168,7 @@ class RedisPyCache:
         old = self.redis.hget(exact_key, norm)
         pipe = self.redis.pipeline(transaction=True)
         if old is not None:  # the same prompt again: the new answer replaces the old
-            old_id = old.decode()
-            pipe.hdel(vec_key, old_id)
-            pipe.hdel(norm_key, old_id)
-            pipe.zrem(f"{self.prefix}lru", f"{part}/{old_id}")
-            pipe.delete(f"{self.prefix}e:{old_id}")
+            self._drop(pipe, part, old.decode())
         entry = f"{self.prefix}e:{entry_id}"
         pipe.hset(entry, mapping={"prompt": prompt, "response": json.dumps(response)})
         pipe.pexpire(entry, int(self.ttl * 1000))
