@@ -49,15 +49,16 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 if importlib.util.find_spec("llmedge") is None:  # a source checkout without an install
-    sys.path.insert(0, str(ROOT / "python"))
-sys.path.insert(0, str(ROOT / "tests"))  # redis_support: a throwaway redis-server
+    sys.path.insert(0, str(HERE.parent / "python"))
+if str(HERE) not in sys.path:  # loaded by path (the tests) rather than run as a script
+    sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests"))  # redis_support: a throwaway redis-server
 
 import httpx  # noqa: E402
+import traffic as tr  # noqa: E402
 from redis_support import RedisServer  # noqa: E402
 
-from llmedge import _traffic as tr  # noqa: E402
 from llmedge.testing import spawn_mock  # noqa: E402
 
 SCENARIOS = ("share", "deploy")
