@@ -82,7 +82,7 @@ REPORTED_SETTINGS = (
 def start_service(
     backend: str, workers: int, redis_url: str | None, upstream: str, log: Path
 ) -> tuple[tr.ManagedProcess, str]:
-    """The gateway under gunicorn, once every worker is up."""
+    """The gateway under gunicorn, once every worker answers."""
     env = {
         **SERVICE_ENV,
         # pinned client connections stay open between requests
@@ -95,11 +95,18 @@ def start_service(
         upstreams=[upstream], backend=backend, workers=workers, env=env, log_path=log
     )
     try:
-        deadline = time.monotonic() + 60
-        while len(worker_pids(proc)) < workers:
+        # every worker serving: new connections until each has answered
+        answered: set[int] = set()
+        deadline = time.monotonic() + 120
+        while len(answered) < workers:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{proc.name}: fewer than {workers} workers after 60 s")
-            time.sleep(0.1)
+                raise TimeoutError(f"{proc.name}: only workers {answered} answered in 120 s")
+            with contextlib.suppress(httpx.HTTPError):
+                r = httpx.get(
+                    url + "/health", timeout=HEALTH_TIMEOUT, headers={"Connection": "close"}
+                )
+                answered.add(int(r.json()["pid"]))
+            answered &= worker_pids(proc)
     except BaseException:
         proc.stop()
         raise

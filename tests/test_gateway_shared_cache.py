@@ -25,7 +25,6 @@ httpx = pytest.importorskip("httpx")
 
 from conftest import load_script  # noqa: E402
 
-import llmedge  # noqa: E402
 from llmedge.testing import MockLLM  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +37,6 @@ pytestmark = pytest.mark.timeout(600)
 
 QUESTION = "What is the capital of France?"
 REWRITE = "What is the capital city of France?"  # cosine 0.85+ with the hashing embedder
-SHARED = hasattr(llmedge.SemanticCache, "namespace")
-needs_shared = pytest.mark.skipif(
-    not SHARED, reason="SemanticCache(store=, namespace=) is not in this build yet"
-)
 
 
 lt = load_script("loadtest/workers.py", "loadtest_workers")
@@ -119,12 +114,16 @@ async def _ask(pool, pid: int, question: str) -> str:
         await pool.release(conn)
 
 
-async def _health(pool, pid: int) -> dict:
+async def _get(pool, pid: int, path: str) -> httpx.Response:
     conn = await pool.acquire(pid)
     try:
-        return (await conn.client.get("/health")).json()
+        return await conn.client.get(path)
     finally:
         await pool.release(conn)
+
+
+async def _health(pool, pid: int) -> dict:
+    return (await _get(pool, pid, "/health")).json()
 
 
 async def _wait_received(pool, pid: int, n: int) -> dict:
@@ -138,7 +137,7 @@ async def _wait_received(pool, pid: int, n: int) -> dict:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.parametrize("backend", [pytest.param("llmedge", marks=needs_shared), "baseline"])
+@pytest.mark.parametrize("backend", ["llmedge", "baseline"])
 def test_a_set_in_one_worker_is_a_hit_in_the_others(redis_server, backend, tmp_path):
     with MockLLM(answer_tokens=8) as upstream:
         proc, url = lt.start_service(
@@ -170,8 +169,7 @@ async def _set_here_hit_there(url, proc, upstream, backend):
         shared = health["caches"]["chat"]["shared"]
         assert shared["namespace"] == "chat" and shared["connected"] is True
         assert shared["sent"] >= 1
-        metrics = (await pool.acquire(others[1])).client
-        text = (await metrics.get("/metrics")).text
+        text = (await _get(pool, others[1], "/metrics")).text
         assert 'llmedge_cache_shared_connected{cache="chat",namespace="chat"} 1.0' in text
         assert 'llmedge_cache_shared_received_total{cache="chat"}' in text
     finally:
@@ -181,7 +179,6 @@ async def _set_here_hit_there(url, proc, upstream, backend):
 # --------------------------------------------------------------------- the load test
 
 
-@needs_shared
 def test_a_short_multi_worker_run(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMEDGE_DATA", str(tmp_path / "none"))  # the built-in prompt set
     argv = ["--scenario", "share", "--backend", "llmedge", "--requests", "150", "--users", "4",

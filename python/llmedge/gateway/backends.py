@@ -33,9 +33,6 @@ from typing import Any
 import llmedge
 
 HISTORY_LIMIT = 4
-# SemanticCache(store=, namespace=) is being built: until it is, a store shares
-# only the limiter and the breakers
-_SHARED_CACHE = hasattr(llmedge.SemanticCache, "namespace")
 # The pure-Python backend of the load tests (repository's benches/ on PYTHONPATH).
 BASELINE = "baselines.service:BaselineBackend"
 
@@ -56,7 +53,7 @@ class LlmedgeBackend:
         self.store = store
         self.local_share = local_share
         config: dict[str, Any] = {"threshold": threshold, "ttl": ttl, "max_entries": max_entries}
-        if store is not None and _SHARED_CACHE:
+        if store is not None:
             # every worker on the namespace learns what the others stored
             config.update(store=store, namespace=namespace)
         self.cache = _LlmedgeCache(llmedge.SemanticCache(**config))
