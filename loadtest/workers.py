@@ -767,8 +767,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         session.run(stack)
         runs = asyncio.run(run_all(session, args))
     report = {
-        "command": "python loadtest/workers.py "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(
+            ["python loadtest/workers.py", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "machine": f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}",
         "corpus": session.corpus.describe(),
