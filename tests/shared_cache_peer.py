@@ -14,6 +14,8 @@ def _serve(conn: Any, url: Any, cache_kwargs: dict, store_kwargs: dict) -> None:
     import llmedge
 
     try:
+        if "hashing_dim" in cache_kwargs:  # embedders do not cross processes
+            cache_kwargs["embedder"] = llmedge.HashingEmbedder(dim=cache_kwargs.pop("hashing_dim"))
         store = llmedge.RedisStore(url, **store_kwargs)
         cache = llmedge.SemanticCache(store=store, **cache_kwargs)
     except Exception as e:  # reported to the test
@@ -68,7 +70,8 @@ def _run(cache: Any, name: str, args: tuple, kwargs: dict) -> Any:
 
 class Peer:
     """One process holding one shared cache; ``call(name, *args, **kwargs)``
-    runs a method of the cache there (``get`` returns the response)."""
+    runs a method of the cache there (``get`` returns the response).
+    ``hashing_dim=n`` gives it a ``HashingEmbedder(dim=n)``."""
 
     def __init__(self, url: Any, store_kwargs: dict | None = None, **cache_kwargs: Any) -> None:
         ctx = mp.get_context("spawn")

@@ -10,8 +10,24 @@ local function num(v)
   return tonumber(v) or 0
 end
 
+-- The highest event number the stream's recent events or the index hold.
+local function recount()
+  local n = 0
+  for _, e in ipairs(redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 64)) do
+    local f = e[2]
+    for i = 1, #f - 1, 2 do
+      if f[i] == 's' and (tonumber(f[i + 1]) or 0) > n then n = tonumber(f[i + 1]) end
+    end
+  end
+  local top = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+  if #top == 2 and (tonumber(top[2]) or 0) > n then n = tonumber(top[2]) end
+  return n
+end
+
 -- Structural keys that another program overwrote with the wrong type are
--- removed (readers then see a gap or a new epoch and reload); the number removed.
+-- removed; a counter that was removed or garbled starts again from the
+-- highest number still in use, so numbers never go back. The number of
+-- keys repaired.
 local function repair()
   local n = 0
   local want = {[2] = 'string', [3] = 'stream', [4] = 'zset'}
@@ -25,7 +41,15 @@ local function repair()
   local s = redis.call('GET', KEYS[2])
   if s and not tonumber(s) then
     redis.call('DEL', KEYS[2])
+    s = false
     n = n + 1
+  end
+  if not s then
+    local top = recount()
+    if top > 0 then
+      redis.call('SET', KEYS[2], top)
+      n = n + 1
+    end
   end
   return n
 end
