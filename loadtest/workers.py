@@ -781,15 +781,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["left_running"] = tr.still_running(session.started)
     out.mkdir(parents=True, exist_ok=True)
     jpath, mpath = out / "workers.json", out / "workers.md"
+    text = markdown(report)
     jpath.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    mpath.write_text(markdown(report), encoding="utf-8")
-    print()
-    print(markdown(report))
-    print(f"wrote {jpath} and {mpath}")
-    if report["left_running"]:
-        print(f"warning: still running: {report['left_running']}", file=sys.stderr)
-        return 1
-    return 0
+    mpath.write_text(text, encoding="utf-8")
+    return tr.finish(report, text, jpath, mpath)
 
 
 if __name__ == "__main__":
