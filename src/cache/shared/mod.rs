@@ -158,7 +158,7 @@ struct Op {
     /// epoch it belongs to.
     observed: u64,
     epoch: u64,
-    wall_ms: u64,
+    wall_us: u64,
 }
 
 impl Op {
@@ -231,10 +231,11 @@ pub struct Replica {
     _stop: tokio::sync::watch::Sender<()>,
 }
 
-fn wall_ms() -> u64 {
+/// Wall-clock microseconds: replication lag is measured between processes.
+fn wall_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn instance_id() -> String {
@@ -402,43 +403,51 @@ impl Replica {
         });
     }
 
-    /// After a local miss: the live entry of `prompt` in `partition` from
-    /// Redis, inserted locally, when the local copy has evicted entries
-    /// (one round trip, bounded by the store's timeout; errors are a miss).
-    pub fn fetch_exact(&self, prompt: &str, partition: &str) -> Option<Found> {
+    /// After local misses: the live entries of `(prompt, partition)` pairs
+    /// from Redis, inserted locally, when the local copy has evicted entries
+    /// (one round trip each, all at once, so the whole batch waits at most
+    /// the store's timeout; an error is a miss).
+    pub fn fetch_exact(&self, wanted: &[(&str, &str)]) -> Vec<Option<Found>> {
         let inner = &self.inner;
-        if inner.cache.evictions() == 0 {
-            return None;
+        if wanted.is_empty() || inner.cache.evictions() == 0 {
+            return vec![None; wanted.len()];
         }
-        let id = protocol::entry_id(partition, prompt);
-        let keys = &inner.keys.keys;
-        let args = [inner.keys.base.as_str(), id.as_str()];
-        let reply = match inner
-            .store
-            .block_on(inner.store.eval(&inner.scripts.fetch, keys, &args))
-        {
-            Ok(v) => v,
-            Err(e) => {
-                inner.record_error(&e);
-                return None;
+        let ids: Vec<String> = wanted
+            .iter()
+            .map(|(prompt, partition)| protocol::entry_id(partition, prompt))
+            .collect();
+        let calls = ids.iter().map(|id| {
+            let args = [inner.keys.base.as_str(), id.as_str()];
+            async move {
+                inner
+                    .store
+                    .eval(&inner.scripts.fetch, &inner.keys.keys, &args)
+                    .await
             }
-        };
-        let parts = protocol::items(&reply);
-        let (blob, pttl) = (protocol::bytes_of(parts.first()?)?, parts.get(1)?);
-        let item = inner.decode(blob, protocol::int_of(pttl).unwrap_or(-2), None)?;
-        let found = Found {
-            response: Arc::from(item.response.as_slice()),
-            metadata: item.metadata.as_deref().map(Arc::from),
-            prompt: item.prompt.clone(),
-            score: 1.0,
-            age: 0.0,
-            exact: true,
-        };
+        });
+        let replies = inner.store.block_on(futures_util::future::join_all(calls));
         let now = (inner.now)();
-        inner.cache.insert(vec![item], now).ok()?;
-        inner.counters.remote_hits.fetch_add(1, Relaxed);
-        inner.cache.count_remote_hit();
-        Some(found)
+        replies
+            .into_iter()
+            .map(|r| {
+                let reply = r.inspect_err(|e| inner.record_error(e)).ok()?;
+                let parts = protocol::items(&reply);
+                let (blob, pttl) = (protocol::bytes_of(parts.first()?)?, parts.get(1)?);
+                let item = inner.decode(blob, protocol::int_of(pttl).unwrap_or(-2), None)?;
+                let found = Found {
+                    response: Arc::from(item.response.as_slice()),
+                    metadata: item.metadata.as_deref().map(Arc::from),
+                    prompt: item.prompt.clone(),
+                    score: 1.0,
+                    age: 0.0,
+                    exact: true,
+                };
+                inner.cache.insert(vec![item], now).ok()?;
+                inner.counters.remote_hits.fetch_add(1, Relaxed);
+                inner.cache.count_remote_hit();
+                Some(found)
+            })
+            .collect()
     }
 
     /// Waits (parking the thread) until every queued change was sent or
@@ -501,7 +510,7 @@ impl Inner {
             change,
             observed: self.applied.load(Relaxed),
             epoch: self.epoch.load(Relaxed),
-            wall_ms: wall_ms(),
+            wall_us: wall_us(),
         };
         let mut q = self.queue.lock();
         let mut depth: usize = q.iter().map(Op::entries).sum();
@@ -598,7 +607,7 @@ impl Inner {
             (_, Some(age)) => e.ttl - age as f64 / 1000.0,
             _ => e.ttl,
         };
-        if !(ttl > 0.0) {
+        if ttl.is_nan() || ttl <= 0.0 {
             return None;
         }
         let Ok(vector) = cfg.normalized(e.vector, "") else {

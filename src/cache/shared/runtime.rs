@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::protocol::{self, Change as Event};
 use super::{
-    reply_error, wall_ms, Change, Inner, JoinError, NewItem, Op, Position, LAG_WINDOW, POLL,
+    reply_error, wall_us, Change, Inner, JoinError, NewItem, Op, Position, LAG_WINDOW, POLL,
     READ_COUNT, TOMBSTONE_MIN, WRITE_BATCH,
 };
 use crate::store::{Push, StoreError};
@@ -69,7 +69,7 @@ async fn send_loop(weak: Weak<Inner>, mut stopped: watch::Receiver<()>) {
 }
 
 fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.5 + f64::from(wall_ms() as u32 % 1000) / 1000.0)
+    d.mul_f64(0.5 + f64::from((wall_us() / 1000) as u32 % 1000) / 1000.0)
 }
 
 /// Sends the oldest queued changes (a run of sets as one call, or one
@@ -135,7 +135,8 @@ async fn send_batch(inner: &Arc<Inner>, batch: &[Op]) -> Result<(), StoreError> 
         .min()
         .unwrap_or(0)
         .to_string();
-    let wall = batch.last().map_or(0, |o| o.wall_ms).to_string();
+    // The oldest change's time: the lag measured is the batch's longest.
+    let wall = batch.first().map_or(0, |o| o.wall_us).to_string();
     let base = inner.keys.base.as_str();
     let keys = &inner.keys.keys;
     if let Some(Op {
@@ -378,7 +379,7 @@ async fn step(
                 _ => None,
             };
             if let Some(change) = ev.change {
-                apply.push((change, age, ev.wall_ms));
+                apply.push((change, age, ev.wall_us));
             }
         }
         pos.seq = seq;
@@ -434,7 +435,7 @@ fn apply_events(inner: &Inner, events: Vec<(Event, Option<u64>, Option<u64>)>) {
                     continue;
                 }
                 if let Some(w) = wrote_ms {
-                    lags.push(wall_ms().saturating_sub(w) as f64);
+                    lags.push(wall_us().saturating_sub(w) as f64 / 1000.0);
                 }
             }
             Event::Invalidate { partition, prompt } => {
