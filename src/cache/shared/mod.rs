@@ -49,6 +49,8 @@ const LOAD_PAGE: usize = 256;
 /// Entries per write call.
 const WRITE_BATCH: usize = 64;
 const LAG_WINDOW: usize = 1024;
+/// The least time a background call (write, read, load) may take.
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Tombstones of a cache whose entries never expire live this long.
 const TOMBSTONE_MIN: Duration = Duration::from_secs(86_400);
 
@@ -500,6 +502,13 @@ impl Replica {
 }
 
 impl Inner {
+    /// The bound of the background calls: no request waits for them, and a
+    /// write given up on the client may still have run on the server (it
+    /// would be sent, and applied elsewhere, twice).
+    fn background_timeout(&self) -> Duration {
+        self.store.timeout().max(BACKGROUND_TIMEOUT)
+    }
+
     fn record_error(&self, e: &StoreError) {
         self.counters.errors.fetch_add(1, Relaxed);
         *self.last_error.lock() = Some(e.to_string());
@@ -547,7 +556,12 @@ impl Inner {
         ];
         let reply = self
             .store
-            .eval(&self.scripts.join, &self.keys.keys, &args)
+            .eval_within(
+                self.background_timeout(),
+                &self.scripts.join,
+                &self.keys.keys,
+                &args,
+            )
             .await
             .map_err(JoinError::Store)?;
         let p = protocol::items(&reply);
@@ -649,7 +663,12 @@ impl Inner {
             let args = [self.keys.base.as_str(), after.as_str(), count.as_str(), "0"];
             let reply = match self
                 .store
-                .eval(&self.scripts.load, &self.keys.keys, &args)
+                .eval_within(
+                    self.background_timeout(),
+                    &self.scripts.load,
+                    &self.keys.keys,
+                    &args,
+                )
                 .await
             {
                 Ok(v) => v,
@@ -708,7 +727,12 @@ impl Inner {
             let args = [self.keys.base.as_str(), after.as_str(), page.as_str(), "1"];
             let Ok(reply) = self
                 .store
-                .eval(&self.scripts.load, &self.keys.keys, &args)
+                .eval_within(
+                    self.background_timeout(),
+                    &self.scripts.load,
+                    &self.keys.keys,
+                    &args,
+                )
                 .await
             else {
                 return;

@@ -172,7 +172,12 @@ async fn send_batch(inner: &Arc<Inner>, batch: &[Op]) -> Result<(), StoreError> 
         ];
         inner
             .store
-            .eval(&inner.scripts.invalidate, keys, &args)
+            .eval_within(
+                inner.background_timeout(),
+                &inner.scripts.invalidate,
+                keys,
+                &args,
+            )
             .await?;
         inner.counters.sent.fetch_add(1, Relaxed);
         if *kind != "inv" {
@@ -213,7 +218,15 @@ async fn send_batch(inner: &Arc<Inner>, batch: &[Op]) -> Result<(), StoreError> 
             ttl.as_bytes(),
         ]);
     }
-    let reply = inner.store.eval(&inner.scripts.write, keys, &args).await?;
+    let reply = inner
+        .store
+        .eval_within(
+            inner.background_timeout(),
+            &inner.scripts.write,
+            keys,
+            &args,
+        )
+        .await?;
     let p = protocol::items(&reply);
     let (Some(accepted), Some(refused)) = (
         p.first().and_then(protocol::int_of),
@@ -318,7 +331,12 @@ async fn step(
     ];
     let reply = inner
         .store
-        .eval(&inner.scripts.read, &inner.keys.keys, &args)
+        .eval_within(
+            inner.background_timeout(),
+            &inner.scripts.read,
+            &inner.keys.keys,
+            &args,
+        )
         .await?;
     let p = protocol::items(&reply);
     let epoch = p.first().and_then(protocol::string_of).unwrap_or_default();
