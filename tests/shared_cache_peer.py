@@ -63,6 +63,17 @@ def _run(cache: Any, name: str, args: tuple, kwargs: dict) -> Any:
                 return time.time()
             time.sleep(0.0005)
         return None
+    if name == "pace_sets":
+        # `rate` sets per second for `seconds`, on schedule (not back to back)
+        rate, seconds, prefix = args
+        t0 = time.monotonic()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            cache.set(f"{prefix} question {i}", f"answer {i}")
+        return n
     if name == "len":
         return len(cache)
     return getattr(cache, name)(*args, **kwargs)
@@ -92,7 +103,14 @@ class Peer:
         return self.conn.recv()
 
     def call(self, name: str, *args: Any, timeout: float = 60.0, **kwargs: Any) -> Any:
+        self.send(name, *args, **kwargs)
+        return self.result(timeout)
+
+    def send(self, name: str, *args: Any, **kwargs: Any) -> None:
+        """Starts a call without waiting: ``result()`` returns what it returned."""
         self.conn.send((name, args, kwargs))
+
+    def result(self, timeout: float = 60.0) -> Any:
         status = self._recv(timeout)
         if status[0] != "ok":
             raise PeerError(status[1], status[2])

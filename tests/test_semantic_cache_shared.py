@@ -161,3 +161,15 @@ def test_bad_namespace(redis_server):
     assert c.namespace == "ok" and 'namespace="ok"' in repr(c)
     with pytest.raises(ValueError, match="timeout"):
         c.flush(-1)
+
+
+def test_docs_example_runs(redis_server, capsys):
+    import re
+
+    from docs_text import docs_text
+
+    section = docs_text().split("### One cache for every worker and host (Redis)", 1)[1]
+    source = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    source = source.replace("redis://localhost:6379/0", redis_server.url)
+    exec(compile(source, "docs/cache.md", "exec"), {"__name__": "docs_shared_cache"})
+    assert capsys.readouterr().out.strip() == "Paris"

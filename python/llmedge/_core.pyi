@@ -461,7 +461,7 @@ class SemanticCache:
         max_shared_entries: int | None = None,
         background_load: bool = False,
         max_pending_writes: int = 10_000,
-        stream_max_len: int = 100_000,
+        stream_max_len: int = 10_000,
     ) -> SemanticCache: ...
     @property
     def namespace(self) -> str | None: ...

@@ -125,14 +125,17 @@ impl SemanticCache {
         };
         let mut found = found;
         if let Some(shared) = &self.shared {
-            py.detach(|| {
-                for (i, f) in found.iter_mut().enumerate() {
-                    if f.is_none() && failed[i].is_none() {
-                        let (prompt, partition) = &keys[i];
-                        *f = shared.fetch_exact(prompt, partition);
-                    }
-                }
-            });
+            let missed: Vec<usize> = (0..found.len())
+                .filter(|&i| found[i].is_none() && failed[i].is_none())
+                .collect();
+            let wanted: Vec<(&str, &str)> = missed
+                .iter()
+                .map(|&i| (keys[i].0.as_str(), keys[i].1.as_str()))
+                .collect();
+            let fetched = py.detach(|| shared.fetch_exact(&wanted));
+            for (i, f) in missed.into_iter().zip(fetched) {
+                found[i] = f;
+            }
         }
         Ok(found
             .into_iter()
@@ -259,7 +262,7 @@ impl SharedArgs<'_, '_> {
 #[pymethods]
 impl SemanticCache {
     #[new]
-    #[pyo3(signature = (*, embedder=None, dim=None, threshold=0.85, ttl=Some(3600.0), max_entries=10_000, max_memory_mb=100.0, guard=true, index="auto", clock=None, store=None, namespace=None, max_shared_entries=None, background_load=false, max_pending_writes=10_000, stream_max_len=100_000))]
+    #[pyo3(signature = (*, embedder=None, dim=None, threshold=0.85, ttl=Some(3600.0), max_entries=10_000, max_memory_mb=100.0, guard=true, index="auto", clock=None, store=None, namespace=None, max_shared_entries=None, background_load=false, max_pending_writes=10_000, stream_max_len=10_000))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,

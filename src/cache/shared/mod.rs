@@ -49,6 +49,8 @@ const LOAD_PAGE: usize = 256;
 /// Entries per write call.
 const WRITE_BATCH: usize = 64;
 const LAG_WINDOW: usize = 1024;
+/// The least time a background call (write, read, load) may take.
+const BACKGROUND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Tombstones of a cache whose entries never expire live this long.
 const TOMBSTONE_MIN: Duration = Duration::from_secs(86_400);
 
@@ -158,7 +160,7 @@ struct Op {
     /// epoch it belongs to.
     observed: u64,
     epoch: u64,
-    wall_ms: u64,
+    wall_us: u64,
 }
 
 impl Op {
@@ -231,10 +233,11 @@ pub struct Replica {
     _stop: tokio::sync::watch::Sender<()>,
 }
 
-fn wall_ms() -> u64 {
+/// Wall-clock microseconds: replication lag is measured between processes.
+fn wall_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 fn instance_id() -> String {
@@ -402,43 +405,51 @@ impl Replica {
         });
     }
 
-    /// After a local miss: the live entry of `prompt` in `partition` from
-    /// Redis, inserted locally, when the local copy has evicted entries
-    /// (one round trip, bounded by the store's timeout; errors are a miss).
-    pub fn fetch_exact(&self, prompt: &str, partition: &str) -> Option<Found> {
+    /// After local misses: the live entries of `(prompt, partition)` pairs
+    /// from Redis, inserted locally, when the local copy has evicted entries
+    /// (one round trip each, all at once, so the whole batch waits at most
+    /// the store's timeout; an error is a miss).
+    pub fn fetch_exact(&self, wanted: &[(&str, &str)]) -> Vec<Option<Found>> {
         let inner = &self.inner;
-        if inner.cache.evictions() == 0 {
-            return None;
+        if wanted.is_empty() || inner.cache.evictions() == 0 {
+            return vec![None; wanted.len()];
         }
-        let id = protocol::entry_id(partition, prompt);
-        let keys = &inner.keys.keys;
-        let args = [inner.keys.base.as_str(), id.as_str()];
-        let reply = match inner
-            .store
-            .block_on(inner.store.eval(&inner.scripts.fetch, keys, &args))
-        {
-            Ok(v) => v,
-            Err(e) => {
-                inner.record_error(&e);
-                return None;
+        let ids: Vec<String> = wanted
+            .iter()
+            .map(|(prompt, partition)| protocol::entry_id(partition, prompt))
+            .collect();
+        let calls = ids.iter().map(|id| {
+            let args = [inner.keys.base.as_str(), id.as_str()];
+            async move {
+                inner
+                    .store
+                    .eval(&inner.scripts.fetch, &inner.keys.keys, &args)
+                    .await
             }
-        };
-        let parts = protocol::items(&reply);
-        let (blob, pttl) = (protocol::bytes_of(parts.first()?)?, parts.get(1)?);
-        let item = inner.decode(blob, protocol::int_of(pttl).unwrap_or(-2), None)?;
-        let found = Found {
-            response: Arc::from(item.response.as_slice()),
-            metadata: item.metadata.as_deref().map(Arc::from),
-            prompt: item.prompt.clone(),
-            score: 1.0,
-            age: 0.0,
-            exact: true,
-        };
+        });
+        let replies = inner.store.block_on(futures_util::future::join_all(calls));
         let now = (inner.now)();
-        inner.cache.insert(vec![item], now).ok()?;
-        inner.counters.remote_hits.fetch_add(1, Relaxed);
-        inner.cache.count_remote_hit();
-        Some(found)
+        replies
+            .into_iter()
+            .map(|r| {
+                let reply = r.inspect_err(|e| inner.record_error(e)).ok()?;
+                let parts = protocol::items(&reply);
+                let (blob, pttl) = (protocol::bytes_of(parts.first()?)?, parts.get(1)?);
+                let item = inner.decode(blob, protocol::int_of(pttl).unwrap_or(-2), None)?;
+                let found = Found {
+                    response: Arc::from(item.response.as_slice()),
+                    metadata: item.metadata.as_deref().map(Arc::from),
+                    prompt: item.prompt.clone(),
+                    score: 1.0,
+                    age: 0.0,
+                    exact: true,
+                };
+                inner.cache.insert(vec![item], now).ok()?;
+                inner.counters.remote_hits.fetch_add(1, Relaxed);
+                inner.cache.count_remote_hit();
+                Some(found)
+            })
+            .collect()
     }
 
     /// Waits (parking the thread) until every queued change was sent or
@@ -491,6 +502,13 @@ impl Replica {
 }
 
 impl Inner {
+    /// The bound of the background calls: no request waits for them, and a
+    /// write given up on the client may still have run on the server (it
+    /// would be sent, and applied elsewhere, twice).
+    fn background_timeout(&self) -> Duration {
+        self.store.timeout().max(BACKGROUND_TIMEOUT)
+    }
+
     fn record_error(&self, e: &StoreError) {
         self.counters.errors.fetch_add(1, Relaxed);
         *self.last_error.lock() = Some(e.to_string());
@@ -501,7 +519,7 @@ impl Inner {
             change,
             observed: self.applied.load(Relaxed),
             epoch: self.epoch.load(Relaxed),
-            wall_ms: wall_ms(),
+            wall_us: wall_us(),
         };
         let mut q = self.queue.lock();
         let mut depth: usize = q.iter().map(Op::entries).sum();
@@ -538,7 +556,12 @@ impl Inner {
         ];
         let reply = self
             .store
-            .eval(&self.scripts.join, &self.keys.keys, &args)
+            .eval_within(
+                self.background_timeout(),
+                &self.scripts.join,
+                &self.keys.keys,
+                &args,
+            )
             .await
             .map_err(JoinError::Store)?;
         let p = protocol::items(&reply);
@@ -598,7 +621,7 @@ impl Inner {
             (_, Some(age)) => e.ttl - age as f64 / 1000.0,
             _ => e.ttl,
         };
-        if !(ttl > 0.0) {
+        if ttl.is_nan() || ttl <= 0.0 {
             return None;
         }
         let Ok(vector) = cfg.normalized(e.vector, "") else {
@@ -640,7 +663,12 @@ impl Inner {
             let args = [self.keys.base.as_str(), after.as_str(), count.as_str(), "0"];
             let reply = match self
                 .store
-                .eval(&self.scripts.load, &self.keys.keys, &args)
+                .eval_within(
+                    self.background_timeout(),
+                    &self.scripts.load,
+                    &self.keys.keys,
+                    &args,
+                )
                 .await
             {
                 Ok(v) => v,
@@ -699,7 +727,12 @@ impl Inner {
             let args = [self.keys.base.as_str(), after.as_str(), page.as_str(), "1"];
             let Ok(reply) = self
                 .store
-                .eval(&self.scripts.load, &self.keys.keys, &args)
+                .eval_within(
+                    self.background_timeout(),
+                    &self.scripts.load,
+                    &self.keys.keys,
+                    &args,
+                )
                 .await
             else {
                 return;

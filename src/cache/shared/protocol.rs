@@ -202,7 +202,7 @@ impl Entry {
         };
         let n = r.u32()? as usize;
         let ttl = f64::from_le_bytes(r.take(8)?.try_into().map_err(|_| Invalid::Corrupt)?);
-        if !(ttl > 0.0) {
+        if ttl.is_nan() || ttl <= 0.0 {
             return Err(Invalid::Corrupt);
         }
         let found_identity = r.string()?;
@@ -296,8 +296,8 @@ pub struct Event {
     /// Its number; `None` for an entry another program added.
     pub seq: Option<u64>,
     pub origin: Vec<u8>,
-    /// The writer's wall clock in ms when it queued the change.
-    pub wall_ms: Option<u64>,
+    /// The writer's wall clock in microseconds when it queued the change.
+    pub wall_us: Option<u64>,
     /// `None`: not an event of this protocol (counted as invalid).
     pub change: Option<Change>,
 }
@@ -374,7 +374,7 @@ pub fn parse_events(v: &Value) -> Option<Vec<Event>> {
             id,
             seq: if change.is_some() { seq } else { None },
             origin: get(b"o").and_then(bytes_of).unwrap_or_default().to_vec(),
-            wall_ms: get(b"w")
+            wall_us: get(b"w")
                 .and_then(int_of)
                 .and_then(|n| u64::try_from(n).ok()),
             change,

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::protocol::{self, Change as Event};
 use super::{
-    reply_error, wall_ms, Change, Inner, JoinError, NewItem, Op, Position, LAG_WINDOW, POLL,
+    reply_error, wall_us, Change, Inner, JoinError, NewItem, Op, Position, LAG_WINDOW, POLL,
     READ_COUNT, TOMBSTONE_MIN, WRITE_BATCH,
 };
 use crate::store::{Push, StoreError};
@@ -69,7 +69,7 @@ async fn send_loop(weak: Weak<Inner>, mut stopped: watch::Receiver<()>) {
 }
 
 fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.5 + f64::from(wall_ms() as u32 % 1000) / 1000.0)
+    d.mul_f64(0.5 + f64::from((wall_us() / 1000) as u32 % 1000) / 1000.0)
 }
 
 /// Sends the oldest queued changes (a run of sets as one call, or one
@@ -135,7 +135,8 @@ async fn send_batch(inner: &Arc<Inner>, batch: &[Op]) -> Result<(), StoreError> 
         .min()
         .unwrap_or(0)
         .to_string();
-    let wall = batch.last().map_or(0, |o| o.wall_ms).to_string();
+    // The oldest change's time: the lag measured is the batch's longest.
+    let wall = batch.first().map_or(0, |o| o.wall_us).to_string();
     let base = inner.keys.base.as_str();
     let keys = &inner.keys.keys;
     if let Some(Op {
@@ -171,7 +172,12 @@ async fn send_batch(inner: &Arc<Inner>, batch: &[Op]) -> Result<(), StoreError> 
         ];
         inner
             .store
-            .eval(&inner.scripts.invalidate, keys, &args)
+            .eval_within(
+                inner.background_timeout(),
+                &inner.scripts.invalidate,
+                keys,
+                &args,
+            )
             .await?;
         inner.counters.sent.fetch_add(1, Relaxed);
         if *kind != "inv" {
@@ -212,7 +218,15 @@ async fn send_batch(inner: &Arc<Inner>, batch: &[Op]) -> Result<(), StoreError> 
             ttl.as_bytes(),
         ]);
     }
-    let reply = inner.store.eval(&inner.scripts.write, keys, &args).await?;
+    let reply = inner
+        .store
+        .eval_within(
+            inner.background_timeout(),
+            &inner.scripts.write,
+            keys,
+            &args,
+        )
+        .await?;
     let p = protocol::items(&reply);
     let (Some(accepted), Some(refused)) = (
         p.first().and_then(protocol::int_of),
@@ -317,7 +331,12 @@ async fn step(
     ];
     let reply = inner
         .store
-        .eval(&inner.scripts.read, &inner.keys.keys, &args)
+        .eval_within(
+            inner.background_timeout(),
+            &inner.scripts.read,
+            &inner.keys.keys,
+            &args,
+        )
         .await?;
     let p = protocol::items(&reply);
     let epoch = p.first().and_then(protocol::string_of).unwrap_or_default();
@@ -378,7 +397,7 @@ async fn step(
                 _ => None,
             };
             if let Some(change) = ev.change {
-                apply.push((change, age, ev.wall_ms));
+                apply.push((change, age, ev.wall_us));
             }
         }
         pos.seq = seq;
@@ -434,7 +453,7 @@ fn apply_events(inner: &Inner, events: Vec<(Event, Option<u64>, Option<u64>)>) {
                     continue;
                 }
                 if let Some(w) = wrote_ms {
-                    lags.push(wall_ms().saturating_sub(w) as f64);
+                    lags.push(wall_us().saturating_sub(w) as f64 / 1000.0);
                 }
             }
             Event::Invalidate { partition, prompt } => {

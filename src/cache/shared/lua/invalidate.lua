@@ -1,5 +1,5 @@
 -- ARGV: base, instance, kind ('inv', 'part', 'tag', 'clear'), stream max
--- length, channel, wall ms, tombstone ttl ms (0: none), target (entry id,
+-- length, channel, wall microseconds, tombstone ttl ms (0: none), target (entry id,
 -- partition hash or tag hash), partition, prompt or tag.
 -- Leaves a tombstone ("<event> <instance>"), so that no write of another
 -- instance that had not seen this event is accepted later.

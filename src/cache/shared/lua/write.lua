@@ -1,5 +1,5 @@
 -- ARGV: base, instance, observed event, stream max length, max shared
--- entries (0: no bound), channel, wall ms, n, then n x (id, blob, partition
+-- entries (0: no bound), channel, wall microseconds, n, then n x (id, blob, partition
 -- hash, tag hashes, ttl ms (0: none)).
 -- An entry that another instance's invalidation newer than `observed`
 -- covers is refused: a write delayed in a queue cannot bring back what was
