@@ -83,6 +83,7 @@ def upstreams(mocks):
     yield mocks
     for m in mocks:
         m.clear_faults()
+        m.configure(finish_reason=None)
 
 
 @pytest.fixture
