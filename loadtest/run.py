@@ -668,13 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     report["left_running"] = tr.still_running(started)
     jpath, mpath = write_report(report, out)
-    print()
-    print(markdown(report))
-    print(f"wrote {jpath} and {mpath}")
-    if report["left_running"]:
-        print(f"warning: still running: {report['left_running']}", file=sys.stderr)
-        return 1
-    return 0
+    return tr.finish(report, markdown(report), jpath, mpath)
 
 
 if __name__ == "__main__":

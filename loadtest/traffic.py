@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import llmedge
 from llmedge._workload import (  # noqa: F401 - the load tests' vocabulary, re-exported
@@ -215,6 +216,18 @@ class ManagedProcess:
 
     def __repr__(self) -> str:
         return f"ManagedProcess({self.name!r}, pid={self.pid}, alive={self.alive()})"
+
+
+def finish(report: Mapping[str, Any], text: str, *paths: Path) -> int:
+    """Print a run's report and where it was written; the exit code: 1 when a
+    process the run started is still alive (``report["left_running"]``)."""
+    print()
+    print(text)
+    print(f"wrote {' and '.join(str(p) for p in paths)}")
+    if report.get("left_running"):
+        print(f"warning: still running: {report['left_running']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def wait_http(url: str, *, timeout: float, proc: ManagedProcess | None = None) -> None:

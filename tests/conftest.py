@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import importlib.util
 import math
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from redis_support import RedisCluster, RedisServer, require_redis
@@ -12,6 +15,17 @@ from llmedge.testing import FakeClock, MockLLM  # noqa: F401 - FakeClock: the te
 pytest_plugins = ["pytester"]
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROOT = FIXTURES.parents[1]
+
+
+def load_script(relative: str, name: str) -> ModuleType:
+    """A script of the repository that is not a package module (``loadtest/*.py``)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
 
 
 #: What a broken clock returns (or raises), the error a class that reads it

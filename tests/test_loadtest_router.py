@@ -3,28 +3,12 @@ run of llmedge's Router (and tenacity, when installed) on the mock upstreams."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "loadtest_router", ROOT / "loadtest" / "router.py"
-    )
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
-lt = _load()
+lt = load_script("loadtest/router.py", "loadtest_router")
 
 
 def test_percentiles_are_nearest_rank():

@@ -152,9 +152,17 @@ def test_settings_read_the_redis_environment(monkeypatch):
     assert chat_app.Settings.from_env().redis_url == ["redis://a:7000", "redis://b:7001"]
     monkeypatch.delenv("LLMEDGE_REDIS_URL")
     assert chat_app.Settings.from_env().redis_url is None
+    chat_app.Settings(
+        upstreams=["http://x/v1"], backend="baseline", redis_url="redis://r"
+    ).validate()
     with pytest.raises(ValueError, match="LLMEDGE_SERVICE_BACKEND=llmedge, got 'baseline'"):
         chat_app.Settings(
-            upstreams=["http://x/v1"], backend="baseline", redis_url="redis://r"
+            upstreams=["http://x/v1"], backend="baseline", redis_url=["redis://a", "redis://b"]
         ).validate()
+    assert chat_app.Settings.from_env().cache_namespace == "chat"
+    monkeypatch.setenv("LLMEDGE_CACHE_NAMESPACE", " support ")
+    assert chat_app.Settings.from_env().cache_namespace == "support"
+    with pytest.raises(ValueError, match="LLMEDGE_CACHE_NAMESPACE.*'a b'"):
+        chat_app.Settings(upstreams=["http://x/v1"], cache_namespace="a b").validate()
     with pytest.raises(ValueError, match="LLMEDGE_REDIS_LOCAL_SHARE.*0"):
         chat_app.Settings(upstreams=["http://x/v1"], redis_local_share=0).validate()

@@ -24,22 +24,37 @@ from typing import Any
 import llmedge
 from llmedge.gateway.backends import HISTORY_LIMIT, prompt_budget
 
-from . import cache, embed, messages, resilience
+from . import cache, embed, messages, resilience, shared_cache
 
 _BASELINES = types.SimpleNamespace(
-    cache=cache, embed=embed, messages=messages, resilience=resilience
+    cache=cache, embed=embed, messages=messages, resilience=resilience, shared_cache=shared_cache
 )
 
 
 class BaselineBackend:
     name = "baseline"
 
-    def __init__(self, *, threshold: float = 0.85, ttl: float = 3600.0, max_entries: int = 10_000):
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.85,
+        ttl: float = 3600.0,
+        max_entries: int = 10_000,
+        redis_url: str | None = None,
+        namespace: str = "chat",
+    ):
         b = _BASELINES
         self._b = b
         if b.messages.offline_tiktoken() is None:
             raise RuntimeError("the baseline backend needs tiktoken and its vocabularies offline")
-        self.cache = _BaselineCache(b, threshold=threshold, ttl=ttl, max_entries=max_entries)
+        config = {"threshold": threshold, "ttl": ttl, "max_entries": max_entries}
+        # with a Redis URL the cache is shared (entries in Redis, brute force per
+        # lookup); the limiter and breakers stay per process
+        self.cache: Any = (
+            _BaselineCache(b, **config)
+            if redis_url is None
+            else _BaselineSharedCache(b, redis_url, namespace=namespace, **config)
+        )
         self._rules: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -191,6 +206,23 @@ class _BaselineCache:
             "entries": entries,
             "partitions": len(self.parts),
         }
+
+
+class _BaselineSharedCache:
+    """The Redis-backed baseline cache, off the event loop."""
+
+    def __init__(self, b: Any, url: str, **config: Any) -> None:
+        embedder = b.embed.PyHashingEmbedder(384)
+        self.inner = b.shared_cache.RedisPyCache(url, embedder.embed, **config)
+
+    async def get(self, prompt: str, partition: str) -> tuple[Any, str] | None:
+        return await asyncio.to_thread(self.inner.get, prompt, partition)
+
+    async def aset(self, prompt: str, text: Any, *, partition: Any = None, **_: Any) -> None:
+        await asyncio.to_thread(self.inner.set, prompt, text, str(partition))
+
+    def stats(self) -> dict[str, Any]:
+        return self.inner.stats()
 
 
 class _BaselineBreaker:

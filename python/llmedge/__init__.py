@@ -26,6 +26,7 @@ from llmedge._core import (
 from llmedge.cache import CacheHit, SemanticCache, partition_key
 from llmedge.errors import (
     AllUpstreamsFailedError,
+    CacheNamespaceError,
     CacheSnapshotError,
     CircuitOpenError,
     ContextOverflowError,
@@ -102,5 +103,6 @@ __all__ = [
     "SemanticCache",
     "CacheHit",
     "partition_key",
+    "CacheNamespaceError",
     "CacheSnapshotError",
 ]

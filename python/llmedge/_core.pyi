@@ -456,7 +456,16 @@ class SemanticCache:
         guard: bool = True,
         index: str = "auto",
         clock: Callable[[], float] | None = None,
+        store: RedisStore | None = None,
+        namespace: str | None = None,
+        max_shared_entries: int | None = None,
+        background_load: bool = False,
+        max_pending_writes: int = 10_000,
+        stream_max_len: int = 10_000,
     ) -> SemanticCache: ...
+    @property
+    def namespace(self) -> str | None: ...
+    def flush(self, timeout: float = 5.0) -> bool: ...
     @property
     def dim(self) -> int: ...
     @property

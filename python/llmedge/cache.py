@@ -109,6 +109,13 @@ class SemanticCache(_core.SemanticCache):
     None for no expiry), ``max_entries``, ``max_memory_mb``, ``guard``,
     ``index`` ("auto", "flat" or "hnsw") and ``clock`` (zero-argument callable
     returning monotonic seconds).
+
+    With ``store=llmedge.RedisStore(...)`` and ``namespace=``, every process
+    with a cache on that namespace shares what any of them learns (lookups
+    stay local; see docs/cache.md): ``background_load`` (load the namespace
+    after returning instead of before), ``max_shared_entries`` (entries Redis
+    keeps, oldest dropped first), ``max_pending_writes`` (changes queued while
+    Redis is away) and ``stream_max_len`` (events Redis keeps for followers).
     """
 
     def __init__(self, **_config: Any) -> None:

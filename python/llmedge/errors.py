@@ -18,6 +18,7 @@ __all__ = [
     "CircuitOpenError",
     "RateLimitExceeded",
     "CacheSnapshotError",
+    "CacheNamespaceError",
     "StoreError",
     "UpstreamError",
     "UpstreamClientError",
@@ -109,6 +110,13 @@ class CacheSnapshotError(LlmEdgeError, ValueError):
     """A semantic cache snapshot that cannot be loaded: made with another
     embedder or dimension, truncated, corrupted, or not a snapshot at all.
     The cache it was loaded into is left unchanged."""
+
+
+class CacheNamespaceError(LlmEdgeError, ValueError):
+    """A ``SemanticCache`` with ``store=`` cannot join its ``namespace``: the
+    namespace in Redis holds entries of another embedder or dimension (or of
+    another format version). Vectors of different embedders must not meet:
+    use another namespace, or the same embedder."""
 
 
 class StoreError(LlmEdgeError, ConnectionError):

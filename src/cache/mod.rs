@@ -5,7 +5,8 @@
 //! every operation; [`CacheConfig`] is its validated configuration. Below it,
 //! `store` keeps entries, partitions, LRU order, expiry and memory
 //! accounting; `index` searches vectors; `guard` rejects false semantic
-//! hits; `snapshot` is the file format.
+//! hits; `snapshot` is the file format; `shared` shares a cache through a
+//! Redis namespace.
 
 pub mod config;
 pub mod guard;
@@ -13,6 +14,7 @@ pub mod hashing;
 pub mod index;
 pub mod partition;
 pub mod semantic;
+pub mod shared;
 pub mod snapshot;
 pub mod stats;
 pub mod store;

@@ -307,6 +307,20 @@ impl Cache {
         }
     }
 
+    /// Entries evicted to stay within the bounds since creation (or the
+    /// last statistics reset).
+    pub fn evictions(&self) -> u64 {
+        self.store.lock().stats.evictions
+    }
+
+    /// A lookup counted as a miss was answered after all (by the shared
+    /// tier): count it as an exact hit.
+    pub fn count_remote_hit(&self) {
+        let mut store = self.store.lock();
+        store.stats.misses = store.stats.misses.saturating_sub(1);
+        store.stats.exact_hits += 1;
+    }
+
     pub fn reset_stats(&self) {
         self.store.lock().stats.reset()
     }

@@ -100,6 +100,12 @@ pub fn store_unusable(py: Python<'_>, msg: String) -> PyErr {
     new_error(py, "StoreError", (msg,))
 }
 
+/// `CacheNamespaceError` with `msg`: a shared cache's namespace holds
+/// another embedder's entries.
+pub fn cache_namespace_error(py: Python<'_>, msg: String) -> PyErr {
+    new_error(py, "CacheNamespaceError", (msg,))
+}
+
 /// `CacheSnapshotError` with `msg`.
 pub fn cache_snapshot_error(py: Python<'_>, msg: String) -> PyErr {
     new_error(py, "CacheSnapshotError", (msg,))

@@ -9,6 +9,9 @@
 //! core with the GIL released.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
 
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
@@ -16,24 +19,31 @@ use pyo3::types::PyDict;
 
 use crate::cache::index::{HnswParams, IndexKind};
 use crate::cache::partition::canonical_key;
+use crate::cache::shared::{JoinError, Replica, SharedConfig};
 use crate::cache::snapshot::SnapshotError;
 use crate::cache::{config, Cache, CacheConfig, CacheError, NewItem, Query};
 use crate::py::cache_hit::CacheHit;
-use crate::py::clock::Clock;
+use crate::py::clock::{monotonic, Clock};
 use crate::py::convert::{
     encode_response, partition_text, read_matrix, read_vector, tag_list, to_json, type_name,
 };
 use crate::py::embedder::Embedder;
-use crate::py::errors::{cache_snapshot_error, type_error, value_error};
+use crate::py::errors::{cache_namespace_error, cache_snapshot_error, type_error, value_error};
+use crate::py::redis_store::{store_error, RedisStore};
 
 /// Prompts per embedder call when warming.
 const WARM_BATCH: usize = 256;
 
 #[pyclass(frozen, subclass, module = "llmedge._core", name = "SemanticCache")]
 pub struct SemanticCache {
-    core: Cache,
+    core: Arc<Cache>,
     embedder: Embedder,
     clock: Clock,
+    /// The namespace in Redis this cache shares (`store=`).
+    shared: Option<Replica>,
+    /// The last reading of a Python clock (f64 bits), for the shared
+    /// cache's background tasks, which must not call Python.
+    last_now: Arc<AtomicU64>,
 }
 
 fn cache_error(e: CacheError) -> PyErr {
@@ -49,7 +59,11 @@ fn snapshot_error(py: Python<'_>, e: SnapshotError, path: &str) -> PyErr {
 
 impl SemanticCache {
     fn now(&self, py: Python<'_>) -> PyResult<f64> {
-        self.clock.now(py)
+        let now = self.clock.now(py)?;
+        if self.shared.is_some() && !self.clock.is_monotonic() {
+            self.last_now.store(now.to_bits(), Relaxed);
+        }
+        Ok(now)
     }
 
     fn normalized(&self, v: Vec<f32>, what: &str) -> PyResult<Vec<f32>> {
@@ -88,6 +102,13 @@ impl SemanticCache {
     ) -> PyResult<Vec<PyResult<Option<Py<CacheHit>>>>> {
         let now = self.now(py)?;
         let mut failed: Vec<Option<PyErr>> = queries.iter().map(|_| None).collect();
+        let keys: Vec<(String, String)> = match &self.shared {
+            Some(_) => queries
+                .iter()
+                .map(|q| (q.prompt.clone(), q.partition.clone()))
+                .collect(),
+            None => Vec::new(),
+        };
         let phase = py.detach(|| self.core.lookup_exact(queries, now));
         let found = if phase.is_done() {
             phase.into_found()
@@ -102,6 +123,20 @@ impl SemanticCache {
                 }
             }
         };
+        let mut found = found;
+        if let Some(shared) = &self.shared {
+            let missed: Vec<usize> = (0..found.len())
+                .filter(|&i| found[i].is_none() && failed[i].is_none())
+                .collect();
+            let wanted: Vec<(&str, &str)> = missed
+                .iter()
+                .map(|&i| (keys[i].0.as_str(), keys[i].1.as_str()))
+                .collect();
+            let fetched = py.detach(|| shared.fetch_exact(&wanted));
+            for (i, f) in missed.into_iter().zip(fetched) {
+                found[i] = f;
+            }
+        }
         Ok(found
             .into_iter()
             .zip(failed)
@@ -142,19 +177,95 @@ impl SemanticCache {
         })
     }
 
+    /// Inserts all or nothing, then queues them for the namespace in Redis.
     fn insert(&self, py: Python<'_>, items: Vec<NewItem>) -> PyResult<usize> {
         let now = self.now(py)?;
-        py.detach(|| self.core.insert(items, now))
-            .map_err(cache_error)
+        py.detach(|| {
+            let prepared = self.shared.as_ref().map(|s| s.prepare_set(&items));
+            let n = self.core.insert(items, now)?;
+            if let (Some(s), Some(p)) = (&self.shared, prepared) {
+                s.publish_set(p);
+            }
+            Ok(n)
+        })
+        .map_err(cache_error)
+    }
+}
+
+/// `store=` and the options of a shared cache, as the constructor takes them.
+struct SharedArgs<'a, 'py> {
+    store: Option<&'a Bound<'py, PyAny>>,
+    namespace: Option<String>,
+    max_shared_entries: Option<usize>,
+    background_load: bool,
+    max_pending_writes: usize,
+    stream_max_len: usize,
+}
+
+impl SharedArgs<'_, '_> {
+    fn start(
+        self,
+        py: Python<'_>,
+        core: &Arc<Cache>,
+        clock: &Clock,
+        last_now: &Arc<AtomicU64>,
+    ) -> PyResult<Option<Replica>> {
+        let Some(store) = self.store.filter(|s| !s.is_none()) else {
+            for (name, given) in [
+                ("namespace", self.namespace.is_some()),
+                ("max_shared_entries", self.max_shared_entries.is_some()),
+                ("background_load", self.background_load),
+            ] {
+                if given {
+                    return Err(value_error(format!(
+                        "{name}= needs store= (a llmedge.RedisStore to share the cache through)"
+                    )));
+                }
+            }
+            return Ok(None);
+        };
+        let store = store
+            .cast::<RedisStore>()
+            .map_err(|_| {
+                type_error(format!(
+                    "store must be a llmedge.RedisStore or None, got {}",
+                    type_name(store)
+                ))
+            })?
+            .get()
+            .inner()
+            .clone();
+        let cfg = SharedConfig {
+            namespace: self.namespace.unwrap_or_else(|| "default".into()),
+            max_shared_entries: self.max_shared_entries.unwrap_or(0),
+            stream_max_len: self.stream_max_len,
+            max_pending: self.max_pending_writes,
+            background_load: self.background_load,
+        };
+        cfg.validate().map_err(value_error)?;
+        let now: Box<dyn Fn() -> f64 + Send + Sync> = if clock.is_monotonic() {
+            Box::new(monotonic)
+        } else {
+            last_now.store(clock.now(py)?.to_bits(), Relaxed);
+            let last = Arc::clone(last_now);
+            Box::new(move || f64::from_bits(last.load(Relaxed)))
+        };
+        let core = Arc::clone(core);
+        match py.detach(|| Replica::start(core, store, cfg, now)) {
+            Ok(r) => Ok(Some(r)),
+            Err(JoinError::Mismatch(m)) => Err(cache_namespace_error(py, m)),
+            Err(JoinError::Store(e)) => Err(store_error(py, e)),
+        }
     }
 }
 
 #[pymethods]
 impl SemanticCache {
     #[new]
-    #[pyo3(signature = (*, embedder=None, dim=None, threshold=0.85, ttl=Some(3600.0), max_entries=10_000, max_memory_mb=100.0, guard=true, index="auto", clock=None))]
+    #[pyo3(signature = (*, embedder=None, dim=None, threshold=0.85, ttl=Some(3600.0), max_entries=10_000, max_memory_mb=100.0, guard=true, index="auto", clock=None, store=None, namespace=None, max_shared_entries=None, background_load=false, max_pending_writes=10_000, stream_max_len=10_000))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         embedder: Option<&Bound<'_, PyAny>>,
         dim: Option<usize>,
         threshold: f64,
@@ -164,6 +275,12 @@ impl SemanticCache {
         guard: bool,
         index: &str,
         clock: Option<&Bound<'_, PyAny>>,
+        store: Option<&Bound<'_, PyAny>>,
+        namespace: Option<String>,
+        max_shared_entries: Option<usize>,
+        background_load: bool,
+        max_pending_writes: usize,
+        stream_max_len: usize,
     ) -> PyResult<Self> {
         let index = IndexKind::parse(index).ok_or_else(|| {
             value_error(format!(
@@ -183,10 +300,23 @@ impl SemanticCache {
             index,
             hnsw: HnswParams::default(),
         };
+        let core = Arc::new(Cache::new(cfg, identity).map_err(cache_error)?);
+        let last_now = Arc::new(AtomicU64::new(0));
+        let shared = SharedArgs {
+            store,
+            namespace,
+            max_shared_entries,
+            background_load,
+            max_pending_writes,
+            stream_max_len,
+        }
+        .start(py, &core, &clock, &last_now)?;
         Ok(SemanticCache {
-            core: Cache::new(cfg, identity).map_err(cache_error)?,
+            core,
             embedder,
             clock,
+            shared,
+            last_now,
         })
     }
 
@@ -383,7 +513,13 @@ impl SemanticCache {
         partition: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let partition = partition_text(partition)?;
-        Ok(py.detach(|| self.core.invalidate(prompt, &partition)))
+        Ok(py.detach(|| {
+            let removed = self.core.invalidate(prompt, &partition);
+            if let Some(s) = &self.shared {
+                s.publish_invalidate(prompt, &partition);
+            }
+            removed
+        }))
     }
 
     #[pyo3(signature = (partition))]
@@ -393,15 +529,54 @@ impl SemanticCache {
         partition: &Bound<'_, PyAny>,
     ) -> PyResult<usize> {
         let partition = partition_text(Some(partition))?;
-        Ok(py.detach(|| self.core.invalidate_partition(&partition)))
+        Ok(py.detach(|| {
+            let n = self.core.invalidate_partition(&partition);
+            if let Some(s) = &self.shared {
+                s.publish_invalidate_partition(&partition);
+            }
+            n
+        }))
     }
 
     fn invalidate_tag(&self, py: Python<'_>, tag: &str) -> usize {
-        py.detach(|| self.core.invalidate_tag(tag))
+        py.detach(|| {
+            let n = self.core.invalidate_tag(tag);
+            if let Some(s) = &self.shared {
+                s.publish_invalidate_tag(tag);
+            }
+            n
+        })
     }
 
     fn clear(&self, py: Python<'_>) {
-        py.detach(|| self.core.clear())
+        py.detach(|| {
+            self.core.clear();
+            if let Some(s) = &self.shared {
+                s.publish_clear();
+            }
+        })
+    }
+
+    /// The namespace this cache shares through `store=`, or None.
+    #[getter]
+    fn namespace(&self) -> Option<&str> {
+        self.shared.as_ref().map(Replica::namespace)
+    }
+
+    /// Waits (GIL released) until the changes queued for Redis were written
+    /// (or dropped), at most `timeout` seconds; whether the queue drained.
+    /// True at once for a cache without a store.
+    #[pyo3(signature = (timeout=5.0))]
+    fn flush(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        if !(timeout.is_finite() && timeout >= 0.0) {
+            return Err(value_error(format!(
+                "timeout must be a finite number of seconds >= 0, got {timeout}"
+            )));
+        }
+        Ok(match &self.shared {
+            Some(s) => py.detach(|| s.flush(Duration::from_secs_f64(timeout))),
+            None => true,
+        })
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
@@ -449,6 +624,27 @@ impl SemanticCache {
         d.set_item("indexes", idx)?;
         d.set_item("lookup_p50_us", s.latency_quantile(0.5))?;
         d.set_item("lookup_p99_us", s.latency_quantile(0.99))?;
+        if let Some(shared) = &self.shared {
+            let x = shared.stats();
+            let sh = PyDict::new(py);
+            sh.set_item("namespace", x.namespace)?;
+            sh.set_item("connected", x.connected)?;
+            sh.set_item("loaded", x.loaded)?;
+            sh.set_item("loaded_entries", x.loaded_entries)?;
+            sh.set_item("received", x.received)?;
+            sh.set_item("sent", x.sent)?;
+            sh.set_item("refused", x.refused)?;
+            sh.set_item("dropped", x.dropped)?;
+            sh.set_item("invalid", x.invalid)?;
+            sh.set_item("resyncs", x.resyncs)?;
+            sh.set_item("remote_hits", x.remote_hits)?;
+            sh.set_item("errors", x.errors)?;
+            sh.set_item("queue_depth", x.queue_depth)?;
+            sh.set_item("lag_p50_ms", x.lag_p50_ms)?;
+            sh.set_item("lag_p99_ms", x.lag_p99_ms)?;
+            sh.set_item("last_error", x.last_error)?;
+            d.set_item("shared", sh)?;
+        }
         Ok(d)
     }
 
@@ -475,9 +671,13 @@ impl SemanticCache {
         let (n, mem) = py.detach(|| (self.core.len(), self.core.memory_bytes()));
         let c = self.core.config();
         let ttl = self.ttl().map_or("None".into(), |t| t.to_string());
+        let shared = match &self.shared {
+            Some(s) => format!(", namespace={:?}", s.namespace()),
+            None => String::new(),
+        };
         format!(
             "SemanticCache(embedder={:?}, dim={}, threshold={}, ttl={ttl}, max_entries={}, \
-             max_memory_mb={}, guard={}, index={:?}, entries={n}, memory_bytes={mem})",
+             max_memory_mb={}, guard={}, index={:?}{shared}, entries={n}, memory_bytes={mem})",
             self.core.identity(),
             c.dim,
             c.threshold,

@@ -305,7 +305,20 @@ impl Store {
         keys: &[K],
         args: &[A],
     ) -> Result<Value, StoreError> {
-        self.inner.eval(script, keys, args).await
+        self.inner.eval(script, keys, args, self.timeout()).await
+    }
+
+    /// [`Store::eval`] bounded by `timeout` instead of the configured one:
+    /// for background work that no request waits for, where giving up early
+    /// would only repeat the work.
+    pub async fn eval_within<K: ToRedisArgs, A: ToRedisArgs>(
+        &self,
+        timeout: Duration,
+        script: &Script,
+        keys: &[K],
+        args: &[A],
+    ) -> Result<Value, StoreError> {
+        self.inner.eval(script, keys, args, timeout).await
     }
 
     /// [`Store::eval`] for a synchronous caller: parks the thread for at most
@@ -316,7 +329,7 @@ impl Store {
         keys: &[K],
         args: &[A],
     ) -> Result<Value, StoreError> {
-        self.block_on(self.inner.eval(script, keys, args))
+        self.block_on(self.inner.eval(script, keys, args, self.timeout()))
     }
 
     /// Any command, within the timeout.
@@ -690,6 +703,7 @@ impl Inner {
         script: &Script,
         keys: &[K],
         args: &[A],
+        timeout: Duration,
     ) -> Result<Value, StoreError> {
         let run = async {
             let (gen, mut conn) = self.current()?;
@@ -715,7 +729,7 @@ impl Inner {
                 Err((gen, e)) => Err(self.failed(gen, &e)),
             }
         };
-        self.bounded(run).await
+        self.bounded_by(timeout, run).await
     }
 
     /// Bounds a call by the timeout and records its round trip or timeout.
@@ -723,15 +737,23 @@ impl Inner {
         self: &Arc<Self>,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.bounded_by(self.config.timeout, fut).await
+    }
+
+    async fn bounded_by<T>(
+        self: &Arc<Self>,
+        timeout: Duration,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
-        match tokio::time::timeout(self.config.timeout, fut).await {
+        match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(v)) => {
                 self.health.record_rtt(started.elapsed());
                 Ok(v)
             }
             Ok(Err(e)) => Err(e),
             Err(_) => {
-                let err = StoreError::Timeout(self.config.timeout);
+                let err = StoreError::Timeout(timeout);
                 self.health.timeouts.fetch_add(1, Relaxed);
                 self.health.errors.fetch_add(1, Relaxed);
                 self.health.set_last_error(err.to_string());

@@ -367,6 +367,52 @@ def _router_metrics(ns: str, routers: Mapping[str, Any]) -> Iterable[Any]:
     return (selections, failures, errors, latency)
 
 
+#: A shared cache's replication counters (``stats()["shared"]``) and what they count.
+_REPLICATION_COUNTERS = {
+    "received": "Entries learned from other processes through Redis",
+    "sent": "Entries written to Redis for the other processes",
+    "remote_hits": "Local misses answered from Redis",
+    "dropped": "Writes to Redis dropped while it was unreachable (queue full)",
+    "refused": "Entries from Redis refused (another embedder or dimension)",
+    "invalid": "Entries in Redis skipped as unreadable",
+    "resyncs": "Reloads of the namespace after falling behind its stream",
+    "errors": "Redis errors met by the replication",
+}
+
+
+def _replication_metrics(ns: str, stats: Mapping[str, Mapping[str, Any]]) -> Iterable[Any]:
+    connected = GaugeMetricFamily(
+        f"{ns}_cache_shared_connected",
+        "1 while the shared cache follows its namespace in Redis",
+        labels=["cache", "namespace"],
+    )
+    queue = GaugeMetricFamily(
+        f"{ns}_cache_shared_queue_depth", "Writes waiting for Redis", labels=["cache"]
+    )
+    lag = GaugeMetricFamily(
+        f"{ns}_cache_shared_lag_ms",
+        "Time from another process's set to its insertion here, by quantile",
+        labels=["cache", "quantile"],
+    )
+    counters = {
+        key: CounterMetricFamily(f"{ns}_cache_shared_{key}", text, labels=["cache"])
+        for key, text in _REPLICATION_COUNTERS.items()
+    }
+    for name, s in stats.items():
+        shared = s.get("shared")
+        if not isinstance(shared, Mapping):
+            continue
+        namespace = str(shared.get("namespace", ""))
+        connected.add_metric([name, namespace], 1.0 if shared.get("connected") else 0.0)
+        queue.add_metric([name], shared.get("queue_depth") or 0)
+        for quantile, key in (("0.5", "lag_p50_ms"), ("0.99", "lag_p99_ms")):
+            if shared.get(key) is not None:
+                lag.add_metric([name, quantile], shared[key])
+        for key, family in counters.items():
+            family.add_metric([name], shared.get(key) or 0)
+    yield from (connected, queue, lag, *counters.values())
+
+
 class _Collector:
     """Reads llmedge's statistics at scrape time."""
 
@@ -390,8 +436,8 @@ class _Collector:
         )
         entries = GaugeMetricFamily(f"{ns}_cache_entries", "Entries held", labels=["cache"])
         memory = GaugeMetricFamily(f"{ns}_cache_memory_bytes", "Bytes held", labels=["cache"])
-        for name, cache in m.caches.items():
-            s = cache.stats()
+        stats = {name: cache.stats() for name, cache in m.caches.items()}
+        for name, s in stats.items():
             hits.add_metric([name, "exact"], s.get("exact_hits", 0))
             hits.add_metric([name, "semantic"], s.get("semantic_hits", 0))
             misses.add_metric([name], s.get("misses", 0))
@@ -405,6 +451,7 @@ class _Collector:
             entries.add_metric([name], s.get("entries", 0))
             memory.add_metric([name], s.get("memory_bytes", 0))
         yield from (hits, misses, guard, evictions, entries, memory)
+        yield from _replication_metrics(ns, stats)
 
         state = GaugeMetricFamily(
             f"{ns}_breaker_state", "1 for the breaker's current state", labels=["breaker", "state"]

@@ -11,7 +11,9 @@ Endpoints: ``POST /chat`` (``{"question", "history", "stream", "model"}``),
 ``POST /v1/chat/completions`` (OpenAI-compatible, streaming and not),
 ``GET /health``, ``GET /metrics``. Every worker process keeps its own cache
 and counters; its breakers and rate limiter too, unless ``LLMEDGE_REDIS_URL``
-names a Redis (or a Redis Cluster) that all workers and hosts then share.
+names a Redis (or a Redis Cluster) that all workers and hosts then share,
+with the cache (each worker looks up in its own copy, and learns what the
+others stored through Redis).
 
 Per request: rate limit (per API key, else per client address), history cut
 to the last 4 messages and to the model's context budget, a semantic cache
@@ -58,9 +60,12 @@ Configuration (environment):
 ``LLMEDGE_SSE_EVERY``          chunks coalesced per SSE event at most (8)
 ``LLMEDGE_SSE_MAX_DELAY``      seconds a chunk may wait in the coalescer (0.05)
 ``LLMEDGE_REDIS_URL``          ``redis://``, ``rediss://`` or ``unix://`` URL, or
-                               comma-separated cluster node URLs: the limiter
-                               and breakers share their state there (unset:
-                               per process; llmedge backend only)
+                               comma-separated cluster node URLs: the limiter,
+                               the breakers and the cache share their state
+                               there (unset: per process; the baseline backend
+                               shares only its cache, through one URL)
+``LLMEDGE_CACHE_NAMESPACE``    the shared cache's namespace in Redis (``chat``):
+                               services on one namespace share their answers
 ``LLMEDGE_REDIS_TIMEOUT``      seconds any request waits for Redis (0.05)
 ``LLMEDGE_REDIS_LOCAL_SHARE``  processes sharing the limit: while Redis is
                                unreachable each admits rate / this (1)
@@ -145,6 +150,7 @@ class Settings:
     tokens_per_minute: int = 0
     cache_threshold: float = 0.85
     cache_ttl: float = 3600.0
+    cache_namespace: str = "chat"
     cache_max_entries: int = 10_000
     embedder: str = "hashing"
     embedder_url: str | None = None
@@ -208,6 +214,7 @@ class Settings:
             tokens_per_minute=int(_env_float("LLMEDGE_TOKENS_PER_MINUTE", 0)),
             cache_threshold=_env_float("LLMEDGE_CACHE_THRESHOLD", 0.85),
             cache_ttl=_env_float("LLMEDGE_CACHE_TTL", 3600.0),
+            cache_namespace=os.environ.get("LLMEDGE_CACHE_NAMESPACE", "chat").strip(),
             cache_max_entries=int(_env_float("LLMEDGE_CACHE_MAX_ENTRIES", 10_000)),
             embedder=os.environ.get("LLMEDGE_EMBEDDER", "").strip() or "hashing",
             embedder_url=os.environ.get("LLMEDGE_EMBEDDER_URL", "").strip() or None,
@@ -245,9 +252,16 @@ class Settings:
             )
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
-        if self.redis_url is not None and self.backend != "llmedge":
+        if isinstance(self.redis_url, list) and self.backend != "llmedge":
             raise ValueError(
-                f"LLMEDGE_REDIS_URL needs LLMEDGE_SERVICE_BACKEND=llmedge, got {self.backend!r}"
+                f"a Redis Cluster (several LLMEDGE_REDIS_URL nodes) needs "
+                f"LLMEDGE_SERVICE_BACKEND=llmedge, got {self.backend!r}"
+            )
+        ns = self.cache_namespace
+        if not ns or any(c.isspace() or not c.isprintable() for c in ns):
+            raise ValueError(
+                f"cache_namespace (LLMEDGE_CACHE_NAMESPACE) must be a non-empty name without "
+                f"spaces, got {ns!r}"
             )
         if self.redis_local_share < 1:
             raise ValueError(
@@ -385,15 +399,17 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         settings.validate()
         self.settings = settings
-        # one connection object per process; limiter and breakers share state through it
-        self.store = (
-            llmedge.RedisStore(settings.redis_url, timeout=settings.redis_timeout)
-            if settings.redis_url is not None
-            else None
-        )
-        shared = (
-            {"store": self.store, "local_share": settings.redis_local_share} if self.store else {}
-        )
+        # one connection object per process; limiter, breakers and cache share
+        # state through it (another backend gets the URL for its own client)
+        self.store = None
+        shared: dict[str, Any] = {}
+        if settings.redis_url is not None and settings.backend == "llmedge":
+            self.store = llmedge.RedisStore(settings.redis_url, timeout=settings.redis_timeout)
+            shared = {"store": self.store, "local_share": settings.redis_local_share}
+        elif settings.redis_url is not None:
+            shared = {"redis_url": settings.redis_url}
+        if shared:
+            shared["namespace"] = settings.cache_namespace
         embedder = make_embedder(settings)
         self.embedder = embedder
         if embedder is not None:

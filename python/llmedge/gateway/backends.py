@@ -21,7 +21,8 @@ The interface (what ``app.py`` calls):
   (``.retry_after``);
 * ``limiter(requests=(rate, per, burst), tokens=..., max_keys=...)``: for
   ``llmedge.fastapi.RateLimit(limiter=...)``; with a ``store`` (llmedge
-  only), breakers and limiter share their state through Redis;
+  only), breakers, limiter and cache (on ``namespace``) share their state
+  through Redis; the baseline takes ``redis_url`` and shares its cache;
 * ``fit(model, messages, max_tokens)``, ``count_messages(model, messages)``,
   ``count_tokens(model, text)``, ``cost_tracker()``.
 """
@@ -50,15 +51,21 @@ class LlmedgeBackend:
         max_entries: int = 10_000,
         store: llmedge.RedisStore | None = None,
         local_share: int = 1,
+        namespace: str = "chat",
         embedder: Any = None,
     ):
         self.store = store
         self.local_share = local_share
-        self.cache = _LlmedgeCache(
-            llmedge.SemanticCache(
-                threshold=threshold, ttl=ttl, max_entries=max_entries, embedder=embedder
-            )
-        )
+        config: dict[str, Any] = {
+            "threshold": threshold,
+            "ttl": ttl,
+            "max_entries": max_entries,
+            "embedder": embedder,
+        }
+        if store is not None:
+            # every worker on the namespace learns what the others stored
+            config.update(store=store, namespace=namespace)
+        self.cache = _LlmedgeCache(llmedge.SemanticCache(**config))
         self._optimizers: dict[str, llmedge.PromptOptimizer] = {}
         self._lock = threading.Lock()
 

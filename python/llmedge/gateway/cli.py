@@ -54,7 +54,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     serve.add_argument(
         "--redis",
         metavar="URL",
-        help="share rate limits and breakers through this Redis (env LLMEDGE_REDIS_URL)",
+        help="share rate limits, breakers and the cache through this Redis "
+        "(env LLMEDGE_REDIS_URL; the cache's namespace: env LLMEDGE_CACHE_NAMESPACE)",
     )
     serve.add_argument(
         "--embedder",
