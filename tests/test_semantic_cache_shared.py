@@ -6,8 +6,6 @@ about what happens, never about how fast (the benchmarks measure that)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from shared_cache_peer import Peer, PeerError
 
@@ -15,16 +13,6 @@ import llmedge
 from llmedge import CacheNamespaceError, RedisStore, SemanticCache
 
 PROMPT = "What is the capital of France?"
-
-
-def eventually(what: str, check, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.01)
 
 
 @pytest.fixture(params=["server", "cluster"])
