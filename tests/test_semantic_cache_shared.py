@@ -118,8 +118,9 @@ def test_local_memory_stays_bounded_while_redis_holds_more(peers):
     late = peers(max_entries=50)
     assert late.call("len") <= 50
     # an exact entry the local copy evicted comes back from Redis in one trip
+    before = b.call("stats")["shared"]["remote_hits"]  # waiting above may have fetched too
     assert b.call("get", "question number 3") == "answer 3"
-    assert b.call("stats")["shared"]["remote_hits"] == 1
+    assert b.call("stats")["shared"]["remote_hits"] == before + 1
     assert b.call("stats")["exact_hits"] >= 1
     assert peers(max_entries=1000, namespace="chat").call("len") == 300
 
