@@ -48,7 +48,15 @@ DIM = 384
 ROUNDS = 5 if QUICK else 15
 SAMPLES = 200 if QUICK else 1000
 LAG_SECONDS = 4 if QUICK else 15
-BIG = {"max_entries": 200_000, "max_memory_mb": 4000.0, "threshold": 0.8, "ttl": None}
+# as in bench_cache: the synthetic prompts are not real paraphrases, so the
+# guard (which would reject them) is off and every query is a semantic hit
+BIG = {
+    "max_entries": 200_000,
+    "max_memory_mb": 4000.0,
+    "threshold": 0.8,
+    "ttl": None,
+    "guard": False,
+}
 
 
 class Embed384:
@@ -102,9 +110,12 @@ def test_local_hit_latency(benchmark, populated):
         {"no store": lambda: _lookups(local, queries)},
         rounds=ROUNDS,
     )
-    benchmark.extra_info["lookups_per_round"] = len(queries)
-    benchmark.extra_info["entries"] = len(shared)
-    record(benchmark, "llmedge+store", hits == _lookups(local, queries) and hits > 0)
+    local_hits = _lookups(local, queries)
+    benchmark.extra_info.update(
+        lookups_per_round=len(queries), entries=len(shared), hits=hits, hits_no_store=local_hits
+    )
+    # a query whose nearest stored vector is below the threshold misses in both
+    record(benchmark, "llmedge+store", hits == local_hits >= 0.99 * len(queries))
 
 
 def test_set_to_hit(benchmark, redis_server):
@@ -180,8 +191,13 @@ def test_cold_start(benchmark, populated):
     benchmark.pedantic(join, rounds=1 if QUICK else 3, iterations=1)
     cache = made[-1]
     benchmark.extra_info["entries_loaded"] = len(cache)
-    p, v = populated["queries"][0]
-    record(benchmark, "llmedge", len(cache) == N and cache.get(p, embedding=v) is not None)
+    hits = _lookups(cache, populated["queries"])
+    benchmark.extra_info["hits"] = hits
+    record(
+        benchmark,
+        "llmedge",
+        len(cache) == N and hits == _lookups(populated["local"], populated["queries"]),
+    )
 
 
 def test_memory_per_entry(benchmark, populated):

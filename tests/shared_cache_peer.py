@@ -79,6 +79,18 @@ def _run(cache: Any, name: str, args: tuple, kwargs: dict) -> Any:
     return getattr(cache, name)(*args, **kwargs)
 
 
+def eventually(what: str, check: Any, timeout: float = 20.0) -> Any:
+    """Polls `check()` until it returns something true (returned), failing
+    the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.01)
+
+
 class Peer:
     """One process holding one shared cache; ``call(name, *args, **kwargs)``
     runs a method of the cache there (``get`` returns the response).

@@ -6,8 +6,6 @@ about what happens, never about how fast (the benchmarks measure that)."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from shared_cache_peer import Peer, PeerError
 
@@ -15,16 +13,6 @@ import llmedge
 from llmedge import CacheNamespaceError, RedisStore, SemanticCache
 
 PROMPT = "What is the capital of France?"
-
-
-def eventually(what: str, check, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.01)
 
 
 @pytest.fixture(params=["server", "cluster"])
@@ -130,8 +118,9 @@ def test_local_memory_stays_bounded_while_redis_holds_more(peers):
     late = peers(max_entries=50)
     assert late.call("len") <= 50
     # an exact entry the local copy evicted comes back from Redis in one trip
+    before = b.call("stats")["shared"]["remote_hits"]  # waiting above may have fetched too
     assert b.call("get", "question number 3") == "answer 3"
-    assert b.call("stats")["shared"]["remote_hits"] == 1
+    assert b.call("stats")["shared"]["remote_hits"] == before + 1
     assert b.call("stats")["exact_hits"] >= 1
     assert peers(max_entries=1000, namespace="chat").call("len") == 300
 

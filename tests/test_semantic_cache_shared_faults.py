@@ -6,26 +6,14 @@ processes converge. Real redis-server and Redis Cluster, no mocks."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import redis
 import redis.cluster
-from shared_cache_peer import Peer
+from shared_cache_peer import Peer, eventually
 
 from llmedge import RedisStore, SemanticCache
 
 BASE = "llmedge:cache:{chat}:"
-
-
-def eventually(what: str, check, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.01)
 
 
 @pytest.fixture(params=["server", "cluster"])

@@ -110,7 +110,7 @@ impl SemanticCache {
             None => Vec::new(),
         };
         let phase = py.detach(|| self.core.lookup_exact(queries, now));
-        let found = if phase.is_done() {
+        let mut found = if phase.is_done() {
             phase.into_found()
         } else {
             match self.embed_many(py, &phase.to_embed()) {
@@ -123,7 +123,6 @@ impl SemanticCache {
                 }
             }
         };
-        let mut found = found;
         if let Some(shared) = &self.shared {
             let missed: Vec<usize> = (0..found.len())
                 .filter(|&i| found[i].is_none() && failed[i].is_none())

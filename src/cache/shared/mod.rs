@@ -659,18 +659,7 @@ impl Inner {
         let mut after = "0".to_owned();
         let mut page = LOAD_PAGE;
         loop {
-            let count = page.to_string();
-            let args = [self.keys.base.as_str(), after.as_str(), count.as_str(), "0"];
-            let reply = match self
-                .store
-                .eval_within(
-                    self.background_timeout(),
-                    &self.scripts.load,
-                    &self.keys.keys,
-                    &args,
-                )
-                .await
-            {
+            let reply = match self.load_page(&after, page, false).await {
                 Ok(v) => v,
                 Err(StoreError::Timeout(_)) if page > 8 => {
                     page /= 2;
@@ -717,24 +706,33 @@ impl Inner {
         Ok(())
     }
 
+    /// One page of the load script: up to `count` index members after score
+    /// `after`; `sweep` deletes the dead ones instead of returning the live.
+    async fn load_page(&self, after: &str, count: usize, sweep: bool) -> Result<Value, StoreError> {
+        let count = count.to_string();
+        let args = [
+            self.keys.base.as_str(),
+            after,
+            count.as_str(),
+            if sweep { "1" } else { "0" },
+        ];
+        self.store
+            .eval_within(
+                self.background_timeout(),
+                &self.scripts.load,
+                &self.keys.keys,
+                &args,
+            )
+            .await
+    }
+
     /// Deletes the entries tombstones cover (and index members whose entry
     /// expired), page by page; errors end it (the next invalidation sweeps
     /// again, and readers skip what it left).
     async fn sweep(&self) {
         let mut after = "0".to_owned();
-        let page = LOAD_PAGE.to_string();
         loop {
-            let args = [self.keys.base.as_str(), after.as_str(), page.as_str(), "1"];
-            let Ok(reply) = self
-                .store
-                .eval_within(
-                    self.background_timeout(),
-                    &self.scripts.load,
-                    &self.keys.keys,
-                    &args,
-                )
-                .await
-            else {
+            let Ok(reply) = self.load_page(&after, LOAD_PAGE, true).await else {
                 return;
             };
             let p = protocol::items(&reply);
