@@ -5,13 +5,15 @@
 //! every operation; [`CacheConfig`] is its validated configuration. Below it,
 //! `store` keeps entries, partitions, LRU order, expiry and memory
 //! accounting; `index` searches vectors; `guard` rejects false semantic
-//! hits; `snapshot` is the file format.
+//! hits; `snapshot` is the file format and `payload` what a response and
+//! metadata are as bytes.
 
 pub mod config;
 pub mod guard;
 pub mod hashing;
 pub mod index;
 pub mod partition;
+pub mod payload;
 pub mod semantic;
 pub mod snapshot;
 pub mod stats;
