@@ -13,10 +13,12 @@ pub const TAG_JSON: u8 = b'J';
 /// serde_json's own limit of 128 so that whatever is accepted reads back.
 pub const MAX_JSON_DEPTH: usize = 100;
 
-/// Whether `data` is JSON that reads back (serde_json refuses nesting deeper
-/// than 128 levels, with an error, before it could exhaust the stack).
+/// Whether `data` is JSON that reads back as a value: parsed as a lookup
+/// parses it (serde_json refuses nesting deeper than 128 levels with an
+/// error, before it could exhaust the stack; skipping a value without
+/// building it has no such limit).
 pub fn is_json(data: &[u8]) -> bool {
-    serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok()
+    serde_json::from_slice::<serde_json::Value>(data).is_ok()
 }
 
 /// Whether `data` is an encoded response that decodes.

@@ -250,7 +250,7 @@ const UPPER: u8 = 2;
 fn class(c: char) -> u8 {
     static BMP: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
     let compute =
-        |c: char| u8::from(c.is_alphanumeric()) * ALNUM | u8::from(c.is_uppercase()) * UPPER;
+        |c: char| (u8::from(c.is_alphanumeric()) * ALNUM) | (u8::from(c.is_uppercase()) * UPPER);
     if c.is_ascii() {
         return compute(c);
     }

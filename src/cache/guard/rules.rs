@@ -179,25 +179,36 @@ pub(super) fn stem(w: &str) -> &str {
 
 /// Distinct stems present on one side only.
 fn only_in<'a>(a: &Keyed<'a>, b: &Keyed<'_>) -> Vec<&'a str> {
-    // words present verbatim on the other side are skipped without stemming,
-    // so near-duplicates (the common case) stem only the few words that differ
-    let differing: Vec<&str> = a
-        .iter()
-        .filter(|(k, _)| !contains(b, *k))
-        .map(|(_, w)| stem(w))
-        .collect();
+    // words present verbatim on the other side are skipped without stemming
+    // (one merge of the two sorted lists), so near-duplicates (the common
+    // case) stem only the few words that differ
+    let mut differing: Vec<&str> = Vec::new();
+    let mut j = 0;
+    for &(k, w) in a {
+        while b.get(j).is_some_and(|(kb, _)| *kb < k) {
+            j += 1;
+        }
+        if b.get(j).is_none_or(|(kb, _)| *kb != k) {
+            differing.push(stem(w));
+        }
+    }
     if differing.is_empty() {
         return differing;
     }
-    let mut b_stems: Vec<&str> = b.iter().map(|(_, w)| stem(w)).collect();
-    b_stems.sort_unstable();
-    let mut out: Vec<&str> = differing
+    differing.sort_unstable();
+    differing.dedup();
+    // the other side's stems, each looked up among the differing ones
+    let mut shared = vec![false; differing.len()];
+    for (_, w) in b {
+        if let Ok(i) = differing.binary_search(&stem(w)) {
+            shared[i] = true;
+        }
+    }
+    differing
         .into_iter()
-        .filter(|s| b_stems.binary_search(s).is_err())
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
+        .zip(shared)
+        .filter_map(|(d, s)| (!s).then_some(d))
+        .collect()
 }
 
 fn antonym_swap(wa: &Keyed<'_>, wb: &Keyed<'_>) -> Option<GuardReason> {
