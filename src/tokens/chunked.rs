@@ -38,8 +38,8 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use super::hot::{self, HotCounts};
-use super::tables::{PieceTable, PIECE_MAX};
+use super::hot;
+use super::tables::{Counts, PIECE_MAX};
 use super::{Encoding, EncodingName};
 
 /// Pieces up to this many bytes are remembered across calls (most are single
@@ -50,39 +50,18 @@ const PREFETCH_BATCH: usize = 16;
 
 type Memo = HashMap<Box<str>, usize, ahash::RandomState>;
 
-/// The remembered piece counts of one encoding, shared by every thread of
-/// the process: for pieces up to 15 bytes (nearly all of them), a cache that
-/// stays close to the CPU, of 32,768 pieces up to 7 bytes (256 KiB) and
-/// 49,152 of 8 to 15 bytes (1 MiB: the 744 prompts of the benchmark have
-/// 17,000 distinct words of 8 to 15 bytes); for pieces of 16 to
-/// `SHARED_PIECE_MAX` bytes a table of 16,384 (1 MiB).
-struct Shared {
-    hot: HotCounts,
-    pieces: PieceTable,
-}
-
-const HOT_SHORT_BITS: u32 = 15;
-const HOT_LONG_SET_BITS: u32 = 14;
-const PIECE_BITS: u32 = 14;
+/// The remembered piece counts of one encoding ([`Counts`]), shared by every
+/// thread of the process: for pieces up to 15 bytes (nearly all of them), a
+/// cache that stays close to the CPU, of 32,768 pieces up to 7 bytes
+/// (256 KiB) and 49,152 of 8 to 15 bytes (1 MiB: the 744 prompts of the
+/// benchmark have 17,000 distinct words of 8 to 15 bytes); for pieces of 16
+/// to `SHARED_PIECE_MAX` bytes a table of 16,384 (1 MiB).
+const BITS: (u32, u32, u32) = (15, 14, 14);
 /// Bytes of one encoding's tables (made on its first count by pieces).
-pub const TABLE_BYTES: usize =
-    (8 << HOT_SHORT_BITS) + (64 << HOT_LONG_SET_BITS) + (64 << PIECE_BITS);
-
-impl Shared {
-    fn new() -> Self {
-        Shared {
-            hot: HotCounts::new(HOT_SHORT_BITS, HOT_LONG_SET_BITS),
-            pieces: PieceTable::new(PIECE_BITS),
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        self.hot.bytes() + self.pieces.bytes()
-    }
-}
+pub const TABLE_BYTES: usize = Counts::size(BITS.0, BITS.1, BITS.2);
 
 /// One per encoding with safe cuts.
-static SHARED: [OnceLock<Shared>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+static SHARED: [OnceLock<Counts>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
 /// Bytes of the tables of every encoding with safe cuts.
 pub const MAX_TABLE_BYTES: usize = SHARED.len() * TABLE_BYTES;
 
@@ -91,7 +70,7 @@ pub(super) fn table_bytes() -> usize {
     SHARED
         .iter()
         .filter_map(OnceLock::get)
-        .map(Shared::bytes)
+        .map(Counts::bytes)
         .sum()
 }
 
@@ -133,7 +112,7 @@ impl ChunkCounter {
         };
         let enc = self.enc;
         let local = &mut self.local;
-        let shared = SHARED[slot].get_or_init(Shared::new);
+        let shared = SHARED[slot].get_or_init(|| Counts::new(BITS.0, BITS.1, BITS.2));
         let mut total = 0usize;
         let bytes = text.as_bytes();
         let mut cut = pieces(text);
@@ -412,7 +391,7 @@ mod tests {
 
     #[test]
     fn table_size_is_the_documented_constant() {
-        assert_eq!(Shared::new().bytes(), TABLE_BYTES);
+        assert_eq!(Counts::new(BITS.0, BITS.1, BITS.2).bytes(), TABLE_BYTES);
     }
 
     #[test]

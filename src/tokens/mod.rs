@@ -144,42 +144,21 @@ struct Engine {
     pre: &'static pretok::Pretokenizer,
     ranks: bpe::Ranks,
     fast: Option<&'static bpe_openai::Tokenizer>,
-    counts: CountTables,
+    counts: tables::Counts,
 }
 
-/// The counting engine's remembered counts, shared by every thread of the
-/// process: the counts of pieces up to 15 bytes in a cache that stays close
-/// to the CPU, in front of the rank table of a 200k vocabulary (several
-/// megabytes: a lookup there is a cache and TLB miss; the pieces of real text
-/// are mostly a few thousand frequent words), and those of multi-token pieces
-/// of 16 to 48 bytes (one lookup instead of a merge that makes several in the
-/// rank table).
-struct CountTables {
-    hot: hot::HotCounts,
-    pieces: tables::PieceTable,
-}
-
-/// 32,768 strings of up to 7 bytes (256 KiB), 49,152 of 8 to 15 (1 MiB).
-const COUNT_HOT_SHORT_BITS: u32 = 15;
-const COUNT_HOT_LONG_SET_BITS: u32 = 14;
-/// 8,192 pieces of 16 to 48 bytes (512 KiB).
-const COUNT_PIECE_BITS: u32 = 13;
-/// Bytes of one encoding's [`CountTables`].
-pub const COUNT_TABLE_BYTES: usize =
-    (8 << COUNT_HOT_SHORT_BITS) + (64 << COUNT_HOT_LONG_SET_BITS) + (64 << COUNT_PIECE_BITS);
-
-impl CountTables {
-    fn new() -> Self {
-        CountTables {
-            hot: hot::HotCounts::new(COUNT_HOT_SHORT_BITS, COUNT_HOT_LONG_SET_BITS),
-            pieces: tables::PieceTable::new(COUNT_PIECE_BITS),
-        }
-    }
-
-    fn bytes(&self) -> usize {
-        self.hot.bytes() + self.pieces.bytes()
-    }
-}
+/// The counting engine's remembered counts ([`tables::Counts`]), shared by
+/// every thread of the process: the counts of pieces up to 15 bytes in a
+/// cache that stays close to the CPU, in front of the rank table of a 200k
+/// vocabulary (several megabytes: a lookup there is a cache and TLB miss;
+/// the pieces of real text are mostly a few thousand frequent words), and
+/// those of multi-token pieces of 16 to 48 bytes (one lookup instead of a
+/// merge that makes several in the rank table). 32,768 strings of up to 7
+/// bytes (256 KiB), 49,152 of 8 to 15 (1 MiB), 8,192 pieces of 16 to 48
+/// bytes (512 KiB).
+const COUNT_BITS: (u32, u32, u32) = (15, 14, 13);
+/// Bytes of one encoding's counting tables.
+pub const COUNT_TABLE_BYTES: usize = tables::Counts::size(COUNT_BITS.0, COUNT_BITS.1, COUNT_BITS.2);
 
 impl Engine {
     #[inline]
@@ -306,7 +285,7 @@ impl Encoding {
                 pre: pretok::pretokenizer(kind),
                 ranks,
                 fast,
-                counts: CountTables::new(),
+                counts: tables::Counts::new(COUNT_BITS.0, COUNT_BITS.1, COUNT_BITS.2),
             }
         })
     }
@@ -495,7 +474,6 @@ mod tests {
 
     #[test]
     fn table_sizes_are_the_documented_constants() {
-        assert_eq!(CountTables::new().bytes(), COUNT_TABLE_BYTES);
         let enc = encoding(EncodingName::R50kBase);
         enc.count("made on the first count");
         assert_eq!(enc.count_table_bytes(), COUNT_TABLE_BYTES);

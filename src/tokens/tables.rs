@@ -14,6 +14,7 @@
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{fence, AtomicU64};
 
+use super::hot::HotCounts;
 use super::{chunked, pretok, EncodingName};
 
 /// A sequence lock's version word (even: stable, odd: being written).
@@ -168,6 +169,32 @@ impl PieceTable {
         }
         slot.meta
             .store(piece.len() as u64 | (u64::from(count) << 32), Relaxed);
+    }
+}
+
+/// Remembered counts: of pieces up to 15 bytes in a [`HotCounts`], of longer
+/// ones up to [`PIECE_MAX`] bytes in a [`PieceTable`].
+pub(super) struct Counts {
+    pub(super) hot: HotCounts,
+    pub(super) pieces: PieceTable,
+}
+
+impl Counts {
+    /// Bytes of `Counts::new(short_bits, long_set_bits, piece_bits)`.
+    pub(super) const fn size(short_bits: u32, long_set_bits: u32, piece_bits: u32) -> usize {
+        (8 << short_bits) + (64 << long_set_bits) + (64 << piece_bits)
+    }
+
+    /// See [`HotCounts::new`] and [`PieceTable::new`].
+    pub(super) fn new(short_bits: u32, long_set_bits: u32, piece_bits: u32) -> Self {
+        Counts {
+            hot: HotCounts::new(short_bits, long_set_bits),
+            pieces: PieceTable::new(piece_bits),
+        }
+    }
+
+    pub(super) fn bytes(&self) -> usize {
+        self.hot.bytes() + self.pieces.bytes()
     }
 }
 
