@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from llmedge import _core
 from llmedge._core import (
+    TOKEN_TABLE_MAX_BYTES,
     CompressionResult,
     CostTracker,
     HashingEmbedder,
@@ -22,6 +23,7 @@ from llmedge._core import (
     list_models,
     model_info,
     register_model,
+    token_table_bytes,
 )
 from llmedge.cache import CacheHit, SemanticCache, partition_key
 from llmedge.errors import (
@@ -64,6 +66,8 @@ __all__ = [
     "Tokenizer",
     "count_tokens",
     "count_tokens_batch",
+    "token_table_bytes",
+    "TOKEN_TABLE_MAX_BYTES",
     # models, messages and cost
     "register_model",
     "model_info",

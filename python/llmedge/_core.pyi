@@ -55,6 +55,9 @@ class Tokenizer:
 
 def count_tokens(text: str, model: str = "gpt-4o") -> int: ...
 def count_tokens_batch(texts: Sequence[str], model: str = "gpt-4o") -> list[int]: ...
+def token_table_bytes() -> int: ...
+
+TOKEN_TABLE_MAX_BYTES: int
 
 # ---- models, messages and cost ---------------------------------------------
 

@@ -5,14 +5,15 @@
 //! every operation; [`CacheConfig`] is its validated configuration. Below it,
 //! `store` keeps entries, partitions, LRU order, expiry and memory
 //! accounting; `index` searches vectors; `guard` rejects false semantic
-//! hits; `snapshot` is the file format; `shared` shares a cache through a
-//! Redis namespace.
+//! hits; `snapshot` is the file format and `payload` what a response and
+//! metadata are as bytes; `shared` shares a cache through a Redis namespace.
 
 pub mod config;
 pub mod guard;
 pub mod hashing;
 pub mod index;
 pub mod partition;
+pub mod payload;
 pub mod semantic;
 pub mod shared;
 pub mod snapshot;

@@ -16,10 +16,10 @@ use parking_lot::Mutex;
 
 use super::config::{check_prompt, normalized, CacheConfig, CacheError};
 use super::guard::{Analysis, GuardReason};
-use super::partition::{normalize_prompt, scoped_key, unscoped};
+use super::partition::{normalize_prompt, prompt_hash, scoped_key, unscoped};
 use super::snapshot::{self, SnapshotError};
 use super::stats::CacheStats;
-use super::store::{Found, GuardFn, NewEntry, Store, StoreError};
+use super::store::{choose, Candidate, Found, GuardFn, NewEntry, Store, StoreError};
 
 /// One lookup: its prompt, its partition (canonical key, see
 /// `partition::canonical_key`) and, if the caller has one, its vector
@@ -137,10 +137,19 @@ impl Cache {
         let mut found = Vec::with_capacity(queries.len());
         let mut micros = Vec::with_capacity(queries.len());
         let mut pending = Vec::new();
+        // normalised before the lock: the time is the prompt's length
+        let keys: Vec<(String, u64)> = queries
+            .iter()
+            .map(|q| {
+                let n = normalize_prompt(&q.prompt);
+                let h = prompt_hash(&n);
+                (n, h)
+            })
+            .collect();
         let mut store = self.store.lock();
-        for (i, q) in queries.iter().enumerate() {
+        for (i, (q, (normalized, hash))) in queries.iter().zip(&keys).enumerate() {
             let t = Instant::now();
-            let f = store.lookup_exact(&q.partition, &q.prompt, now);
+            let f = store.lookup_normalized(&q.partition, normalized, *hash, now);
             if f.is_some() {
                 store.stats.exact_hits += 1;
             } else if exact_only {
@@ -168,7 +177,7 @@ impl Cache {
     /// The semantic tier for the lookups `phase` left pending; `computed`
     /// holds the vectors of `phase.to_embed()`, in that order, normalised.
     /// Each query is analysed for the guard at most once, however many
-    /// candidates it meets.
+    /// candidates it meets, and the guard runs with the lock released.
     pub fn lookup_semantic(
         &self,
         phase: ExactPhase,
@@ -191,32 +200,61 @@ impl Cache {
             .collect();
         let threshold = self.cfg.threshold as f32;
         let mut store = self.store.lock();
-        for (&i, v) in pending.iter().zip(&vectors) {
+        let candidates: Vec<Vec<Candidate>> = pending
+            .iter()
+            .zip(&vectors)
+            .map(|(&i, v)| {
+                let t = Instant::now();
+                let c = store.semantic_candidates(&queries[i].partition, v, threshold, now);
+                micros[i] += t.elapsed().as_secs_f64() * 1e6;
+                c
+            })
+            .collect();
+        drop(store);
+        // the guard reads prompts of any length: outside the lock, so that a
+        // long prompt delays its own lookup only
+        let chosen: Vec<(Option<Candidate>, Vec<GuardReason>)> = pending
+            .iter()
+            .zip(candidates)
+            .map(|(&i, c)| {
+                let t = Instant::now();
+                let q = &queries[i];
+                let mut analysed: Option<Analysis> = None;
+                let mut guard = |candidate: &str| -> Option<GuardReason> {
+                    analysed
+                        .get_or_insert_with(|| Analysis::new(&q.prompt))
+                        .check(candidate)
+                };
+                let guard: Option<&mut GuardFn<'_>> = if self.cfg.guard {
+                    Some(&mut guard)
+                } else {
+                    None
+                };
+                let r = choose(c, guard);
+                micros[i] += t.elapsed().as_secs_f64() * 1e6;
+                r
+            })
+            .collect();
+        let mut store = self.store.lock();
+        let mut answers = Vec::with_capacity(pending.len());
+        for (&i, (c, rejected)) in pending.iter().zip(chosen) {
             let t = Instant::now();
-            let q = &queries[i];
-            let mut analysed: Option<Analysis> = None;
-            let mut guard = |candidate: &str| -> Option<GuardReason> {
-                analysed
-                    .get_or_insert_with(|| Analysis::new(&q.prompt))
-                    .check(candidate)
-            };
-            let guard: Option<&mut GuardFn<'_>> = if self.cfg.guard {
-                Some(&mut guard)
-            } else {
-                None
-            };
-            let (f, rejected) = store.lookup_semantic(&q.partition, v, threshold, guard, now);
             for r in rejected {
                 *store.stats.guard_rejections.entry(r.as_str()).or_insert(0) += 1;
             }
-            if f.is_some() {
+            if let Some(c) = &c {
+                store.accept(c);
                 store.stats.semantic_hits += 1;
             } else {
                 store.stats.misses += 1;
             }
             micros[i] += t.elapsed().as_secs_f64() * 1e6;
             store.stats.record_latency(micros[i]);
-            found[i] = f;
+            answers.push((i, c));
+        }
+        drop(store);
+        for (i, c) in answers {
+            found[i] = c.map(|c| c.into_found(now));
         }
         found
     }
@@ -351,8 +389,7 @@ impl Cache {
     /// (statistics reset); the number of entries restored. Entries larger
     /// than this cache's memory bound are skipped.
     pub fn load_snapshot(&self, path: &Path, now: f64) -> Result<usize, SnapshotError> {
-        let data = std::fs::read(path)
-            .map_err(|e| SnapshotError::Io(format!("cannot read {}: {e}", path.display())))?;
+        let data = snapshot::read_file(path)?;
         let entries = snapshot::decode(&data, &self.identity, self.cfg.dim)?;
         let mut fresh = Store::new(self.cfg.store());
         for e in entries {

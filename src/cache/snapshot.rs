@@ -15,6 +15,8 @@
 use std::io::Write;
 use std::path::Path;
 
+use super::payload;
+
 pub const MAGIC: &[u8; 8] = b"LLMSCACH";
 pub const VERSION: u32 = 1;
 
@@ -176,6 +178,25 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), SnapshotError> {
     result.map_err(io)
 }
 
+/// The bytes of the snapshot file at `path`: a regular file (a device or a
+/// pipe could be read without end), read whole.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, SnapshotError> {
+    let io = |e: std::io::Error| SnapshotError::Io(format!("cannot read {}: {e}", path.display()));
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let meta = f.metadata().map_err(io)?;
+    if !meta.is_file() {
+        return Err(SnapshotError::Io(format!(
+            "cannot read {}: not a regular file",
+            path.display()
+        )));
+    }
+    // no further than the size it had when opened
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, meta.len()), &mut data)
+        .map_err(io)?;
+    Ok(data)
+}
+
 struct Reader<'a> {
     data: &'a [u8],
     pos: usize,
@@ -255,7 +276,11 @@ pub fn decode(data: &[u8], identity: &str, dim: usize) -> Result<Vec<SnapEntry>,
         });
     }
     let count = r.u64()?;
-    let mut out = Vec::with_capacity(count.min(1 << 20) as usize);
+    // the count is the file's word: room for no more entries than the bytes
+    // left could hold
+    let smallest = 4 + 4 + 4 + 1 + 4 + 8 + 8 + 4 * dim;
+    let room = (body.len() - r.pos) / smallest;
+    let mut out = Vec::with_capacity(usize::try_from(count).map_or(room, |c| c.min(room)));
     for _ in 0..count {
         let partition = r.string()?;
         let prompt = r.string()?;
@@ -278,6 +303,12 @@ pub fn decode(data: &[u8], identity: &str, dim: usize) -> Result<Vec<SnapEntry>,
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
         if !(age.is_finite() && age >= 0.0) || remaining.is_nan() {
+            return Err(SnapshotError::Corrupted);
+        }
+        // what a lookup would decode: refused now, not at the first hit
+        if !payload::is_response(&response)
+            || metadata.as_deref().is_some_and(|m| !payload::is_json(m))
+        {
             return Err(SnapshotError::Corrupted);
         }
         out.push(SnapEntry {
@@ -338,14 +369,14 @@ mod tests {
         w.entry(
             "p",
             "hello",
-            b"\x00hi",
+            b"Shi",
             Some(b"{}"),
             &["t".into()],
             1.5,
             f64::INFINITY,
             &[0.6, 0.8],
         );
-        w.entry("", "bye", b"\x01x", None, &[], 0.0, 3.0, &[1.0, 0.0]);
+        w.entry("", "bye", b"Bx", None, &[], 0.0, 3.0, &[1.0, 0.0]);
         w.finish()
     }
 

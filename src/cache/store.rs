@@ -46,6 +46,51 @@ pub struct NewEntry {
     pub age: f64,
 }
 
+/// A semantic candidate of a lookup: what the guard reads and the answer,
+/// shared with the entry (no copy), and which entry it is.
+pub struct Candidate {
+    slot: u32,
+    seq: u64,
+    pub prompt: Arc<str>,
+    response: Arc<[u8]>,
+    metadata: Option<Arc<[u8]>>,
+    score: f32,
+    created: f64,
+}
+
+impl Candidate {
+    /// The answer (copies the prompt: outside the lock).
+    pub fn into_found(self, now: f64) -> Found {
+        Found {
+            response: self.response,
+            metadata: self.metadata,
+            prompt: self.prompt.to_string(),
+            score: self.score.clamp(-1.0, 1.0),
+            age: (now - self.created).max(0.0),
+            exact: false,
+        }
+    }
+}
+
+/// The first candidate (best first) that `guard` accepts, and the reasons
+/// of those it rejected before it.
+pub fn choose(
+    candidates: Vec<Candidate>,
+    mut guard: Option<&mut GuardFn<'_>>,
+) -> (Option<Candidate>, Vec<GuardReason>) {
+    let mut rejected = Vec::new();
+    for c in candidates {
+        if let Some(check) = guard.as_mut() {
+            if let Some(reason) = check(&c.prompt) {
+                rejected.push(reason);
+                continue;
+            }
+        }
+        return (Some(c), rejected);
+    }
+    (None, rejected)
+}
+
 /// What a lookup found.
 #[derive(Clone, Debug)]
 pub struct Found {
@@ -95,7 +140,8 @@ struct Entry {
     partition: u32,
     hash: u64,
     seq: u64,
-    prompt: Box<str>,
+    /// Shared with the candidates a lookup checks outside the lock.
+    prompt: Arc<str>,
     response: Arc<[u8]>,
     metadata: Option<Arc<[u8]>>,
     tags: Box<[Box<str>]>,
@@ -460,14 +506,70 @@ impl Store {
     }
 
     pub fn lookup_exact(&mut self, partition: &str, prompt: &str, now: f64) -> Option<Found> {
-        self.purge_expired(now);
         let normalized = normalize_prompt(prompt);
-        let slot = self.exact_slot(partition, &normalized, prompt_hash(&normalized))?;
+        let hash = prompt_hash(&normalized);
+        self.lookup_normalized(partition, &normalized, hash, now)
+    }
+
+    /// [`lookup_exact`](Self::lookup_exact) of a prompt normalised (and
+    /// hashed) by the caller, before it took the lock.
+    pub fn lookup_normalized(
+        &mut self,
+        partition: &str,
+        normalized: &str,
+        hash: u64,
+        now: f64,
+    ) -> Option<Found> {
+        self.purge_expired(now);
+        let slot = self.exact_slot(partition, normalized, hash)?;
         if self.entry(slot)?.expires <= now {
             return None;
         }
         self.touch(slot);
         self.found(slot, 1.0, true, now)
+    }
+
+    /// Unexpired candidates with similarity >= `threshold`, best first (at
+    /// most [`SEMANTIC_CANDIDATES`]): what the guard checks, after the lock
+    /// is released, before one is [`accept`](Self::accept)ed.
+    pub fn semantic_candidates(
+        &mut self,
+        partition: &str,
+        query: &[f32],
+        threshold: f32,
+        now: f64,
+    ) -> Vec<Candidate> {
+        self.purge_expired(now);
+        let Some(pid) = self.partition_id(partition) else {
+            return Vec::new();
+        };
+        let Some(p) = self.partition_mut(pid) else {
+            return Vec::new();
+        };
+        let found = p.index.search(query, SEMANTIC_CANDIDATES, threshold);
+        found
+            .into_iter()
+            .filter_map(|(slot, score)| {
+                let e = self.entry(slot)?;
+                (e.expires > now && e.partition == pid).then(|| Candidate {
+                    slot,
+                    seq: e.seq,
+                    prompt: e.prompt.clone(),
+                    response: e.response.clone(),
+                    metadata: e.metadata.clone(),
+                    score,
+                    created: e.created,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks the entry of a candidate the guard accepted as used, if it is
+    /// still there (another thread may have replaced it since).
+    pub fn accept(&mut self, c: &Candidate) {
+        if self.entry(c.slot).is_some_and(|e| e.seq == c.seq) {
+            self.touch(c.slot);
+        }
     }
 
     /// Best unexpired candidate with similarity >= `threshold` that `guard`
@@ -477,33 +579,16 @@ impl Store {
         partition: &str,
         query: &[f32],
         threshold: f32,
-        mut guard: Option<&mut GuardFn<'_>>,
+        guard: Option<&mut GuardFn<'_>>,
         now: f64,
     ) -> (Option<Found>, Vec<GuardReason>) {
-        self.purge_expired(now);
-        let mut rejected = Vec::new();
-        let Some(pid) = self.partition_id(partition) else {
-            return (None, rejected);
-        };
-        let Some(p) = self.partition_mut(pid) else {
-            return (None, rejected);
-        };
-        let candidates = p.index.search(query, SEMANTIC_CANDIDATES, threshold);
-        for (slot, score) in candidates {
-            let Some(e) = self.entry(slot) else { continue };
-            if e.expires <= now || e.partition != pid {
-                continue;
-            }
-            if let Some(check) = guard.as_mut() {
-                if let Some(reason) = check(&e.prompt) {
-                    rejected.push(reason);
-                    continue;
-                }
-            }
-            self.touch(slot);
-            return (self.found(slot, score, false, now), rejected);
-        }
-        (None, rejected)
+        let candidates = self.semantic_candidates(partition, query, threshold, now);
+        let (chosen, rejected) = choose(candidates, guard);
+        let found = chosen.map(|c| {
+            self.accept(&c);
+            c.into_found(now)
+        });
+        (found, rejected)
     }
 
     pub fn insert(&mut self, entry: NewEntry, now: f64) -> Result<(), StoreError> {
@@ -544,7 +629,7 @@ impl Store {
             partition: pid,
             hash,
             seq: self.seq,
-            prompt: entry.prompt.into_boxed_str(),
+            prompt: Arc::from(entry.prompt),
             response: entry.response,
             metadata: entry.metadata,
             tags: entry.tags.iter().map(|t| t.as_str().into()).collect(),

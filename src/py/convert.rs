@@ -9,12 +9,8 @@ use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyT
 use serde_json::Value;
 
 use crate::cache::partition::canonical_key;
+use crate::cache::payload::{MAX_JSON_DEPTH, TAG_BYTES, TAG_JSON, TAG_STR};
 use crate::py::errors::{type_error, value_error};
-
-const TAG_STR: u8 = b'S';
-const TAG_BYTES: u8 = b'B';
-const TAG_JSON: u8 = b'J';
-const MAX_JSON_DEPTH: usize = 200;
 
 /// The name of `obj`'s type, for error messages.
 pub fn type_name(obj: &Bound<'_, PyAny>) -> String {

@@ -401,8 +401,17 @@ fn count_tokens_batch(
     count_batch_impl(py, enc, texts)
 }
 
+/// Bytes held now by the token-counting tables of this process, shared by
+/// all its threads; never more than `TOKEN_TABLE_MAX_BYTES`.
+#[pyfunction]
+fn token_table_bytes(py: Python<'_>) -> usize {
+    py.detach(tokens::table_bytes)
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Tokenizer>()?;
+    m.add_function(wrap_pyfunction!(token_table_bytes, m)?)?;
+    m.add("TOKEN_TABLE_MAX_BYTES", tokens::MAX_TABLE_BYTES)?;
     m.add_function(wrap_pyfunction!(count_tokens, m)?)?;
     m.add_function(wrap_pyfunction!(count_tokens_batch, m)?)?;
     Ok(())

@@ -6,8 +6,8 @@
 //! For the encodings whose pre-tokenisation regex is known to split at them
 //! (`o200k_base`, `o200k_harmony`, `cl100k_base`), the text is cut at four
 //! kinds of positions where a pre-token always ends, and the count is the sum
-//! of the counts of the pieces. Word-sized pieces are memoised per thread
-//! (bounded, cleared when full) and longer ones for the life of one
+//! of the counts of the pieces. Pieces up to 48 bytes are remembered in
+//! bounded tables shared by every thread of the process, and longer ones for the life of one
 //! [`ChunkCounter`] (one compression), so counting again after a step that
 //! changed a few words costs a lookup per piece:
 //!
@@ -26,8 +26,8 @@
 //!   ASCII character (`\s+(?!\S)` takes the whitespace before it; in the
 //!   piece, which ends there, it takes it all, the same pre-token).
 //!
-//! A piece not remembered yet is counted by the encoding (whose own per-thread
-//! caches know the pre-tokens of common words), so a cold start costs about
+//! A piece not remembered yet is counted by the encoding (whose own tables
+//! know the pre-tokens of common words), so a cold start costs about
 //! one ordinary count.
 //!
 //! BPE never merges across pre-tokens, so the sum is exact; the unit tests and
@@ -35,47 +35,43 @@
 //! encodings (p50k, r50k: their `\s+(?!\S)` makes the newline cut unsafe) are
 //! counted whole.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
-use super::hot::{self, HotCounts};
+use super::hot;
+use super::tables::{Counts, PIECE_MAX};
 use super::{Encoding, EncodingName};
 
-/// Pieces up to this many bytes are remembered per thread across calls (most
-/// are single words); longer ones only for the current compression.
-const SHARED_PIECE_MAX: usize = 32;
+/// Pieces up to this many bytes are remembered across calls (most are single
+/// words); longer ones only for the current compression.
+const SHARED_PIECE_MAX: usize = PIECE_MAX;
 /// Pieces whose cache lookups are started together.
 const PREFETCH_BATCH: usize = 16;
-/// A thread's remembered pieces are forgotten when there are this many.
-const SHARED_CAPACITY: usize = 1 << 16;
 
 type Memo = HashMap<Box<str>, usize, ahash::RandomState>;
 
-/// A thread's remembered piece counts for one encoding: for pieces up to 15
-/// bytes (nearly all of them), a cache that stays close to the CPU, of 16,384
-/// pieces up to 7 bytes and 16,384 longer ones (384 KiB), whose part for the
-/// longer ones doubles twice (to 1.1 MiB in all) in a thread whose text has
-/// more distinct words than that (the 744 prompts of the benchmark have
-/// 17,000 words of 8 to 15 bytes: 8.9% of lookups missed at 384 KiB, 2.5% at
-/// 1.1 MiB, and a miss costs a count of the piece); and for pieces of 16 to
-/// `SHARED_PIECE_MAX` bytes a bounded map (a map lookup is a few cache misses).
-struct Shared {
-    hot: HotCounts,
-    map: Memo,
-}
+/// The remembered piece counts of one encoding ([`Counts`]), shared by every
+/// thread of the process: for pieces up to 15 bytes (nearly all of them), a
+/// cache that stays close to the CPU, of 32,768 pieces up to 7 bytes
+/// (256 KiB) and 49,152 of 8 to 15 bytes (1 MiB: the 744 prompts of the
+/// benchmark have 17,000 distinct words of 8 to 15 bytes); for pieces of 16
+/// to `SHARED_PIECE_MAX` bytes a table of 16,384 (1 MiB).
+const BITS: (u32, u32, u32) = (15, 14, 14);
+/// Bytes of one encoding's tables (made on its first count by pieces).
+pub const TABLE_BYTES: usize = Counts::size(BITS.0, BITS.1, BITS.2);
 
-impl Default for Shared {
-    fn default() -> Self {
-        Shared {
-            hot: HotCounts::growing(14, 14, 16),
-            map: Memo::default(),
-        }
-    }
-}
+/// One per encoding with safe cuts.
+static SHARED: [OnceLock<Counts>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+/// Bytes of the tables of every encoding with safe cuts.
+pub const MAX_TABLE_BYTES: usize = SHARED.len() * TABLE_BYTES;
 
-thread_local! {
-    /// word-sized piece -> token count, one per encoding with safe cuts
-    static SHARED: RefCell<[Option<Shared>; 3]> = const { RefCell::new([None, None, None]) };
+/// Bytes the piece counter's tables hold now.
+pub(super) fn table_bytes() -> usize {
+    SHARED
+        .iter()
+        .filter_map(OnceLock::get)
+        .map(Counts::bytes)
+        .sum()
 }
 
 pub struct ChunkCounter {
@@ -116,90 +112,72 @@ impl ChunkCounter {
         };
         let enc = self.enc;
         let local = &mut self.local;
-        let mut run = |shared: &mut Shared| {
-            if shared.map.len() >= SHARED_CAPACITY {
-                shared.map.clear();
-            }
-            let mut total = 0usize;
-            let bytes = text.as_bytes();
-            let mut cut = pieces(text);
-            let mut start = 0;
-            // pieces in batches, and the cache lines of the next batch's
-            // lookups requested before this batch is looked up: the misses
-            // overlap one another and this batch's work instead of queueing
-            let mut fill = |batch: &mut [(usize, usize); PREFETCH_BATCH], hot: &HotCounts| {
-                let mut nb = 0;
-                while nb < PREFETCH_BATCH {
-                    let Some(p) = cut.next() else { break };
-                    batch[nb] = (start, p.len());
-                    if let Some(k) = hot::key_at(bytes, start, p.len()) {
-                        hot.prefetch(k);
-                    }
-                    start += p.len();
-                    nb += 1;
+        let shared = SHARED[slot].get_or_init(|| Counts::new(BITS.0, BITS.1, BITS.2));
+        let mut total = 0usize;
+        let bytes = text.as_bytes();
+        let mut cut = pieces(text);
+        let mut start = 0;
+        // pieces in batches, and the cache lines of the next batch's
+        // lookups requested before this batch is looked up: the misses
+        // overlap one another and this batch's work instead of queueing
+        let mut fill = |batch: &mut [(usize, usize); PREFETCH_BATCH]| {
+            let mut nb = 0;
+            while nb < PREFETCH_BATCH {
+                let Some(p) = cut.next() else { break };
+                batch[nb] = (start, p.len());
+                if let Some(k) = hot::key_at(bytes, start, p.len()) {
+                    shared.hot.prefetch(k);
                 }
-                nb
-            };
-            let mut batch = [(0usize, 0usize); PREFETCH_BATCH];
-            let mut next = [(0usize, 0usize); PREFETCH_BATCH];
-            let mut nb = fill(&mut batch, &shared.hot);
-            while nb > 0 {
-                let nn = fill(&mut next, &shared.hot);
-                for &(s, l) in &batch[..nb] {
-                    let p = &text[s..s + l];
-                    // the key again (one load and a mask): keeping it in the
-                    // batch, 32 bytes an entry, measured slower
-                    let key = hot::key_at(bytes, s, l);
-                    if let Some(k) = key {
-                        // up to 15 bytes: the cache, else the encoding (whose own
-                        // caches know the words); a map behind the cache would
-                        // cost an allocation for every new piece
-                        let n = match shared.hot.get(k) {
-                            Some(n) => n,
-                            None => {
-                                let n = enc.count(p);
-                                shared.hot.put(k, n);
-                                n
-                            }
-                        };
-                        total += n;
-                        continue;
-                    }
-                    let memo = if p.len() <= SHARED_PIECE_MAX {
-                        &mut shared.map
-                    } else if keep_long {
-                        &mut *local
-                    } else {
-                        total += enc.count(p);
-                        continue;
-                    };
-                    let n = match memo.get(p) {
-                        Some(&n) => n,
+                start += p.len();
+                nb += 1;
+            }
+            nb
+        };
+        let mut batch = [(0usize, 0usize); PREFETCH_BATCH];
+        let mut next = [(0usize, 0usize); PREFETCH_BATCH];
+        let mut nb = fill(&mut batch);
+        while nb > 0 {
+            let nn = fill(&mut next);
+            for &(s, l) in &batch[..nb] {
+                let p = &text[s..s + l];
+                // the key again (one load and a mask): keeping it in the
+                // batch, 32 bytes an entry, measured slower
+                if let Some(k) = hot::key_at(bytes, s, l) {
+                    // up to 15 bytes: the cache, else the encoding (whose own
+                    // caches know the words)
+                    total += match shared.hot.get(k) {
+                        Some(n) => n,
                         None => {
                             let n = enc.count(p);
-                            memo.insert(p.into(), n);
+                            shared.hot.put(k, n);
                             n
                         }
                     };
-                    total += n;
+                    continue;
                 }
-                std::mem::swap(&mut batch, &mut next);
-                nb = nn;
+                if p.len() <= SHARED_PIECE_MAX {
+                    total += match shared.pieces.get(p.as_bytes()) {
+                        Some(n) => n as usize,
+                        None => {
+                            let n = enc.count(p);
+                            shared.pieces.put(p.as_bytes(), n as u32);
+                            n
+                        }
+                    };
+                } else if keep_long {
+                    total += *local.entry(p.into()).or_insert_with(|| enc.count(p));
+                } else {
+                    total += enc.count(p);
+                }
             }
-            total
-        };
-        SHARED
-            .try_with(|cell| match cell.try_borrow_mut() {
-                Ok(mut all) => Some(run(all[slot].get_or_insert_with(Shared::default))),
-                Err(_) => None,
-            })
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| run(&mut Shared::default()))
+            std::mem::swap(&mut batch, &mut next);
+            nb = nn;
+        }
+        total
     }
 }
 
-/// Exact token count of `text` by the same pieces and per-thread caches as
+/// Exact token count of `text` by the same pieces and tables as
 /// [`ChunkCounter::count`], for one text (pieces longer than
 /// `SHARED_PIECE_MAX` are counted by the encoding, not remembered). For the
 /// encodings without safe cuts this is `enc.count(text)`.
@@ -409,6 +387,11 @@ mod tests {
             .filter(|w| w[0] < w[1])
             .map(|w| &text[w[0]..w[1]])
             .collect()
+    }
+
+    #[test]
+    fn table_size_is_the_documented_constant() {
+        assert_eq!(Counts::new(BITS.0, BITS.1, BITS.2).bytes(), TABLE_BYTES);
     }
 
     #[test]

@@ -1,14 +1,26 @@
-//! A small direct-mapped cache of the token counts of short byte strings.
+//! A direct-mapped cache of the token counts of short byte strings, shared
+//! by every thread of the process.
 //!
 //! Keys are strings of 1 to 15 bytes packed into an integer (bytes
 //! little-endian, the length in the low nibble of the top byte; a `u64` for
 //! up to 7 bytes, most words with their space, else a `u128`); a slot stores
 //! the key with the count (at most 15: a token has at least one byte) in the
 //! high nibble of that byte. A set of slots fills one 64-byte cache line, so
-//! a lookup touches one line. The cache is bounded by construction; the least useful
-//! slot of a set is overwritten, and a miss only costs the uncached count. A
-//! lookup compares the whole key, so a hit is always the count of exactly
-//! that string.
+//! a lookup touches one line. The cache is bounded by construction (its size
+//! is fixed when it is made); the least useful slot of a set is overwritten,
+//! and a miss only costs the uncached count. A lookup compares the whole key,
+//! so a hit is always the count of exactly that string.
+//!
+//! Threads share it without a lock: a slot of up to 7 bytes is one atomic
+//! word; a set of longer slots (two words each) carries a version that a
+//! writer makes odd while it writes ([`Version`]), and a reader that saw it
+//! change reports a miss. Writers that meet another writer skip their write:
+//! it is a cache.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::tables::Version;
 
 /// Longest string the cache holds.
 pub const MAX_LEN: usize = 15;
@@ -65,48 +77,109 @@ pub fn key_at(text: &[u8], start: usize, len: usize) -> Option<Key> {
     }
 }
 
-macro_rules! table {
-    ($name:ident, $int:ty, $ways:expr) => {
-        /// One cache line of slots, most useful first.
-        #[derive(Clone, Copy, Default)]
-        #[repr(align(64))]
-        struct $name([$int; $ways]);
+const SHORT_WAYS: usize = 8;
+const LONG_WAYS: usize = 3;
+/// Ways from this one on hold strings not yet looked up again: a hit there
+/// moves the string up one way; a new string enters here and pushes the
+/// others down, so one-off strings do not push out the most used.
+const SHORT_MID: usize = SHORT_WAYS / 2;
+const LONG_MID: usize = 1;
 
-        impl $name {
-            const SHIFT: u32 = <$int>::BITS - 4;
-            const MASK: $int = 0xF << Self::SHIFT;
+/// Top nibble of a packed slot: the count.
+const SHORT_SHIFT: u32 = u64::BITS - 4;
+const SHORT_MASK: u64 = 0xF << SHORT_SHIFT;
+const LONG_SHIFT: u32 = u128::BITS - 4;
+const LONG_MASK: u128 = 0xF << LONG_SHIFT;
 
-            #[inline]
-            fn get(&mut self, key: $int) -> Option<usize> {
-                for w in 0..$ways {
-                    let v = self.0[w];
-                    if v & !Self::MASK == key {
-                        if w > 0 {
-                            self.0.swap(w - 1, w);
-                        }
-                        return Some((v >> Self::SHIFT) as usize);
-                    }
-                }
-                None
-            }
+/// One cache line of slots of up to 7 bytes, each a key and its count in one
+/// word: a word is read and written whole, so a reader sees an empty slot or
+/// a string with its count, never a mix.
+#[derive(Default)]
+#[repr(align(64))]
+struct ShortSet([AtomicU64; SHORT_WAYS]);
 
-            /// New strings enter in the middle, so one-off strings do not push
-            /// out the most used. Returns whether a string was dropped.
-            #[inline]
-            fn put(&mut self, key: $int, count: usize) -> bool {
-                const MID: usize = $ways / 2;
-                let dropped = self.0[$ways - 1] != 0;
-                self.0.copy_within(MID..$ways - 1, MID + 1);
-                self.0[MID] = key | ((count as $int) << Self::SHIFT);
-                dropped
-            }
-        }
-    };
+/// One cache line of slots of 8 to 15 bytes (two words each), behind a
+/// version: a reader that saw a write in progress or a changed version
+/// reports a miss.
+#[derive(Default)]
+#[repr(align(64))]
+struct LongSet {
+    version: Version,
+    slots: [[AtomicU64; 2]; LONG_WAYS],
 }
 
-const LONG_WAYS: usize = 4;
-table!(ShortSet, u64, 8);
-table!(LongSet, u128, LONG_WAYS);
+impl ShortSet {
+    #[inline]
+    fn get(&self, key: u64) -> Option<usize> {
+        for w in 0..SHORT_WAYS {
+            let v = self.0[w].load(Relaxed);
+            if v & !SHORT_MASK == key {
+                if w >= SHORT_MID {
+                    // a second sighting: up one way (two stores that may
+                    // interleave with another thread's, duplicating or
+                    // dropping a string, never pairing a key with a wrong count)
+                    let above = self.0[w - 1].load(Relaxed);
+                    self.0[w - 1].store(v, Relaxed);
+                    self.0[w].store(above, Relaxed);
+                }
+                return Some((v >> SHORT_SHIFT) as usize);
+            }
+        }
+        None
+    }
+
+    #[inline]
+    fn put(&self, key: u64, count: usize) {
+        for w in (SHORT_MID..SHORT_WAYS - 1).rev() {
+            self.0[w + 1].store(self.0[w].load(Relaxed), Relaxed);
+        }
+        self.0[SHORT_MID].store(key | ((count as u64) << SHORT_SHIFT), Relaxed);
+    }
+}
+
+impl LongSet {
+    #[inline]
+    fn slot(&self, w: usize) -> u128 {
+        let [lo, hi] = &self.slots[w];
+        u128::from(lo.load(Relaxed)) | (u128::from(hi.load(Relaxed)) << 64)
+    }
+
+    #[inline]
+    fn set(&self, w: usize, v: u128) {
+        self.slots[w][0].store(v as u64, Relaxed);
+        self.slots[w][1].store((v >> 64) as u64, Relaxed);
+    }
+
+    #[inline]
+    fn get(&self, key: u128) -> Option<usize> {
+        let seen = self.version.read_begin()?;
+        let (w, v) = (0..LONG_WAYS)
+            .map(|w| (w, self.slot(w)))
+            .find(|(_, v)| v & !LONG_MASK == key)?;
+        if !self.version.read_valid(seen) {
+            return None;
+        }
+        if w >= LONG_MID {
+            if let Some(_write) = self.version.try_write() {
+                let above = self.slot(w - 1);
+                self.set(w - 1, self.slot(w));
+                self.set(w, above);
+            }
+        }
+        Some((v >> LONG_SHIFT) as usize)
+    }
+
+    #[inline]
+    fn put(&self, key: u128, count: usize) {
+        let Some(_write) = self.version.try_write() else {
+            return; // another thread is writing this set: this string waits
+        };
+        for w in (LONG_MID..LONG_WAYS - 1).rev() {
+            self.set(w + 1, self.slot(w));
+        }
+        self.set(LONG_MID, key | ((count as u128) << LONG_SHIFT));
+    }
+}
 
 #[inline]
 fn mix(lo: u64, hi: u64) -> u64 {
@@ -114,76 +187,52 @@ fn mix(lo: u64, hi: u64) -> u64 {
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The cache, shared by every thread of the process: lookups are loads (and,
+/// the first times a string is seen again, a store), never a lock.
 pub struct HotCounts {
     short: Box<[ShortSet]>,
     long: Box<[LongSet]>,
     short_shift: u32,
     long_shift: u32,
-    /// the long table doubles, up to this many strings, when it has dropped
-    /// as many strings as it holds
-    long_max: usize,
-    long_dropped: usize,
 }
 
 impl HotCounts {
     /// A cache of `2^short_bits` strings of up to 7 bytes (8 bytes each) and
-    /// `2^long_bits` of 8 to 15 bytes (16 bytes each); bits from 3 to 24.
-    pub fn new(short_bits: u32, long_bits: u32) -> Self {
-        Self::growing(short_bits, long_bits, long_bits)
-    }
-
-    /// As [`new`](Self::new), with a table of long strings that doubles,
-    /// up to `2^long_max_bits` strings, each time it has dropped as many
-    /// strings as it holds (text with more distinct long words than it holds).
-    pub fn growing(short_bits: u32, long_bits: u32, long_max_bits: u32) -> Self {
+    /// `3 * 2^long_sets_bits` of 8 to 15 bytes (64 bytes per 3); bits from 3
+    /// (short) or 0 (long sets) to 24.
+    pub fn new(short_bits: u32, long_sets_bits: u32) -> Self {
         let sb = short_bits.clamp(3, 24) - 3;
-        let lb = long_bits.clamp(3, 24) - 2;
+        let lb = long_sets_bits.clamp(0, 24);
         HotCounts {
-            short: vec![ShortSet::default(); 1 << sb].into_boxed_slice(),
-            long: vec![LongSet::default(); 1 << lb].into_boxed_slice(),
+            short: (0..1usize << sb).map(|_| ShortSet::default()).collect(),
+            long: (0..1usize << lb).map(|_| LongSet::default()).collect(),
             short_shift: 64 - sb,
             long_shift: 64 - lb,
-            long_max: 1 << long_max_bits.clamp(long_bits.clamp(3, 24), 24),
-            long_dropped: 0,
         }
     }
 
-    /// Bytes held by the tables.
-    #[cfg(test)]
-    fn bytes(&self) -> usize {
+    /// Bytes held by the tables (fixed at construction).
+    pub fn bytes(&self) -> usize {
         std::mem::size_of_val(&*self.short) + std::mem::size_of_val(&*self.long)
     }
 
-    fn grow_long(&mut self) {
-        let lb = 64 - self.long_shift + 1;
-        let old = std::mem::replace(
-            &mut self.long,
-            vec![LongSet::default(); 1 << lb].into_boxed_slice(),
-        );
-        self.long_shift = 64 - lb;
-        self.long_dropped = 0;
-        for set in old.iter() {
-            // least useful first, so the most useful end up in front
-            for &v in set.0.iter().rev().filter(|&&v| v != 0) {
-                let k = v & !LongSet::MASK;
-                let i = (mix(k as u64, (k >> 64) as u64) >> self.long_shift) as usize;
-                self.long[i].put(k, (v >> LongSet::SHIFT) as usize);
-            }
-        }
+    #[inline]
+    fn short_set(&self, k: u64) -> &ShortSet {
+        &self.short[(mix(k, 0).checked_shr(self.short_shift).unwrap_or(0)) as usize]
+    }
+
+    #[inline]
+    fn long_set(&self, k: u128) -> &LongSet {
+        let h = mix(k as u64, (k >> 64) as u64);
+        &self.long[h.checked_shr(self.long_shift).unwrap_or(0) as usize]
     }
 
     /// The remembered count of the string packed in `key`.
     #[inline]
-    pub fn get(&mut self, key: Key) -> Option<usize> {
+    pub fn get(&self, key: Key) -> Option<usize> {
         match key {
-            Key::Short(k) => {
-                let i = (mix(k, 0) >> self.short_shift) as usize;
-                self.short[i].get(k)
-            }
-            Key::Long(k) => {
-                let i = (mix(k as u64, (k >> 64) as u64) >> self.long_shift) as usize;
-                self.long[i].get(k)
-            }
+            Key::Short(k) => self.short_set(k).get(k),
+            Key::Long(k) => self.long_set(k).get(k),
         }
     }
 
@@ -192,14 +241,8 @@ impl HotCounts {
     #[inline]
     pub fn prefetch(&self, key: Key) {
         let line: *const u8 = match key {
-            Key::Short(k) => {
-                let i = (mix(k, 0) >> self.short_shift) as usize;
-                self.short[i].0.as_ptr().cast()
-            }
-            Key::Long(k) => {
-                let i = (mix(k as u64, (k >> 64) as u64) >> self.long_shift) as usize;
-                self.long[i].0.as_ptr().cast()
-            }
+            Key::Short(k) => (self.short_set(k) as *const ShortSet).cast(),
+            Key::Long(k) => (self.long_set(k) as *const LongSet).cast(),
         };
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a prefetch is a hint that never faults and has no effect
@@ -214,25 +257,13 @@ impl HotCounts {
     /// Remember `count` for the string packed in `key` (counts above 15, which
     /// a string of at most 15 bytes cannot have, are not stored).
     #[inline]
-    pub fn put(&mut self, key: Key, count: usize) {
+    pub fn put(&self, key: Key, count: usize) {
         if count > 15 {
             return;
         }
         match key {
-            Key::Short(k) => {
-                let i = (mix(k, 0) >> self.short_shift) as usize;
-                self.short[i].put(k, count);
-            }
-            Key::Long(k) => {
-                let i = (mix(k as u64, (k >> 64) as u64) >> self.long_shift) as usize;
-                if self.long[i].put(k, count) {
-                    self.long_dropped += 1;
-                    let held = self.long.len() * LONG_WAYS;
-                    if self.long_dropped >= held && held < self.long_max {
-                        self.grow_long();
-                    }
-                }
-            }
+            Key::Short(k) => self.short_set(k).put(k, count),
+            Key::Long(k) => self.long_set(k).put(k, count),
         }
     }
 }
@@ -242,16 +273,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn long_table_grows_to_its_bound_and_keeps_counts() {
-        let mut h = HotCounts::growing(3, 6, 8);
-        let start = h.bytes();
+    fn size_is_fixed_and_counts_are_kept() {
+        let h = HotCounts::new(3, 4);
+        assert_eq!(h.bytes(), 64 + 16 * 64);
         let word = |i: u32| format!("word{i:011}");
         for i in 0..5_000u32 {
-            let k = key(word(i).as_bytes()).expect("15 bytes");
-            h.put(k, (i % 16) as usize);
+            h.put(
+                key(word(i).as_bytes()).expect("15 bytes"),
+                (i % 16) as usize,
+            );
         }
-        // 64 -> 128 -> 256 long strings of 16 bytes, then no more
-        assert_eq!(h.bytes() - start, (256 - 64) * 16);
+        assert_eq!(h.bytes(), 64 + 16 * 64);
         let mut found = 0;
         for i in 0..5_000u32 {
             if let Some(n) = h.get(key(word(i).as_bytes()).expect("15 bytes")) {
@@ -259,19 +291,12 @@ mod tests {
                 found += 1;
             }
         }
-        assert!(found > 0 && found <= 256, "{found}");
-        // a fixed table does not grow
-        let mut f = HotCounts::new(3, 6);
-        let before = f.bytes();
-        for i in 0..5_000u32 {
-            f.put(key(word(i).as_bytes()).expect("15 bytes"), 1);
-        }
-        assert_eq!(f.bytes(), before);
+        assert!(found > 0 && found <= 16 * LONG_WAYS, "{found}");
     }
 
     #[test]
     fn remembers_exact_strings_only() {
-        let mut h = HotCounts::new(13, 13);
+        let h = HotCounts::new(13, 11);
         let a = key(b" hello").expect("short");
         let b = key(b" hello world").expect("short");
         assert_eq!(h.get(a), None);
@@ -302,5 +327,30 @@ mod tests {
             let found = h.get(key(old.as_bytes()).expect("short"));
             assert!(found.is_none() || found == Some((j % 16) as usize));
         }
+    }
+
+    #[test]
+    fn threads_sharing_a_small_table_never_read_a_wrong_count() {
+        // a tiny table, so that every thread writes the sets the others read
+        let h = HotCounts::new(3, 1);
+        let strings: Vec<String> = (0..64)
+            .map(|i| format!("{i:0width$}", width = 1 + i % 15))
+            .collect();
+        let count = |s: &str| s.len() % 16;
+        std::thread::scope(|scope| {
+            for t in 0..8 {
+                let (h, strings) = (&h, &strings);
+                scope.spawn(move || {
+                    for round in 0..20_000 {
+                        let s = &strings[(round * 7 + t * 13) % strings.len()];
+                        let k = key(s.as_bytes()).expect("1 to 15 bytes");
+                        match h.get(k) {
+                            Some(n) => assert_eq!(n, count(s), "{s:?}"),
+                            None => h.put(k, count(s)),
+                        }
+                    }
+                });
+            }
+        });
     }
 }

@@ -25,6 +25,7 @@ pub mod chunked;
 pub mod hot;
 mod pretok;
 mod special;
+pub mod tables;
 mod truncate;
 
 use std::sync::OnceLock;
@@ -32,6 +33,7 @@ use std::sync::OnceLock;
 use tiktoken_rs::CoreBPE;
 
 pub use special::{DisallowedSpecialFound, SpecialSet};
+pub use tables::{table_bytes, MAX_TABLE_BYTES};
 pub use truncate::{Side, TruncateError};
 
 /// The OpenAI encodings shipped inside the extension.
@@ -142,38 +144,21 @@ struct Engine {
     pre: &'static pretok::Pretokenizer,
     ranks: bpe::Ranks,
     fast: Option<&'static bpe_openai::Tokenizer>,
+    counts: tables::Counts,
 }
 
-/// Per-thread memo of the token counts of short multi-token pieces: words
-/// recur, and one lookup in this small table replaces a merge that makes
-/// several lookups in the large rank table. Cleared when full.
-type PieceMemo = ahash::AHashMap<Box<[u8]>, u32>;
-const PIECE_MEMO_CAP: usize = 1 << 15;
-
-/// A thread's counting state for one encoding: the memo above, behind a small
-/// direct-mapped cache of the counts of pieces up to 15 bytes.
-///
-/// The rank table of a 200k vocabulary is several megabytes, so a lookup in
-/// it is a cache (and TLB) miss; the pieces of real text are mostly a few
-/// thousand frequent words, which this cache of 256 KiB keeps close.
-struct CountState {
-    memo: PieceMemo,
-    hot: hot::HotCounts,
-}
-
-impl Default for CountState {
-    fn default() -> Self {
-        CountState {
-            memo: PieceMemo::default(),
-            hot: hot::HotCounts::new(14, 13),
-        }
-    }
-}
-
-thread_local! {
-    static PIECE_MEMO: std::cell::RefCell<[Option<CountState>; 5]> =
-        const { std::cell::RefCell::new([None, None, None, None, None]) };
-}
+/// The counting engine's remembered counts ([`tables::Counts`]), shared by
+/// every thread of the process: the counts of pieces up to 15 bytes in a
+/// cache that stays close to the CPU, in front of the rank table of a 200k
+/// vocabulary (several megabytes: a lookup there is a cache and TLB miss;
+/// the pieces of real text are mostly a few thousand frequent words), and
+/// those of multi-token pieces of 16 to 48 bytes (one lookup instead of a
+/// merge that makes several in the rank table). 32,768 strings of up to 7
+/// bytes (256 KiB), 49,152 of 8 to 15 (1 MiB), 8,192 pieces of 16 to 48
+/// bytes (512 KiB).
+const COUNT_BITS: (u32, u32, u32) = (15, 14, 13);
+/// Bytes of one encoding's counting tables.
+pub const COUNT_TABLE_BYTES: usize = tables::Counts::size(COUNT_BITS.0, COUNT_BITS.1, COUNT_BITS.2);
 
 impl Engine {
     #[inline]
@@ -182,45 +167,38 @@ impl Engine {
         text: &[u8],
         start: usize,
         piece: &[u8],
-        state: &mut CountState,
         scratch: &mut Vec<u32>,
     ) -> usize {
         let Some(key) = hot::key_at(text, start, piece.len()) else {
-            return self.count_piece_uncached(piece, &mut state.memo, scratch);
+            return self.count_piece_uncached(piece, scratch);
         };
-        if let Some(n) = state.hot.get(key) {
+        if let Some(n) = self.counts.hot.get(key) {
             return n;
         }
-        let n = self.count_piece_uncached(piece, &mut state.memo, scratch);
-        state.hot.put(key, n);
+        let n = self.count_piece_uncached(piece, scratch);
+        self.counts.hot.put(key, n);
         n
     }
 
     #[inline]
-    fn count_piece_uncached(
-        &self,
-        piece: &[u8],
-        memo: &mut PieceMemo,
-        scratch: &mut Vec<u32>,
-    ) -> usize {
+    fn count_piece_uncached(&self, piece: &[u8], scratch: &mut Vec<u32>) -> usize {
         if self.ranks.get(piece).is_some() {
             return 1;
         }
         if piece.len() < bpe::SMALL {
-            if let Some(n) = memo.get(piece) {
-                return *n as usize;
+            if piece.len() > hot::MAX_LEN && piece.len() <= tables::PIECE_MAX {
+                if let Some(n) = self.counts.pieces.get(piece) {
+                    return n as usize;
+                }
+                let n = self.ranks.count_small(piece);
+                self.counts.pieces.put(piece, n as u32);
+                return n;
             }
-            let n = self.ranks.count_small(piece);
-            if memo.len() >= PIECE_MEMO_CAP {
-                memo.clear();
-            }
-            memo.insert(piece.into(), n as u32);
-            return n;
-        }
-        match self.fast {
             // short pieces: tiktoken's own merge on the stack beats the
             // backtracking encoder's allocations; long ones stay linear
-            Some(_) if piece.len() < bpe::SMALL => self.ranks.count_small(piece),
+            return self.ranks.count_small(piece);
+        }
+        match self.fast {
             Some(fast) => fast.bpe.count(piece),
             None => self.ranks.count_piece(piece, scratch),
         }
@@ -307,6 +285,7 @@ impl Encoding {
                 pre: pretok::pretokenizer(kind),
                 ranks,
                 fast,
+                counts: tables::Counts::new(COUNT_BITS.0, COUNT_BITS.1, COUNT_BITS.2),
             }
         })
     }
@@ -389,27 +368,17 @@ impl Encoding {
         let mut scratch = Vec::new();
         let mut n = 0;
         let bytes = text.as_bytes();
-        let mut run = |state: &mut CountState| {
-            let mut start = 0;
-            engine.pre.for_each_piece(text, |p| {
-                n += engine.count_piece(bytes, start, p.as_bytes(), state, &mut scratch);
-                start += p.len();
-            });
-        };
-        let slot = self.name.index();
-        let done = PIECE_MEMO
-            .try_with(|cell| match cell.try_borrow_mut() {
-                Ok(mut states) => {
-                    run(states[slot].get_or_insert_with(CountState::default));
-                    true
-                }
-                Err(_) => false,
-            })
-            .unwrap_or(false);
-        if !done {
-            run(&mut CountState::default());
-        }
+        let mut start = 0;
+        engine.pre.for_each_piece(text, |p| {
+            n += engine.count_piece(bytes, start, p.as_bytes(), &mut scratch);
+            start += p.len();
+        });
         n
+    }
+
+    /// Bytes of the counting engine's tables (0 before the first count).
+    fn count_table_bytes(&self) -> usize {
+        self.engine.get().map_or(0, |e| e.counts.bytes())
     }
 
     /// Token ids of `text` encoded as ordinary text.
@@ -501,6 +470,13 @@ mod tests {
             vec![15339, 1917]
         );
         assert_eq!(encoding(EncodingName::O200kBase).count("hello world"), 2);
+    }
+
+    #[test]
+    fn table_sizes_are_the_documented_constants() {
+        let enc = encoding(EncodingName::R50kBase);
+        enc.count("made on the first count");
+        assert_eq!(enc.count_table_bytes(), COUNT_TABLE_BYTES);
     }
 
     #[test]

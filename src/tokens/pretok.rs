@@ -7,10 +7,16 @@
 //! look-ahead becomes `\s+\s` whose last character is given back, and
 //! whitespace running to the end of the text becomes `\s+$`. A lazy DFA
 //! (`regex-automata`'s hybrid engine) runs an anchored search per piece with
-//! a per-thread cache, so there is no per-call setup and no backtracking.
+//! a cache of built states taken from a small pool shared by the process
+//! ([`POOL_SLOTS`] caches per pattern, each bounded by [`CACHE_CAPACITY`]),
+//! so there is no per-call setup and no backtracking, and the memory does not
+//! grow with the number of threads.
 
-use std::cell::RefCell;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
+
+use parking_lot::Mutex;
 
 use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::meta::Regex;
@@ -78,16 +84,54 @@ pub(super) struct Pretokenizer {
     /// Used only if the lazy DFA gives up (it is configured not to).
     meta: Regex,
     lookahead: Vec<bool>,
+    pool: [Mutex<Option<Cache>>; POOL_SLOTS],
 }
 
-thread_local! {
-    static CACHES: RefCell<[Option<Cache>; 3]> = const { RefCell::new([None, None, None]) };
-}
+/// Lazy-DFA caches kept per pattern: more than the cores of most servers,
+/// so a counting thread nearly always finds one free and warm. A thread that
+/// finds none free (more threads counting at once than slots) uses a cache
+/// of its own for that call, dropped at its end.
+pub(super) const POOL_SLOTS: usize = 8;
+/// Most bytes of built states one cache keeps (the lazy DFA clears a cache
+/// that would grow past it; the states of these patterns over multilingual
+/// text take a few hundred KiB).
+pub(super) const CACHE_CAPACITY: usize = 1 << 20;
+/// Most bytes the pools of all patterns hold.
+pub(super) const MAX_POOL_BYTES: usize = 3 * POOL_SLOTS * CACHE_CAPACITY;
 
-/// The process-wide pre-tokeniser of a kind (the per-thread caches belong to it).
+static PRETOKENIZERS: [OnceLock<Pretokenizer>; 3] =
+    [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+
+/// The process-wide pre-tokeniser of a kind.
 pub(super) fn pretokenizer(kind: Kind) -> &'static Pretokenizer {
-    static CELLS: [OnceLock<Pretokenizer>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    CELLS[kind as usize].get_or_init(|| Pretokenizer::new(kind))
+    PRETOKENIZERS[kind as usize].get_or_init(|| Pretokenizer::new(kind))
+}
+
+/// Bytes the pools' caches hold now (of the pre-tokenisers made so far).
+pub(super) fn pool_bytes() -> usize {
+    PRETOKENIZERS
+        .iter()
+        .filter_map(OnceLock::get)
+        .flat_map(|p| &p.pool)
+        .map(|slot| slot.lock().as_ref().map_or(0, Cache::memory_usage))
+        .sum()
+}
+
+/// The pool slot a thread tries first: threads are spread over the slots in
+/// the order they first count, so a thread keeps finding its own warm cache.
+fn home_slot() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HOME: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+    HOME.try_with(|h| {
+        *h.get().get_or_insert_with(|| {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed) % POOL_SLOTS;
+            h.set(Some(i));
+            i
+        })
+    })
+    .unwrap_or(0)
 }
 
 impl Pretokenizer {
@@ -100,6 +144,7 @@ impl Pretokenizer {
         let sources: Vec<&str> = pats.iter().map(|(p, _)| *p).collect();
         #[allow(clippy::expect_used)]
         let dfa = DFA::builder()
+            .configure(DFA::config().cache_capacity(CACHE_CAPACITY))
             .build_many(&sources)
             .expect("the pre-tokeniser patterns compile");
         #[allow(clippy::expect_used)]
@@ -109,12 +154,12 @@ impl Pretokenizer {
             dfa,
             meta,
             lookahead: pats.iter().map(|(_, l)| *l).collect(),
+            pool: std::array::from_fn(|_| Mutex::new(None)),
         }
     }
 
     /// Calls `f` with each piece of `text`, in order; the pieces cover all of it.
     pub(super) fn for_each_piece(&self, text: &str, mut f: impl FnMut(&str)) {
-        let slot = self.kind as usize;
         let bytes = text.as_bytes();
         let mut run = |cache: &mut Cache| {
             let mut pos = 0;
@@ -127,20 +172,15 @@ impl Pretokenizer {
                 pos = end;
             }
         };
-        let done = CACHES
-            .try_with(|caches| {
-                let Ok(mut caches) = caches.try_borrow_mut() else {
-                    return false;
-                };
-                let cache = caches[slot].get_or_insert_with(|| self.dfa.create_cache());
-                run(cache);
-                true
-            })
-            .unwrap_or(false);
-        if !done {
-            // re-entrant use or thread teardown: a cache of our own
-            run(&mut self.dfa.create_cache());
+        let home = home_slot();
+        for k in 0..POOL_SLOTS {
+            if let Some(mut slot) = self.pool[(home + k) % POOL_SLOTS].try_lock() {
+                run(slot.get_or_insert_with(|| self.dfa.create_cache()));
+                return;
+            }
         }
+        // every slot in use (or a re-entrant call): a cache for this call
+        run(&mut self.dfa.create_cache());
     }
 
     /// The pieces of `text` as a vector (for tests and truncation).

@@ -1,7 +1,7 @@
 //! The rules: what differs between two analysed prompts, and whether the
 //! difference flips the answer.
 
-use super::analysis::{Analysis, Number};
+use super::analysis::{Analysis, Number, Words};
 use super::words::tables;
 use super::{GuardReason, NEAR_DUPLICATE, SIMILAR};
 
@@ -84,7 +84,7 @@ fn unmatched(a: &[Number], b: &[Number]) -> [(usize, usize); 2] {
     };
     while i < a.len() || j < b.len() {
         let ord = match (a.get(i), b.get(j)) {
-            (Some(x), Some(y)) => x.value.cmp(&y.value),
+            (Some(x), Some(y)) => x.key.cmp(&y.key),
             (Some(_), None) => std::cmp::Ordering::Less,
             _ => std::cmp::Ordering::Greater,
         };
@@ -119,8 +119,8 @@ fn numbers_differ(a: &Analysis, b: &Analysis, ov: f32) -> bool {
     (ha + sa > 0) && (hb + sb > 0) && ov >= SIMILAR
 }
 
-fn sorted_units<'a>(side: &'a [(String, &'static str)]) -> Vec<(&'a str, &'static str)> {
-    let mut v: Vec<(&'a str, &'static str)> = side.iter().map(|(n, u)| (n.as_str(), *u)).collect();
+fn sorted_units(side: &[(u64, &'static str)]) -> Vec<(u64, &'static str)> {
+    let mut v = side.to_vec();
     v.sort_unstable();
     v.dedup();
     v
@@ -136,7 +136,7 @@ fn units_differ(a: &Analysis, b: &Analysis) -> bool {
     let (mut i, mut j) = (0, 0);
     while i < ua.len() && j < ub.len() {
         let (na, nb) = (ua[i].0, ub[j].0);
-        match na.cmp(nb) {
+        match na.cmp(&nb) {
             std::cmp::Ordering::Less => i += 1,
             std::cmp::Ordering::Greater => j += 1,
             std::cmp::Ordering::Equal => {
@@ -179,25 +179,36 @@ pub(super) fn stem(w: &str) -> &str {
 
 /// Distinct stems present on one side only.
 fn only_in<'a>(a: &Keyed<'a>, b: &Keyed<'_>) -> Vec<&'a str> {
-    // words present verbatim on the other side are skipped without stemming,
-    // so near-duplicates (the common case) stem only the few words that differ
-    let differing: Vec<&str> = a
-        .iter()
-        .filter(|(k, _)| !contains(b, *k))
-        .map(|(_, w)| stem(w))
-        .collect();
+    // words present verbatim on the other side are skipped without stemming
+    // (one merge of the two sorted lists), so near-duplicates (the common
+    // case) stem only the few words that differ
+    let mut differing: Vec<&str> = Vec::new();
+    let mut j = 0;
+    for &(k, w) in a {
+        while b.get(j).is_some_and(|(kb, _)| *kb < k) {
+            j += 1;
+        }
+        if b.get(j).is_none_or(|(kb, _)| *kb != k) {
+            differing.push(stem(w));
+        }
+    }
     if differing.is_empty() {
         return differing;
     }
-    let mut b_stems: Vec<&str> = b.iter().map(|(_, w)| stem(w)).collect();
-    b_stems.sort_unstable();
-    let mut out: Vec<&str> = differing
+    differing.sort_unstable();
+    differing.dedup();
+    // the other side's stems, each looked up among the differing ones
+    let mut shared = vec![false; differing.len()];
+    for (_, w) in b {
+        if let Ok(i) = differing.binary_search(&stem(w)) {
+            shared[i] = true;
+        }
+    }
+    differing
         .into_iter()
-        .filter(|s| b_stems.binary_search(s).is_err())
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
+        .zip(shared)
+        .filter_map(|(d, s)| (!s).then_some(d))
+        .collect()
 }
 
 fn antonym_swap(wa: &Keyed<'_>, wb: &Keyed<'_>) -> Option<GuardReason> {
@@ -285,7 +296,7 @@ fn affix_counterparts(x: &str) -> Vec<String> {
 }
 
 fn entity_swap(a: &Analysis, b: &Analysis, wa: &Keyed<'_>, wb: &Keyed<'_>) -> bool {
-    let new_in = |p: &[String], other: &Keyed<'_>| p.iter().any(|w| !contains(other, word_key(w)));
+    let new_in = |p: &Words, other: &Keyed<'_>| p.iter().any(|w| !contains(other, word_key(w)));
     new_in(&a.proper, wb) && new_in(&b.proper, wa)
 }
 
@@ -294,7 +305,7 @@ fn single_substitution(a: &Analysis, b: &Analysis) -> bool {
         return false;
     }
     let mut diff = None;
-    for (i, (x, y)) in a.words.iter().zip(&b.words).enumerate() {
+    for (i, (x, y)) in a.words.iter().zip(b.words.iter()).enumerate() {
         if x != y {
             if diff.is_some() {
                 return false;
@@ -303,7 +314,7 @@ fn single_substitution(a: &Analysis, b: &Analysis) -> bool {
         }
     }
     let Some(i) = diff else { return false };
-    let (x, y) = (a.words[i].as_str(), b.words[i].as_str());
+    let (x, y) = (a.words.get(i), b.words.get(i));
     let t = tables();
     let (gx, gy) = (t.interchangeable.get(x), t.interchangeable.get(y));
     if gx.is_some() && gx == gy {
@@ -317,10 +328,13 @@ fn single_substitution(a: &Analysis, b: &Analysis) -> bool {
 
 /// Spelling variants and typos: at most one edit for words of 4+ characters,
 /// two for 8+.
+///
+/// Linear in the words' length: the common prefix and suffix are dropped
+/// (an edit distance does not change), and only the diagonal band the
+/// allowed edits can reach is computed.
 fn is_typo(x: &str, y: &str) -> bool {
-    let xs: Vec<char> = x.chars().collect();
-    let ys: Vec<char> = y.chars().collect();
-    let shortest = xs.len().min(ys.len());
+    let (nx, ny) = (x.chars().count(), y.chars().count());
+    let shortest = nx.min(ny);
     let allowed = if shortest >= 8 {
         2
     } else if shortest >= 4 {
@@ -328,18 +342,51 @@ fn is_typo(x: &str, y: &str) -> bool {
     } else {
         return false;
     };
-    if xs.len().abs_diff(ys.len()) > allowed {
+    if nx.abs_diff(ny) > allowed {
         return false;
     }
-    let mut prev: Vec<usize> = (0..=ys.len()).collect();
-    let mut cur = vec![0; ys.len() + 1];
+    let prefix = x.chars().zip(y.chars()).take_while(|(a, b)| a == b).count();
+    let xs: Vec<char> = x.chars().skip(prefix).collect();
+    let ys: Vec<char> = y.chars().skip(prefix).collect();
+    let suffix = xs
+        .iter()
+        .rev()
+        .zip(ys.iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let (xs, ys) = (&xs[..xs.len() - suffix], &ys[..ys.len() - suffix]);
+    edit_distance_within(xs, ys, allowed)
+}
+
+/// Whether the Levenshtein distance of `xs` and `ys` is at most `k`,
+/// computing only the cells within `k` of the diagonal (O(len * k)).
+pub(super) fn edit_distance_within(xs: &[char], ys: &[char], k: usize) -> bool {
+    if xs.len().abs_diff(ys.len()) > k {
+        return false;
+    }
+    // a cell outside the band holds more than k: `over` stands for it
+    let over = k + 1;
+    let mut prev: Vec<usize> = (0..=ys.len()).map(|j| j.min(over)).collect();
+    let mut cur = vec![over; ys.len() + 1];
     for (i, cx) in xs.iter().enumerate() {
-        cur[0] = i + 1;
-        for (j, cy) in ys.iter().enumerate() {
-            let cost = usize::from(cx != cy);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        let (lo, hi) = ((i + 1).saturating_sub(k), (i + 1 + k).min(ys.len()));
+        // the cells this row reads just outside its band are out of reach
+        if lo == 0 {
+            cur[0] = (i + 1).min(over);
+        } else {
+            cur[lo - 1] = over;
+        }
+        for j in lo.max(1)..=hi {
+            let cost = usize::from(*cx != ys[j - 1]);
+            cur[j] = (prev[j - 1] + cost)
+                .min(prev[j] + 1)
+                .min(cur[j - 1] + 1)
+                .min(over);
+        }
+        if let Some(next) = cur.get_mut(hi + 1) {
+            *next = over;
         }
         std::mem::swap(&mut prev, &mut cur);
     }
-    prev[ys.len()] <= allowed
+    prev[ys.len()] <= k
 }

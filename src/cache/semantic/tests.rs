@@ -29,7 +29,7 @@ fn item(prompt: &str, partition: &str, v: [f32; 4], tags: &[&str]) -> NewItem {
     NewItem {
         prompt: prompt.into(),
         partition: partition.into(),
-        response: prompt.as_bytes().to_vec(),
+        response: [b"S", prompt.as_bytes()].concat(),
         metadata: None,
         tags: tags.iter().map(|t| t.to_string()).collect(),
         ttl: 100.0,
@@ -66,7 +66,7 @@ fn lookup(
 
 fn response(f: &Option<Found>) -> Option<&str> {
     f.as_ref()
-        .map(|f| std::str::from_utf8(&f.response).unwrap())
+        .map(|f| std::str::from_utf8(&f.response[1..]).unwrap())
 }
 
 #[test]
