@@ -10,10 +10,34 @@ no call waits longer than ``timeout`` for Redis.
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 from llmedge import _core
 
 __all__ = ["RedisStore"]
+
+# One bridge per event loop; None where the loop cannot watch a descriptor
+# (then store calls from coroutines run in the loop's default executor).
+_bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _core._LoopBridge | None] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def loop_bridge(loop: asyncio.AbstractEventLoop) -> _core._LoopBridge | None:
+    """The bridge through which the store's runtime completes futures of
+    ``loop`` (see ``src/py/loop_bridge.rs``), created on first use."""
+    try:
+        return _bridges[loop]
+    except KeyError:
+        pass
+    bridge: _core._LoopBridge | None
+    try:
+        bridge = _core._LoopBridge(loop)
+        loop.add_reader(bridge.fileno(), bridge.drain)
+    except NotImplementedError:
+        bridge = None
+    _bridges[loop] = bridge
+    return bridge
 
 
 class RedisStore(_core.RedisStore):

@@ -39,6 +39,7 @@
 mod config;
 mod health;
 mod pubsub;
+mod scan;
 #[cfg(test)]
 pub mod testing;
 
@@ -51,6 +52,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
+use redis::cluster_routing::RoutingInfo;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, ToRedisArgs, Value};
 use tokio::runtime::{Handle, Runtime};
@@ -151,10 +153,16 @@ enum Conn {
 
 impl Conn {
     async fn send(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        self.send_to(cmd, None).await
+    }
+
+    /// `route` picks a cluster node (a single server ignores it).
+    async fn send_to(&mut self, cmd: &Cmd, route: Option<&RoutingInfo>) -> redis::RedisResult<Value> {
         // Error replies arrive as `Value::ServerError`: make them errors.
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd).await?.extract_error(),
-            Conn::Cluster(c) => c.req_packed_command(cmd).await?.extract_error(),
+        match (self, route) {
+            (Conn::Single(c), _) => c.req_packed_command(cmd).await?.extract_error(),
+            (Conn::Cluster(c), None) => c.req_packed_command(cmd).await?.extract_error(),
+            (Conn::Cluster(c), Some(r)) => c.route_command(cmd.clone(), r.clone()).await?.extract_error(),
         }
     }
 }
@@ -321,7 +329,16 @@ impl Store {
 
     /// Any command, within the timeout.
     pub async fn query(&self, cmd: &Cmd) -> Result<Value, StoreError> {
-        self.inner.bounded(self.inner.send(cmd)).await
+        self.query_routed(cmd, None).await
+    }
+
+    /// [`Store::query`] sent to the cluster node `route` picks.
+    async fn query_routed(
+        &self,
+        cmd: &Cmd,
+        route: Option<&RoutingInfo>,
+    ) -> Result<Value, StoreError> {
+        self.inner.bounded(self.inner.send(cmd, route)).await
     }
 
     pub fn query_blocking(&self, cmd: &Cmd) -> Result<Value, StoreError> {
@@ -651,9 +668,10 @@ impl Inner {
         gen: u64,
         conn: &mut Conn,
         cmd: &Cmd,
+        route: Option<&RoutingInfo>,
     ) -> Result<Value, (u64, RedisError)> {
         self.health.calls.fetch_add(1, Relaxed);
-        match conn.send(cmd).await {
+        match conn.send_to(cmd, route).await {
             Ok(v) => {
                 self.touch();
                 Ok(v)
@@ -662,9 +680,13 @@ impl Inner {
         }
     }
 
-    async fn send(self: &Arc<Self>, cmd: &Cmd) -> Result<Value, StoreError> {
+    async fn send(
+        self: &Arc<Self>,
+        cmd: &Cmd,
+        route: Option<&RoutingInfo>,
+    ) -> Result<Value, StoreError> {
         let (gen, mut conn) = self.current()?;
-        self.send_on(gen, &mut conn, cmd)
+        self.send_on(gen, &mut conn, cmd, route)
             .await
             .map_err(|(gen, e)| self.failed(gen, &e))
     }
@@ -695,12 +717,12 @@ impl Inner {
             let (gen, mut conn) = self.current()?;
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(script.sha()).arg(keys.len()).arg(keys).arg(args);
-            let reply = match self.send_on(gen, &mut conn, &cmd).await {
+            let reply = match self.send_on(gen, &mut conn, &cmd, None).await {
                 Err((gen, e)) if is_noscript(&e) => {
                     self.loaded.lock().remove(script.sha());
                     let mut cmd = redis::cmd("EVAL");
                     cmd.arg(script.source()).arg(keys.len()).arg(keys).arg(args);
-                    self.send_on(gen, &mut conn, &cmd).await
+                    self.send_on(gen, &mut conn, &cmd, None).await
                 }
                 other => other,
             };
