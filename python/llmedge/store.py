@@ -45,7 +45,11 @@ class RedisStore(_core.RedisStore):
     Redis Cluster (a list of node URLs).
 
     ``RedisStore(url="redis://localhost:6379/0", *, key_prefix="llmedge:",
-    timeout=0.05, connect_timeout=1.0, cluster=None)``
+    timeout=0.05, connect_timeout=1.0, cluster=None, health_interval=1.0)``
+
+    A heartbeat ``PING`` every ``health_interval`` seconds (skipped while
+    other calls get replies) keeps ``health()["connected"]`` true to the
+    connection without traffic.
     """
 
     async def aping(self) -> float:

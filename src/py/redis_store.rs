@@ -63,7 +63,8 @@ impl RedisStore {
 impl RedisStore {
     #[new]
     #[pyo3(signature = (
-        url = None, *, key_prefix = "llmedge:", timeout = 0.05, connect_timeout = 1.0, cluster = None
+        url = None, *, key_prefix = "llmedge:", timeout = 0.05, connect_timeout = 1.0,
+        cluster = None, health_interval = 1.0
     ))]
     fn new(
         py: Python<'_>,
@@ -72,12 +73,14 @@ impl RedisStore {
         timeout: f64,
         connect_timeout: f64,
         cluster: Option<bool>,
+        health_interval: f64,
     ) -> PyResult<Self> {
         let urls = match url {
             None => vec!["redis://localhost:6379/0".to_owned()],
             Some(u) => to_urls(u)?,
         };
         let config = StoreConfig::new(urls, cluster, key_prefix, timeout, connect_timeout)
+            .and_then(|c| c.with_health_interval(health_interval))
             .map_err(value_error)?;
         let store = py
             .detach(|| Store::connect(config))
@@ -93,7 +96,8 @@ impl RedisStore {
             .map_err(|e| store_error(py, e))
     }
 
-    /// Connection state, last error, round-trip percentiles and counters.
+    /// Connection state (checked by a heartbeat every `health_interval`
+    /// seconds while idle), last error, round-trip percentiles and counters.
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let h = self.store.health();
         let d = PyDict::new(py);
@@ -141,6 +145,12 @@ impl RedisStore {
     #[getter]
     fn cluster(&self) -> bool {
         self.store.config().cluster
+    }
+
+    /// Seconds between the heartbeat PINGs of an idle connection.
+    #[getter]
+    fn health_interval(&self) -> f64 {
+        self.store.config().health_interval.as_secs_f64()
     }
 
     fn __repr__(&self) -> String {

@@ -269,6 +269,7 @@ impl Store {
                 Inner::reconnect_in_background(&store.inner, &store.handle);
             }
         }
+        store.handle.spawn(heartbeat(Arc::downgrade(&store.inner)));
         Ok(store)
     }
 
@@ -531,6 +532,26 @@ fn is_noscript(e: &RedisError) -> bool {
     matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) || e.code() == Some("NOSCRIPT")
 }
 
+/// Checks the connection every `health_interval` while nothing else does,
+/// so that a lost server shows in `health()` without traffic. Ends with the
+/// store.
+async fn heartbeat(inner: std::sync::Weak<Inner>) {
+    let Some(interval) = inner.upgrade().map(|i| i.config.health_interval) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Relaxed) {
+            return;
+        }
+        inner.beat().await;
+    }
+}
+
 /// Delay before the next reconnect attempt: `base` scaled by 0.5..1.5.
 fn jittered(base: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -759,6 +780,53 @@ impl Inner {
                 self.health.set_last_error(err.to_string());
                 self.check_stall();
                 Err(err)
+            }
+        }
+    }
+
+    /// One heartbeat: a `PING` unless a reply arrived within the last half
+    /// interval (traffic already proves the connection). Not counted as a
+    /// call; a failure is recorded as the last error, takes a lost
+    /// single-server connection down (the reconnect loop then brings it
+    /// back) and marks a cluster disconnected until a `PING` answers again.
+    async fn beat(self: &Arc<Self>) {
+        let now_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let quiet_us = u64::try_from((self.config.health_interval / 2).as_micros()).unwrap_or(0);
+        if now_us.saturating_sub(self.last_reply_us.load(Relaxed)) < quiet_us {
+            return;
+        }
+        let Ok((gen, mut conn)) = self.current() else {
+            return; // closed, or the reconnect loop is at work
+        };
+        let cluster = matches!(conn, Conn::Cluster(_));
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(self.config.timeout, conn.send(&ping)).await {
+            Ok(Ok(_)) => {
+                self.touch();
+                self.health.connected.store(true, Relaxed);
+            }
+            Ok(Err(e)) => {
+                let err = classify(&e);
+                self.health.set_last_error(format!("heartbeat: {err}"));
+                if !err.falls_back() {
+                    return; // an answer, if not PONG: the server is there
+                }
+                if cluster {
+                    self.health.connected.store(false, Relaxed);
+                } else if let Ok(handle) = Handle::try_current() {
+                    self.lost(gen, &handle);
+                }
+            }
+            Err(_) => {
+                self.health.set_last_error(format!(
+                    "heartbeat: {}",
+                    StoreError::Timeout(self.config.timeout)
+                ));
+                if cluster {
+                    self.health.connected.store(false, Relaxed);
+                } else {
+                    self.check_stall();
+                }
             }
         }
     }
