@@ -165,7 +165,11 @@ def test_aping_does_not_block_the_loop(redis_server):
     store = RedisStore(redis_server.url, timeout=0.5)
 
     async def main() -> list[float]:
-        return await asyncio.gather(*(store.aping() for _ in range(20)))
+        rtts = await asyncio.gather(*(store.aping() for _ in range(20)))
+        store.close()
+        with pytest.raises(StoreError, match="closed"):
+            await store.aping()
+        return rtts
 
     assert all(rtt > 0 for rtt in asyncio.run(main()))
 

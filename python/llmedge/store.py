@@ -53,6 +53,11 @@ class RedisStore(_core.RedisStore):
     """
 
     async def aping(self) -> float:
-        """:meth:`ping` without blocking the event loop (it runs in the
-        loop's default executor)."""
-        return await asyncio.get_running_loop().run_in_executor(None, self.ping)
+        """:meth:`ping` without blocking the event loop: the store's runtime
+        resolves a future of the loop (or, where the loop cannot watch a
+        socket, the ping runs in the loop's default executor)."""
+        loop = asyncio.get_running_loop()
+        bridge = loop_bridge(loop)
+        if bridge is None:
+            return await loop.run_in_executor(None, self.ping)
+        return await self._ping_async(bridge)

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
 
 use crate::py::errors::{store_unusable, type_error, value_error};
+use crate::py::loop_bridge::LoopBridge;
 use crate::store::{Counters, Store, StoreConfig, StoreError};
 
 /// A `StoreError` as a Python exception: configuration problems are
@@ -94,6 +95,25 @@ impl RedisStore {
         py.detach(|| self.store.ping_blocking())
             .map(|d| d.as_secs_f64())
             .map_err(|e| store_error(py, e))
+    }
+
+    /// `ping` for a coroutine: a future of `bridge`'s loop that the store's
+    /// runtime resolves.
+    fn _ping_async<'py>(
+        &self,
+        py: Python<'py>,
+        bridge: &Bound<'py, LoopBridge>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (future, completion) = bridge.get().start(py)?;
+        let store = Arc::clone(&self.store);
+        self.store.spawn(async move {
+            let rtt = store.ping().await;
+            completion.finish(Box::new(move |py| match rtt {
+                Ok(d) => Ok(PyFloat::new(py, d.as_secs_f64()).into_any().unbind()),
+                Err(e) => Err(store_error(py, e)),
+            }));
+        });
+        Ok(future)
     }
 
     /// Connection state (checked by a heartbeat every `health_interval`
