@@ -72,10 +72,10 @@ for i = 1, n do
     if credit < 0 then credit = 0 elseif credit > cost then credit = cost end
     out[i] = credit
   else
+    tat = tat + cost * interval
+    local excess = tat - now - tau
+    if excess > eps and excess > wait then wait = excess end
     if cost > 0 then
-      tat = tat + cost * interval
-      local excess = tat - now - tau
-      if excess > eps and excess > wait then wait = excess end
       out[m + 1] = ARGV[j - 1]
       out[m + 2] = string.format('%.17g', tat)
       m = m + 2

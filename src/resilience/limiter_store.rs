@@ -271,10 +271,7 @@ impl StoreLimiter {
         key: &str,
         costs: &[u64],
     ) -> Result<Verdict<Decision>, StoreError> {
-        let result = self
-            .remote
-            .try_acquire_async(&self.store, key, costs)
-            .await;
+        let result = self.remote.try_acquire_async(&self.store, key, costs).await;
         self.settle(key, costs, result)
     }
 

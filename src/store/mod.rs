@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
-use redis::cluster_routing::RoutingInfo;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::RoutingInfo;
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, ToRedisArgs, Value};
 use tokio::runtime::{Handle, Runtime};
 
@@ -157,12 +157,19 @@ impl Conn {
     }
 
     /// `route` picks a cluster node (a single server ignores it).
-    async fn send_to(&mut self, cmd: &Cmd, route: Option<&RoutingInfo>) -> redis::RedisResult<Value> {
+    async fn send_to(
+        &mut self,
+        cmd: &Cmd,
+        route: Option<&RoutingInfo>,
+    ) -> redis::RedisResult<Value> {
         // Error replies arrive as `Value::ServerError`: make them errors.
         match (self, route) {
             (Conn::Single(c), _) => c.req_packed_command(cmd).await?.extract_error(),
             (Conn::Cluster(c), None) => c.req_packed_command(cmd).await?.extract_error(),
-            (Conn::Cluster(c), Some(r)) => c.route_command(cmd.clone(), r.clone()).await?.extract_error(),
+            (Conn::Cluster(c), Some(r)) => c
+                .route_command(cmd.clone(), r.clone())
+                .await?
+                .extract_error(),
         }
     }
 }

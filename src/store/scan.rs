@@ -36,7 +36,9 @@ impl Store {
     /// One slot served by each master (`CLUSTER SLOTS`): routing a command
     /// by that slot reaches that master.
     async fn master_slots(&self) -> Result<Vec<u16>, StoreError> {
-        let reply = self.query(&redis::cmd("CLUSTER").arg("SLOTS").clone()).await?;
+        let reply = self
+            .query(&redis::cmd("CLUSTER").arg("SLOTS").clone())
+            .await?;
         let bad = || StoreError::Reply(format!("unexpected CLUSTER SLOTS reply {reply:?}"));
         let Value::Array(ranges) = &reply else {
             return Err(bad());
@@ -82,10 +84,14 @@ impl Store {
                 .arg(SCAN_COUNT);
             let reply = self.query_routed(&cmd, route).await?;
             let Value::Array(reply) = reply else {
-                return Err(StoreError::Reply(format!("unexpected SCAN reply {reply:?}")));
+                return Err(StoreError::Reply(format!(
+                    "unexpected SCAN reply {reply:?}"
+                )));
             };
             let [Value::BulkString(next), Value::Array(batch)] = reply.as_slice() else {
-                return Err(StoreError::Reply(format!("unexpected SCAN reply {reply:?}")));
+                return Err(StoreError::Reply(format!(
+                    "unexpected SCAN reply {reply:?}"
+                )));
             };
             keys.extend(batch.iter().filter_map(|k| match k {
                 Value::BulkString(b) => Some(b.clone()),
