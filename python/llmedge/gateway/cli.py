@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Any
 
+import llmedge
+
 #: The distributions of ``llmedge[service]`` by the module they provide.
 SERVICE_MODULES = {
     "fastapi": "fastapi",
@@ -45,7 +47,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--upstream",
         action="append",
         metavar="URL",
-        help="an OpenAI-compatible base URL such as http://127.0.0.1:8001/v1; repeat for "
+        help="an OpenAI-compatible base URL such as http://127.0.0.1:8001/v1, optionally "
+        "labelled (primary=http://...: clients see the label, never the URL); repeat for "
         "fallbacks, in order of preference (env LLMEDGE_UPSTREAMS, comma-separated)",
     )
     serve.add_argument(
@@ -99,6 +102,26 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _preflight(settings: Any) -> None:
+    """What ``create_app`` would fail on in every worker, checked once here so
+    that it ends with a message and exit status 2 instead of a traceback:
+    a malformed Redis URL, an embeddings endpoint that does not embed, a
+    sentence-transformers embedder without its package."""
+    if settings.redis_url is not None:
+        llmedge.RedisStore(settings.redis_url, timeout=settings.redis_timeout).close()
+    kind = settings.embedder.partition(":")[0]
+    has_st = importlib.util.find_spec("sentence_transformers") is not None
+    if kind == "sentence-transformers" and not has_st:
+        raise ValueError(
+            f"LLMEDGE_EMBEDDER={settings.embedder!r} needs sentence-transformers: "
+            "pip install 'llmedge[sentence-transformers]'"
+        )
+    if kind == "openai":
+        from llmedge.gateway.backends import make_embedder
+
+        make_embedder(settings).close()
+
+
 def main(args: argparse.Namespace) -> int:
     missing = missing_service_modules()
     if missing:
@@ -121,8 +144,10 @@ def main(args: argparse.Namespace) -> int:
     from llmedge.gateway import Settings
 
     try:
-        Settings.from_env().validate()
-    except (ValueError, KeyError) as exc:
+        settings = Settings.from_env()
+        settings.validate()
+        _preflight(settings)
+    except (ValueError, KeyError, OSError, llmedge.StoreError) as exc:
         return _fail(str(exc))
     if args.workers == 1:
         import uvicorn
@@ -134,12 +159,13 @@ def main(args: argparse.Namespace) -> int:
             port=args.port,
             log_level=args.log_level,
             access_log=args.log_level == "debug",
+            http="llmedge.gateway.server:HeaderTimeoutProtocol",  # refuses slow-loris clients
         )
         return 0
     bind = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     argv = [
         sys.executable, "-m", "gunicorn",
-        "-k", "uvicorn.workers.UvicornWorker",
+        "-k", "llmedge.gateway.worker.UvicornWorker",
         "-w", str(args.workers),
         "-b", bind,
         "--log-level", args.log_level,
