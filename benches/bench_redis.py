@@ -20,7 +20,7 @@ p50/p99 are recorded beside. llmedge's rows also carry interleaved ratios
 ``correct``: the implementation admitted exactly 10 of 15 immediate calls on a
 fresh key limited to 10 per hour (sync and asyncio).
 
-Run: ``python -m llmedge bench redis`` (or ``pytest benches/bench_redis.py
+Run: ``python benches/run.py redis`` (or ``pytest benches/bench_redis.py
 --benchmark-enable``).
 """
 

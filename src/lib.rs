@@ -27,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     py::circuit_breaker::register(m)?;
     py::rate_limiter::register(m)?;
     py::redis_store::register(m)?;
+    py::loop_bridge::register(m)?;
     py::retry::register(m)?;
     py::route_selector::register(m)?;
     py::guard::register(m)?;

@@ -9,6 +9,7 @@ deadline; no assertion depends on how fast the machine is.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 import threading
 
@@ -18,6 +19,7 @@ from docs_text import docs_text
 from store_support import answers, wait_for
 
 from llmedge import MultiRateLimiter, RateLimiter, RateLimitExceeded, RedisStore, StoreError
+from llmedge.store import loop_bridge
 
 HOUR = 3600.0
 
@@ -233,3 +235,96 @@ def test_the_readme_example_runs(redis_server, capsys):
     assert out[0] == str([True] * 5 + [False])
     assert "'shared': True" in out[1] and "'fallbacks': 0" in out[1]
     assert out[2] == "True 1"
+
+
+class _CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A default executor that records whether anything ran in it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=2)
+        self.submitted = 0
+
+    def submit(self, *args, **kwargs):
+        self.submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+async def _granted(acquire) -> bool:
+    try:
+        return await acquire()
+    except RateLimitExceeded as exc:
+        assert exc.retry_after > 0
+        return False
+
+
+def test_acquire_async_is_resolved_by_the_store_without_an_executor(store):
+    limiter = RateLimiter(1, HOUR, burst=3, store=store, name="bridge", deny_cache=False)
+    limits = {"requests": (2, HOUR), "tokens": (100, HOUR)}
+    multi = MultiRateLimiter(limits, store=store, name="bridge-m")
+    executor = _CountingExecutor()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(executor)
+        one = [_granted(lambda: limiter.acquire_async("k", timeout=0)) for _ in range(5)]
+        assert sum(await asyncio.gather(*one)) == 3
+        assert await _granted(lambda: multi.acquire_async("k", timeout=0, requests=1, tokens=60))
+        assert not await _granted(lambda: multi.acquire_async("k", timeout=0, tokens=60))
+        assert await _granted(lambda: multi.acquire_async("k", timeout=0, requests=1, tokens=40))
+        with pytest.raises(ValueError, match="unknown limit"):
+            await multi.acquire_async("k", words=1)
+        with pytest.raises(ValueError, match="cost must be"):
+            await limiter.acquire_async("k", cost=-1)
+        # A cancelled attempt leaves nothing behind; the next ones still work.
+        task = asyncio.ensure_future(limiter.acquire_async("other"))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await limiter.acquire_async("third", timeout=0)
+        bridge = loop_bridge(loop)
+        assert bridge is not None
+        assert bridge.pending() == 0 and "pending=0" in repr(bridge)
+
+    asyncio.run(main())
+    executor.shutdown()
+    assert executor.submitted == 0, "attempts ran in the executor"
+    assert limiter.metrics()["decisions"] == 5 + 2
+    assert multi.available("k") == {"requests": 0, "tokens": 0}
+
+
+def test_acquire_async_falls_back_locally_on_the_loop(redis_server):
+    store = RedisStore(redis_server.url, timeout=0.2, connect_timeout=0.2)
+    clock = FakeClock()
+    limiter = RateLimiter(10, HOUR, store=store, name="fa", local_share=2, clock=clock)
+
+    async def main() -> list[bool]:
+        return [await _granted(lambda: limiter.acquire_async("k", timeout=0)) for _ in range(7)]
+
+    redis_server.kill()
+    assert asyncio.run(main()) == [True] * 5 + [False] * 2
+    assert limiter.metrics()["fallbacks"] == 7
+    store.close()
+
+
+class _NoReaderLoop(asyncio.SelectorEventLoop):
+    def add_reader(self, *args, **kwargs):
+        raise NotImplementedError
+
+
+def test_acquire_async_uses_the_executor_where_the_loop_cannot_watch_a_socket(store):
+    limiter = RateLimiter(1, HOUR, burst=2, store=store, name="noreader")
+    loop = _NoReaderLoop()
+    executor = _CountingExecutor()
+    loop.set_default_executor(executor)
+
+    async def attempts() -> list[bool]:
+        return [await _granted(lambda: limiter.acquire_async("k", timeout=0)) for _ in range(3)]
+
+    try:
+        assert loop.run_until_complete(attempts()) == [True, True, False]
+        assert loop_bridge(loop) is None
+    finally:
+        loop.close()
+        executor.shutdown()
+    assert executor.submitted == 3

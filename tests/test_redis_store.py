@@ -62,6 +62,26 @@ def test_bad_arguments_name_the_value():
         RedisStore("redis://localhost", connect_timeout=float("nan"))
     with pytest.raises(ValueError, match="exactly one URL"):
         RedisStore(["redis://a:1", "redis://b:2"], cluster=False)
+    for bad in (0, 0.001, -1.0, float("inf"), 7200):
+        with pytest.raises(ValueError, match="health_interval must be a number of seconds"):
+            RedisStore("redis://localhost", health_interval=bad)
+
+
+def test_the_heartbeat_notices_a_lost_server_without_any_call(redis_server):
+    store = RedisStore(redis_server.url, timeout=0.2, connect_timeout=0.2, health_interval=0.05)
+    assert store.health_interval == 0.05
+    assert store.health()["connected"] is True
+    calls = store.metrics()["calls"]
+    redis_server.kill()
+    # health() makes no call: only the heartbeat can see the server go
+    wait_for(lambda: not store.health()["connected"], "the heartbeat to notice the loss")
+    assert store.health()["last_error"]
+    assert "connected=False" in repr(store)
+    redis_server.start()
+    wait_for(lambda: store.health()["connected"], "the reconnect")
+    assert store.metrics()["calls"] == calls, "heartbeats are not counted as calls"
+    assert store.metrics()["reconnects"] == 1
+    store.close()
 
 
 def test_wrong_password_fails_at_construction_without_showing_it():
@@ -145,7 +165,11 @@ def test_aping_does_not_block_the_loop(redis_server):
     store = RedisStore(redis_server.url, timeout=0.5)
 
     async def main() -> list[float]:
-        return await asyncio.gather(*(store.aping() for _ in range(20)))
+        rtts = await asyncio.gather(*(store.aping() for _ in range(20)))
+        store.close()
+        with pytest.raises(StoreError, match="closed"):
+            await store.aping()
+        return rtts
 
     assert all(rtt > 0 for rtt in asyncio.run(main()))
 
@@ -182,3 +206,21 @@ def test_cluster(redis_cluster):
         assert multi.try_acquire(key, requests=1, tokens=600)
         assert not multi.try_acquire(key, requests=1, tokens=600)
         assert multi.available(key) == {"requests": 1, "tokens": 400}
+
+
+def test_len_and_clear_on_a_cluster_walk_every_master(redis_cluster):
+    store = RedisStore(redis_cluster.urls, timeout=0.5)
+    limiter = llmedge.RateLimiter(1, 3600.0, burst=2, store=store, name="scan")
+    other = llmedge.RateLimiter(1, 3600.0, burst=2, store=store, name="kept")
+    keys = [f"user-{i}" for i in range(60)]
+    for key in keys:
+        assert limiter.try_acquire(key)
+    assert other.try_acquire("x")
+    owners = {redis_cluster.node_for_key(f"llmedge:rl:scan:{{{k}}}").port for k in keys}
+    assert len(owners) == 3, "the keys should live on every master"
+    assert len(limiter) == 60
+    limiter.clear()
+    assert len(limiter) == 0
+    assert all(limiter.available(k) == 2 for k in keys[:5])
+    assert len(other) == 1, "another limiter's keys are kept"
+    store.close()

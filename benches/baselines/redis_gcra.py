@@ -41,8 +41,9 @@ class _Config:
         return [f"{self.prefix}{{{key}}}"]
 
     def args(self, cost: int) -> list[Any]:
-        # mode, now ("": the server's TIME), one limit: field, interval, tau, cost
-        return ["acquire", "", 1, "tat", f"{self.interval:.17e}", f"{self.tau:.17e}", cost]
+        # mode ("a": acquire), now ("": the server's TIME), one limit: field,
+        # interval, tau, cost
+        return ["a", "", "tat", f"{self.interval:.17e}", f"{self.tau:.17e}", cost]
 
 
 class RedisGCRA:
@@ -53,8 +54,8 @@ class RedisGCRA:
         self.script = client.register_script(gcra_lua())
 
     def try_acquire(self, key: str, cost: int = 1) -> bool:
-        allowed, _ = self.script(keys=self.config.keys(key), args=self.config.args(cost))
-        return allowed == 1
+        # 0: allowed; otherwise the wait in nanoseconds
+        return self.script(keys=self.config.keys(key), args=self.config.args(cost)) == 0
 
 
 class AsyncRedisGCRA:
@@ -65,5 +66,5 @@ class AsyncRedisGCRA:
         self.script = client.register_script(gcra_lua())
 
     async def try_acquire(self, key: str, cost: int = 1) -> bool:
-        allowed, _ = await self.script(keys=self.config.keys(key), args=self.config.args(cost))
-        return allowed == 1
+        wait = await self.script(keys=self.config.keys(key), args=self.config.args(cost))
+        return wait == 0

@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 from llmedge import _core
 from llmedge.errors import CircuitOpenError, RateLimitExceeded
+from llmedge.store import loop_bridge
 
 __all__ = [
     "CircuitBreaker",
@@ -359,14 +360,28 @@ def _check_timeout(timeout: float | None) -> None:
 
 
 async def _wait_async(
-    attempt: Callable[[], float], key: str, timeout: float | None, shared: bool = False
+    attempt: Callable[[], float],
+    attempt_async: Callable[[_core._LoopBridge], float | asyncio.Future[float]],
+    key: str,
+    timeout: float | None,
+    shared: bool = False,
 ) -> bool:
     _check_timeout(timeout)
     loop = asyncio.get_running_loop()
     start = loop.time()
+    # With a store each attempt is a Redis round trip, never on the event loop:
+    # the store's runtime resolves a future of this loop (or, where the loop
+    # cannot watch a descriptor, the attempt runs in the default executor).
+    bridge = loop_bridge(loop) if shared else None
     while True:
-        # With a store each attempt is a Redis round trip: off the event loop.
-        wait = await loop.run_in_executor(None, attempt) if shared else attempt()
+        if bridge is not None:
+            wait = attempt_async(bridge)
+            if not isinstance(wait, float):
+                wait = await wait
+        elif shared:
+            wait = await loop.run_in_executor(None, attempt)
+        else:
+            wait = attempt()
         if wait == 0.0:
             return True
         if timeout is not None and wait > timeout - (loop.time() - start):
@@ -394,7 +409,13 @@ class RateLimiter(_core.RateLimiter):
         """Waits with ``asyncio.sleep`` (never blocking the loop) until ``cost``
         units are granted; RateLimitExceeded as soon as the wait would pass
         ``timeout``."""
-        return await _wait_async(lambda: self._try_or_wait(key, cost), key, timeout, self.shared)
+        return await _wait_async(
+            lambda: self._try_or_wait(key, cost),
+            lambda bridge: self._try_or_wait_async(bridge, key, cost),
+            key,
+            timeout,
+            self.shared,
+        )
 
     @classmethod
     def multi(
@@ -420,4 +441,10 @@ class MultiRateLimiter(_core.MultiRateLimiter):
         self, key: str = "", *, timeout: float | None = None, **costs: int
     ) -> bool:
         """Waits with ``asyncio.sleep`` until every named cost is granted at once."""
-        return await _wait_async(lambda: self._try_or_wait(key, costs), key, timeout, self.shared)
+        return await _wait_async(
+            lambda: self._try_or_wait(key, costs),
+            lambda bridge: self._try_or_wait_async(bridge, key, costs),
+            key,
+            timeout,
+            self.shared,
+        )

@@ -10,6 +10,7 @@ pub mod errors;
 pub mod guard;
 pub mod hashing_embedder;
 pub mod limiter_store;
+pub mod loop_bridge;
 pub mod messages;
 pub mod models;
 pub mod prompt_optimizer;

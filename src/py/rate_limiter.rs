@@ -2,17 +2,20 @@
 //! in `llmedge.resilience`, which adds `acquire_async`). Both bind the same
 //! GCRA core: one limit, or several charged all or nothing.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyTuple};
 
 use crate::py::clock::Clock;
 use crate::py::errors::{rate_limit_exceeded, value_error};
 use crate::py::limiter_store::{self, limiter_error, StoreArgs};
+use crate::py::loop_bridge::LoopBridge;
 use crate::resilience::{Decision, Gcra, Limit, StoreLimiter, Verdict};
+use crate::store::StoreError;
 
 fn to_max_keys(v: i64) -> PyResult<usize> {
     usize::try_from(v)
@@ -39,7 +42,7 @@ struct Shared {
     core: Mutex<Gcra>,
     clock: Clock,
     /// With a store: decisions in Redis; `core` is then the local fallback.
-    remote: Option<StoreLimiter>,
+    remote: Option<Arc<StoreLimiter>>,
 }
 
 /// Costs the local fallback can grant: a cost valid for the shared burst may
@@ -60,20 +63,63 @@ impl Shared {
     fn try_acquire(&self, py: Python<'_>, key: &str, costs: &[u64]) -> PyResult<Decision> {
         if let Some(remote) = &self.remote {
             remote.validate_costs(costs).map_err(value_error)?;
-            match py.detach(|| remote.try_acquire(key, costs)) {
-                Ok(Verdict::Decided(d)) => return Ok(d),
-                Ok(Verdict::Local) => {}
-                Err(e) => return Err(limiter_error(py, key, e)),
-            }
-            let now = self.now(py)?;
-            let mut core = self.core.lock();
-            let costs = clamp_costs(&core, costs);
-            return Ok(core.try_acquire(key, &costs, now));
+            let verdict = py.detach(|| remote.try_acquire(key, costs));
+            return self.settle(py, key, costs, verdict);
         }
         let now = self.now(py)?;
         let mut core = self.core.lock();
         core.validate_costs(costs).map_err(value_error)?;
         Ok(core.try_acquire(key, costs, now))
+    }
+
+    /// The decision from Redis or its policy, or from the local fallback.
+    fn settle(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        costs: &[u64],
+        verdict: Result<Verdict<Decision>, StoreError>,
+    ) -> PyResult<Decision> {
+        match verdict {
+            Ok(Verdict::Decided(d)) => Ok(d),
+            Ok(Verdict::Local) => {
+                let now = self.now(py)?;
+                let mut core = self.core.lock();
+                let costs = clamp_costs(&core, costs);
+                Ok(core.try_acquire(key, &costs, now))
+            }
+            Err(e) => Err(limiter_error(py, key, e)),
+        }
+    }
+
+    /// `try_or_wait` for a coroutine on `bridge`'s loop: the wait (a float)
+    /// when it is known at once (no store, or the deny cache), else a future
+    /// of that loop that the store's runtime resolves with it.
+    fn try_or_wait_async<'py>(
+        self: &Arc<Self>,
+        py: Python<'py>,
+        bridge: &Bound<'py, LoopBridge>,
+        key: &str,
+        costs: Vec<u64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(remote) = &self.remote else {
+            let wait = self.try_or_wait(py, key, &costs)?;
+            return Ok(PyFloat::new(py, wait).into_any());
+        };
+        remote.validate_costs(&costs).map_err(value_error)?;
+        if let Some(d) = remote.denied_locally(key, &costs) {
+            return Ok(PyFloat::new(py, wait_of(d)).into_any());
+        }
+        let (future, completion) = bridge.get().start(py)?;
+        let (shared, remote, key) = (Arc::clone(self), Arc::clone(remote), key.to_owned());
+        remote.store().clone().spawn(async move {
+            let verdict = remote.try_acquire_remote(&key, &costs).await;
+            completion.finish(Box::new(move |py| {
+                let d = shared.settle(py, &key, &costs, verdict)?;
+                Ok(PyFloat::new(py, wait_of(d)).into_any().unbind())
+            }));
+        });
+        Ok(future)
     }
 
     /// Blocks (GIL released) until granted; RateLimitExceeded as soon as the
@@ -123,10 +169,7 @@ impl Shared {
     }
 
     fn try_or_wait(&self, py: Python<'_>, key: &str, costs: &[u64]) -> PyResult<f64> {
-        Ok(match self.try_acquire(py, key, costs)? {
-            Decision::Allowed => 0.0,
-            Decision::Denied { retry_after } => retry_after,
-        })
+        Ok(wait_of(self.try_acquire(py, key, costs)?))
     }
 
     fn len(&self, py: Python<'_>) -> PyResult<usize> {
@@ -173,6 +216,14 @@ impl Shared {
     }
 }
 
+/// Seconds to wait before `d` could change: 0.0 when granted.
+fn wait_of(d: Decision) -> f64 {
+    match d {
+        Decision::Allowed => 0.0,
+        Decision::Denied { retry_after } => retry_after,
+    }
+}
+
 fn fmt_num(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{}", v as i64)
@@ -184,7 +235,7 @@ fn fmt_num(v: f64) -> String {
 /// A keyed GCRA limiter: `rate` units per `per` seconds, bursts of `burst`.
 #[pyclass(frozen, subclass, module = "llmedge._core")]
 pub struct RateLimiter {
-    shared: Shared,
+    shared: Arc<Shared>,
     burst: u64,
 }
 
@@ -232,11 +283,11 @@ impl RateLimiter {
         let (remote, local) = limiter_store::attach(sharing, vec![limit], max_keys)?;
         let core = Gcra::new(local, max_keys).map_err(value_error)?;
         Ok(RateLimiter {
-            shared: Shared {
+            shared: Arc::new(Shared {
                 core: Mutex::new(core),
                 clock,
-                remote,
-            },
+                remote: remote.map(Arc::new),
+            }),
             burst,
         })
     }
@@ -326,13 +377,27 @@ impl RateLimiter {
 
     /// {"shared", "store_errors", "fallbacks", "deny_cache_hits", "decisions"}
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        limiter_store::metrics(py, self.shared.remote.as_ref())
+        limiter_store::metrics(py, self.shared.remote.as_deref())
     }
 
     #[pyo3(signature = (key, cost))]
     fn _try_or_wait(&self, py: Python<'_>, key: &str, cost: i64) -> PyResult<f64> {
         let cost = to_cost("cost", cost)?;
         self.shared.try_or_wait(py, key, &[cost])
+    }
+
+    /// `_try_or_wait` without blocking the loop: a float, or a future of
+    /// `bridge`'s loop that resolves to it.
+    #[pyo3(signature = (bridge, key, cost))]
+    fn _try_or_wait_async<'py>(
+        &self,
+        py: Python<'py>,
+        bridge: &Bound<'py, LoopBridge>,
+        key: &str,
+        cost: i64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let cost = to_cost("cost", cost)?;
+        self.shared.try_or_wait_async(py, bridge, key, vec![cost])
     }
 
     /// Keys that carry state (idle keys are dropped first).
@@ -342,7 +407,7 @@ impl RateLimiter {
 
     fn __repr__(&self) -> String {
         let core = self.shared.core.lock();
-        let remote = self.shared.remote.as_ref();
+        let remote = self.shared.remote.as_deref();
         let l = remote.map_or(&core.limits()[0], |r| &r.limits()[0]);
         format!(
             "RateLimiter(rate={}, per={}, burst={}, max_keys={}, keys={}{})",
@@ -359,7 +424,7 @@ impl RateLimiter {
 /// Several limits per key (requests and tokens per minute), charged together.
 #[pyclass(frozen, subclass, module = "llmedge._core")]
 pub struct MultiRateLimiter {
-    shared: Shared,
+    shared: Arc<Shared>,
     names: Vec<String>,
 }
 
@@ -470,11 +535,11 @@ impl MultiRateLimiter {
         let (remote, local) = limiter_store::attach(sharing, parsed, max_keys)?;
         let core = Gcra::new(local, max_keys).map_err(value_error)?;
         Ok(MultiRateLimiter {
-            shared: Shared {
+            shared: Arc::new(Shared {
                 core: Mutex::new(core),
                 clock,
-                remote,
-            },
+                remote: remote.map(Arc::new),
+            }),
             names,
         })
     }
@@ -572,7 +637,7 @@ impl MultiRateLimiter {
 
     /// {"shared", "store_errors", "fallbacks", "deny_cache_hits", "decisions"}
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        limiter_store::metrics(py, self.shared.remote.as_ref())
+        limiter_store::metrics(py, self.shared.remote.as_deref())
     }
 
     #[pyo3(signature = (key, costs))]
@@ -586,13 +651,25 @@ impl MultiRateLimiter {
         self.shared.try_or_wait(py, key, &costs)
     }
 
+    #[pyo3(signature = (bridge, key, costs))]
+    fn _try_or_wait_async<'py>(
+        &self,
+        py: Python<'py>,
+        bridge: &Bound<'py, LoopBridge>,
+        key: &str,
+        costs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let costs = self.costs(costs)?;
+        self.shared.try_or_wait_async(py, bridge, key, costs)
+    }
+
     fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
         self.shared.len(py)
     }
 
     fn __repr__(&self) -> String {
         let core = self.shared.core.lock();
-        let remote = self.shared.remote.as_ref();
+        let remote = self.shared.remote.as_deref();
         let parts: Vec<String> = remote
             .map_or(core.limits(), |r| r.limits())
             .iter()

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
 
 use crate::py::errors::{store_unusable, type_error, value_error};
+use crate::py::loop_bridge::LoopBridge;
 use crate::store::{Counters, Store, StoreConfig, StoreError};
 
 /// A `StoreError` as a Python exception: configuration problems are
@@ -63,7 +64,8 @@ impl RedisStore {
 impl RedisStore {
     #[new]
     #[pyo3(signature = (
-        url = None, *, key_prefix = "llmedge:", timeout = 0.05, connect_timeout = 1.0, cluster = None
+        url = None, *, key_prefix = "llmedge:", timeout = 0.05, connect_timeout = 1.0,
+        cluster = None, health_interval = 1.0
     ))]
     fn new(
         py: Python<'_>,
@@ -72,12 +74,14 @@ impl RedisStore {
         timeout: f64,
         connect_timeout: f64,
         cluster: Option<bool>,
+        health_interval: f64,
     ) -> PyResult<Self> {
         let urls = match url {
             None => vec!["redis://localhost:6379/0".to_owned()],
             Some(u) => to_urls(u)?,
         };
         let config = StoreConfig::new(urls, cluster, key_prefix, timeout, connect_timeout)
+            .and_then(|c| c.with_health_interval(health_interval))
             .map_err(value_error)?;
         let store = py
             .detach(|| Store::connect(config))
@@ -93,7 +97,27 @@ impl RedisStore {
             .map_err(|e| store_error(py, e))
     }
 
-    /// Connection state, last error, round-trip percentiles and counters.
+    /// `ping` for a coroutine: a future of `bridge`'s loop that the store's
+    /// runtime resolves.
+    fn _ping_async<'py>(
+        &self,
+        py: Python<'py>,
+        bridge: &Bound<'py, LoopBridge>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (future, completion) = bridge.get().start(py)?;
+        let store = Arc::clone(&self.store);
+        self.store.spawn(async move {
+            let rtt = store.ping().await;
+            completion.finish(Box::new(move |py| match rtt {
+                Ok(d) => Ok(PyFloat::new(py, d.as_secs_f64()).into_any().unbind()),
+                Err(e) => Err(store_error(py, e)),
+            }));
+        });
+        Ok(future)
+    }
+
+    /// Connection state (checked by a heartbeat every `health_interval`
+    /// seconds while idle), last error, round-trip percentiles and counters.
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let h = self.store.health();
         let d = PyDict::new(py);
@@ -141,6 +165,12 @@ impl RedisStore {
     #[getter]
     fn cluster(&self) -> bool {
         self.store.config().cluster
+    }
+
+    /// Seconds between the heartbeat PINGs of an idle connection.
+    #[getter]
+    fn health_interval(&self) -> f64 {
+        self.store.config().health_interval.as_secs_f64()
     }
 
     fn __repr__(&self) -> String {

@@ -23,81 +23,129 @@ use redis::Value;
 use super::limiter::{Decision, Limit};
 use crate::store::{check_key_part, Script, Store, StoreError};
 
-/// ARGV: mode, now (µs, or "" for the server's TIME), limit count, then per
-/// limit: field, interval (µs), tau (µs), cost (or burst, for "avail").
-/// Returns {allowed, wait µs as a string, available per limit (mode "avail")}.
+/// ARGV: mode ("a" acquire, "p" peek, "v" available), now (µs, or "" for
+/// the server's TIME), then per limit: field, interval (µs), tau (µs), cost
+/// (or burst, for "v"). Returns 0 (allowed), the wait in nanoseconds (an
+/// integer > 0), or for "v" the units available per limit.
+///
+/// Every Redis command inside a script costs server time that each caller
+/// waits for: one read (HGET, or HMGET for several limits), and on a charge
+/// one HSET of the charged fields and one PEXPIRE. The reply is one integer.
 const GCRA_LUA: &str = r#"
-local mode = ARGV[1]
-local now
-if ARGV[2] == '' then
+local now = ARGV[2]
+if now == '' then
   local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  now = t[1] * 1000000 + t[2]
 else
-  now = tonumber(ARGV[2])
+  now = tonumber(now)
 end
-local n = tonumber(ARGV[3])
-local fields = {}
-for i = 1, n do fields[i] = ARGV[4 * i] end
-local stored = redis.call('HMGET', KEYS[1], unpack(fields))
+local key = KEYS[1]
+local n = (#ARGV - 2) / 4
+local stored
+if n == 1 then
+  stored = {redis.call('HGET', key, ARGV[3])}
+else
+  local fields = {}
+  for i = 1, n do fields[i] = ARGV[4 * i - 1] end
+  stored = redis.call('HMGET', key, unpack(fields))
+end
 -- Sums of float intervals drift by a few ulps: the same slack as in process.
-local eps = math.max(1e-3, now * 1e-15)
-local tats = {}
+local eps = now * 1e-15
+if eps < 1e-3 then eps = 1e-3 end
+local mode = ARGV[1]
+local wait, latest, m = 0, now, 0
+local out = {}
 for i = 1, n do
+  local j = 4 * i
   local tat = now
   if stored[i] then
     local v = tonumber(stored[i])
     if v == nil then
-      return redis.error_reply('LLMEDGE field ' .. fields[i] .. ' of key ' .. KEYS[1] ..
+      return redis.error_reply('LLMEDGE field ' .. ARGV[j - 1] .. ' of key ' .. key ..
         ' holds ' .. string.format('%q', string.sub(stored[i], 1, 40)) .. ', not a rate limiter TAT')
     end
     if v > now then tat = v end
   end
-  tats[i] = tat
-end
-if mode == 'avail' then
-  local out = {1, '0'}
-  for i = 1, n do
-    local interval = tonumber(ARGV[4 * i + 1])
-    local tau = tonumber(ARGV[4 * i + 2])
-    local burst = tonumber(ARGV[4 * i + 3])
-    local credit = math.floor((tau - (tats[i] - now) + eps) / interval)
-    if credit < 0 then credit = 0 end
-    if credit > burst then credit = burst end
-    out[i + 2] = credit
+  local interval, tau, cost = tonumber(ARGV[j]), tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
+  if mode == 'v' then
+    local credit = math.floor((tau - (tat - now) + eps) / interval)
+    if credit < 0 then credit = 0 elseif credit > cost then credit = cost end
+    out[i] = credit
+  else
+    tat = tat + cost * interval
+    local excess = tat - now - tau
+    if excess > eps and excess > wait then wait = excess end
+    if cost > 0 then
+      out[m + 1] = ARGV[j - 1]
+      out[m + 2] = string.format('%.17g', tat)
+      m = m + 2
+    end
+    if tat > latest then latest = tat end
   end
-  return out
 end
-local wait = 0
-local new = {}
-local latest = now
-local charged = false
-for i = 1, n do
-  local interval = tonumber(ARGV[4 * i + 1])
-  local tau = tonumber(ARGV[4 * i + 2])
-  local cost = tonumber(ARGV[4 * i + 3])
-  local new_tat = tats[i] + cost * interval
-  local excess = new_tat - now - tau
-  if excess > eps and excess > wait then wait = excess end
-  new[i] = new_tat
-  if cost > 0 then charged = true end
-  if new_tat > latest then latest = new_tat end
+if mode == 'v' then return out end
+if wait > 0 then
+  if wait > 9e15 then wait = 9e15 end
+  return math.ceil(wait * 1000)
 end
-if wait > 0 then return {0, string.format('%.17g', wait)} end
-if mode == 'acquire' and charged then
-  local args = {}
-  for i = 1, n do
-    args[2 * i - 1] = fields[i]
-    args[2 * i] = string.format('%.17g', new[i])
-  end
-  redis.call('HSET', KEYS[1], unpack(args))
-  redis.call('PEXPIRE', KEYS[1], math.ceil((latest - now) / 1000) + 1)
+if mode == 'a' and m > 0 then
+  redis.call('HSET', key, unpack(out))
+  redis.call('PEXPIRE', key, math.ceil((latest - now) / 1000) + 1)
 end
-return {1, '0'}
+return 0
 "#;
 
 fn script() -> &'static Script {
     static SCRIPT: OnceLock<Script> = OnceLock::new();
     SCRIPT.get_or_init(|| Script::new(GCRA_LUA))
+}
+
+/// What the script does.
+#[derive(Clone, Copy)]
+enum Mode {
+    Acquire,
+    Peek,
+    Available,
+}
+
+impl Mode {
+    fn arg(self) -> &'static str {
+        match self {
+            Mode::Acquire => "a",
+            Mode::Peek => "p",
+            Mode::Available => "v",
+        }
+    }
+}
+
+/// One script call: the Redis key and the ARGV.
+struct Request {
+    key: String,
+    args: Vec<String>,
+}
+
+impl Request {
+    fn decide_blocking(&self, store: &Store) -> Result<Decision, StoreError> {
+        self.decision(store.eval_blocking(script(), &[self.key.as_str()], &self.args)?)
+    }
+
+    /// 0: allowed; n > 0: denied for n nanoseconds.
+    fn decision(&self, reply: Value) -> Result<Decision, StoreError> {
+        match reply {
+            Value::Int(0) => Ok(Decision::Allowed),
+            Value::Int(ns) if ns > 0 => Ok(Decision::Denied {
+                retry_after: ns as f64 / 1e9,
+            }),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn unexpected(&self, reply: &Value) -> StoreError {
+        StoreError::Reply(format!(
+            "the rate limiter script answered {reply:?} for key {}",
+            self.key
+        ))
+    }
 }
 
 /// One limiter's view of Redis: its limits, its name and its key layout.
@@ -158,52 +206,25 @@ impl RedisGcra {
         store.key(&format!("rl:{}:{{{user_key}}}", self.name))
     }
 
-    fn args<'a>(&'a self, mode: &'a str, now_us: &'a str, counts: &'a [String]) -> Vec<&'a str> {
-        let mut args = Vec::with_capacity(3 + 4 * self.limits.len());
-        args.extend([mode, now_us, counts[0].as_str()]);
-        for (fixed, v) in self.static_args.iter().zip(&counts[1..]) {
-            args.extend(fixed.iter().map(String::as_str));
-            args.push(v);
-        }
-        args
-    }
-
-    fn run(
+    /// The key and ARGV of one script call.
+    fn request(
         &self,
         store: &Store,
         user_key: &str,
-        mode: &str,
+        mode: Mode,
         now_us: Option<f64>,
         per_limit: &[u64],
-    ) -> Result<Vec<Value>, StoreError> {
-        let key = self.key(store, user_key);
-        let now_us = now_us.map_or_else(String::new, |t| format!("{t:.17e}"));
-        // The limit count, then each limit's cost (or burst).
-        let counts: Vec<String> = std::iter::once(self.limits.len().to_string())
-            .chain(per_limit.iter().map(u64::to_string))
-            .collect();
-        let args = self.args(mode, &now_us, &counts);
-        match store.eval_blocking(script(), &[key.as_str()], &args)? {
-            Value::Array(items) if items.len() >= 2 => Ok(items),
-            other => Err(StoreError::Reply(format!(
-                "the rate limiter script answered {other:?} for key {key}"
-            ))),
+    ) -> Request {
+        let mut args = Vec::with_capacity(2 + 4 * self.limits.len());
+        args.push(mode.arg().to_owned());
+        args.push(now_us.map_or_else(String::new, |t| format!("{t:.17e}")));
+        for (fixed, v) in self.static_args.iter().zip(per_limit) {
+            args.extend(fixed.iter().cloned());
+            args.push(v.to_string());
         }
-    }
-
-    fn decision(items: &[Value]) -> Result<Decision, StoreError> {
-        match (&items[0], &items[1]) {
-            (Value::Int(1), _) => Ok(Decision::Allowed),
-            (Value::Int(0), Value::BulkString(w)) => std::str::from_utf8(w)
-                .ok()
-                .and_then(|s| s.parse::<f64>().ok())
-                .map(|us| Decision::Denied {
-                    retry_after: us / 1e6,
-                })
-                .ok_or_else(|| StoreError::Reply(format!("unexpected wait {w:?}"))),
-            (a, b) => Err(StoreError::Reply(format!(
-                "unexpected rate limiter reply {a:?}, {b:?}"
-            ))),
+        Request {
+            key: self.key(store, user_key),
+            args,
         }
     }
 
@@ -214,7 +235,20 @@ impl RedisGcra {
         user_key: &str,
         costs: &[u64],
     ) -> Result<Decision, StoreError> {
-        Self::decision(&self.run(store, user_key, "acquire", None, costs)?)
+        self.request(store, user_key, Mode::Acquire, None, costs)
+            .decide_blocking(store)
+    }
+
+    /// [`RedisGcra::try_acquire`] for a caller on the store's runtime.
+    pub async fn try_acquire_async(
+        &self,
+        store: &Store,
+        user_key: &str,
+        costs: &[u64],
+    ) -> Result<Decision, StoreError> {
+        let req = self.request(store, user_key, Mode::Acquire, None, costs);
+        let reply = store.eval(script(), &[req.key.as_str()], &req.args).await;
+        req.decision(reply?)
     }
 
     /// `try_acquire` at a given time (µs) instead of the server's: lets the
@@ -227,7 +261,8 @@ impl RedisGcra {
         costs: &[u64],
         now_us: f64,
     ) -> Result<Decision, StoreError> {
-        Self::decision(&self.run(store, user_key, "acquire", Some(now_us), costs)?)
+        self.request(store, user_key, Mode::Acquire, Some(now_us), costs)
+            .decide_blocking(store)
     }
 
     /// Seconds until `costs` could be charged (0.0: now); charges nothing.
@@ -237,12 +272,11 @@ impl RedisGcra {
         user_key: &str,
         costs: &[u64],
     ) -> Result<f64, StoreError> {
-        Ok(
-            match Self::decision(&self.run(store, user_key, "peek", None, costs)?)? {
-                Decision::Allowed => 0.0,
-                Decision::Denied { retry_after } => retry_after,
-            },
-        )
+        let req = self.request(store, user_key, Mode::Peek, None, costs);
+        Ok(match req.decide_blocking(store)? {
+            Decision::Allowed => 0.0,
+            Decision::Denied { retry_after } => retry_after,
+        })
     }
 
     /// Units of each limit `user_key` could spend now.
@@ -257,17 +291,19 @@ impl RedisGcra {
         now_us: Option<f64>,
     ) -> Result<Vec<u64>, StoreError> {
         let bursts: Vec<u64> = self.limits.iter().map(|l| l.burst).collect();
-        let items = self.run(store, user_key, "avail", now_us, &bursts)?;
-        items[2..]
-            .iter()
-            .map(|v| match v {
-                Value::Int(n) => u64::try_from(*n)
-                    .map_err(|_| StoreError::Reply(format!("negative availability {n}"))),
-                other => Err(StoreError::Reply(format!(
-                    "unexpected availability {other:?}"
-                ))),
-            })
-            .collect()
+        let req = self.request(store, user_key, Mode::Available, now_us, &bursts);
+        let reply = store.eval_blocking(script(), &[req.key.as_str()], &req.args)?;
+        let credits = match &reply {
+            Value::Array(items) if items.len() == self.limits.len() => items
+                .iter()
+                .map(|v| match v {
+                    Value::Int(n) => u64::try_from(*n).ok(),
+                    _ => None,
+                })
+                .collect::<Option<Vec<u64>>>(),
+            _ => None,
+        };
+        credits.ok_or_else(|| req.unexpected(&reply))
     }
 
     /// Forgets `user_key`; true if it carried state.
@@ -277,43 +313,9 @@ impl RedisGcra {
         Ok(matches!(store.query_blocking(&cmd)?, Value::Int(n) if n > 0))
     }
 
-    /// The keys of this limiter in Redis (SCAN; single servers only).
+    /// The keys of this limiter in Redis (on every master of a cluster).
     fn scan(&self, store: &Store) -> Result<Vec<Vec<u8>>, StoreError> {
-        if store.config().cluster {
-            return Err(StoreError::Reply(
-                "listing a limiter's keys is not supported on Redis Cluster \
-                 (reset(key) works on every deployment)"
-                    .into(),
-            ));
-        }
-        let pattern = store.key(&format!("rl:{}:*", glob_escape(&self.name)));
-        let mut keys = Vec::new();
-        let mut cursor = 0_u64;
-        loop {
-            let mut cmd = redis::cmd("SCAN");
-            cmd.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let Value::Array(reply) = store.query_blocking(&cmd)? else {
-                return Err(StoreError::Reply("unexpected SCAN reply".into()));
-            };
-            let [Value::BulkString(next), Value::Array(batch)] = reply.as_slice() else {
-                return Err(StoreError::Reply("unexpected SCAN reply".into()));
-            };
-            keys.extend(batch.iter().filter_map(|k| match k {
-                Value::BulkString(b) => Some(b.clone()),
-                _ => None,
-            }));
-            cursor = std::str::from_utf8(next)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .ok_or_else(|| StoreError::Reply("unexpected SCAN cursor".into()))?;
-            if cursor == 0 {
-                return Ok(keys);
-            }
-        }
+        store.scan_blocking(&store.key(&format!("rl:{}:*", glob_escape(&self.name))))
     }
 
     /// Keys of this limiter that carry state (idle ones have expired).

@@ -246,18 +246,42 @@ impl StoreLimiter {
             .fold(self.store.timeout().as_secs_f64(), f64::max)
     }
 
+    /// The deny cache's refusal of `costs` for `key`, if it has one (no
+    /// round trip; counted).
+    pub fn denied_locally(&self, key: &str, costs: &[u64]) -> Option<Decision> {
+        let deny = self.deny.as_ref()?;
+        let retry_after = deny.check(key, costs, self.store.connection_generation())?;
+        self.counts.deny_cache_hits.fetch_add(1, Relaxed);
+        Some(Decision::Denied { retry_after })
+    }
+
     /// Charges `costs` (validated) to `key` if every limit allows it.
     pub fn try_acquire(&self, key: &str, costs: &[u64]) -> Result<Verdict<Decision>, StoreError> {
-        let generation = self.store.connection_generation();
-        let cached = self
-            .deny
-            .as_ref()
-            .and_then(|d| d.check(key, costs, generation));
-        if let Some(retry_after) = cached {
-            self.counts.deny_cache_hits.fetch_add(1, Relaxed);
-            return Ok(Verdict::Decided(Decision::Denied { retry_after }));
+        if let Some(d) = self.denied_locally(key, costs) {
+            return Ok(Verdict::Decided(d));
         }
         let result = self.remote.try_acquire(&self.store, key, costs);
+        self.settle(key, costs, result)
+    }
+
+    /// [`StoreLimiter::try_acquire`] on the store's runtime, after the
+    /// caller has consulted [`StoreLimiter::denied_locally`].
+    pub async fn try_acquire_remote(
+        &self,
+        key: &str,
+        costs: &[u64],
+    ) -> Result<Verdict<Decision>, StoreError> {
+        let result = self.remote.try_acquire_async(&self.store, key, costs).await;
+        self.settle(key, costs, result)
+    }
+
+    /// Counts Redis' decision, remembers a refusal, applies the policy.
+    fn settle(
+        &self,
+        key: &str,
+        costs: &[u64],
+        result: Result<Decision, StoreError>,
+    ) -> Result<Verdict<Decision>, StoreError> {
         if let Ok(d) = &result {
             self.counts.decisions.fetch_add(1, Relaxed);
             if let (Decision::Denied { retry_after }, Some(cache)) = (d, &self.deny) {

@@ -17,7 +17,16 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// The longest one connection attempt waits (construction and reconnects).
     pub connect_timeout: Duration,
+    /// How often an idle connection is checked with a `PING`, so that
+    /// `health()` notices a lost server without any traffic.
+    pub health_interval: Duration,
 }
+
+/// The default of [`StoreConfig::health_interval`] (also in the binding's
+/// signature).
+const DEFAULT_HEALTH_INTERVAL: f64 = 1.0;
+/// Checking more often than this only loads the server.
+const MIN_HEALTH_INTERVAL: f64 = 0.01;
 
 const SCHEMES: &str = "redis://, rediss:// (TLS), unix:// or redis+unix://";
 const MAX_PREFIX_LEN: usize = 256;
@@ -70,7 +79,19 @@ impl StoreConfig {
             key_prefix: key_prefix.to_owned(),
             timeout: seconds("timeout", timeout)?,
             connect_timeout: seconds("connect_timeout", connect_timeout)?,
+            health_interval: Duration::from_secs_f64(DEFAULT_HEALTH_INTERVAL),
         })
+    }
+
+    /// Sets the heartbeat interval (seconds, 0.01 to 3600).
+    pub fn with_health_interval(mut self, interval: f64) -> Result<StoreConfig, String> {
+        if !(interval.is_finite() && (MIN_HEALTH_INTERVAL..=3600.0).contains(&interval)) {
+            return Err(format!(
+                "health_interval must be a number of seconds >= {MIN_HEALTH_INTERVAL} and <= 3600, got {interval}"
+            ));
+        }
+        self.health_interval = Duration::from_secs_f64(interval);
+        Ok(self)
     }
 
     /// The URLs with passwords replaced by `***`, for reprs, health and errors.
@@ -294,6 +315,14 @@ mod tests {
                 StoreConfig::new(vec!["redis://h".into()], None, "", t, 1.0).expect_err("timeout");
             assert!(err.contains("timeout must be"), "{err}");
         }
+        for t in [0.0, 0.001, -1.0, f64::NAN, 7200.0] {
+            let err = one("redis://h")
+                .and_then(|c| c.with_health_interval(t))
+                .expect_err("interval");
+            assert!(err.contains("health_interval must be"), "{err}");
+        }
+        let c = one("redis://h").and_then(|c| c.with_health_interval(0.25));
+        assert_eq!(c.map(|c| c.health_interval), Ok(Duration::from_millis(250)));
         assert!(check_key_part("name", "a{b", false).is_err());
         assert!(check_key_part("name", "", false).is_err());
         assert!(check_key_part("name", "api:v1", false).is_ok());

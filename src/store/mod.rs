@@ -39,6 +39,7 @@
 mod config;
 mod health;
 mod pubsub;
+mod scan;
 #[cfg(test)]
 pub mod testing;
 
@@ -52,6 +53,7 @@ use parking_lot::{Mutex, RwLock};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::RoutingInfo;
 use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, ToRedisArgs, Value};
 use tokio::runtime::{Handle, Runtime};
 
@@ -151,10 +153,23 @@ enum Conn {
 
 impl Conn {
     async fn send(&mut self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        self.send_to(cmd, None).await
+    }
+
+    /// `route` picks a cluster node (a single server ignores it).
+    async fn send_to(
+        &mut self,
+        cmd: &Cmd,
+        route: Option<&RoutingInfo>,
+    ) -> redis::RedisResult<Value> {
         // Error replies arrive as `Value::ServerError`: make them errors.
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd).await?.extract_error(),
-            Conn::Cluster(c) => c.req_packed_command(cmd).await?.extract_error(),
+        match (self, route) {
+            (Conn::Single(c), _) => c.req_packed_command(cmd).await?.extract_error(),
+            (Conn::Cluster(c), None) => c.req_packed_command(cmd).await?.extract_error(),
+            (Conn::Cluster(c), Some(r)) => c
+                .route_command(cmd.clone(), r.clone())
+                .await?
+                .extract_error(),
         }
     }
 }
@@ -261,6 +276,7 @@ impl Store {
                 Inner::reconnect_in_background(&store.inner, &store.handle);
             }
         }
+        store.handle.spawn(heartbeat(Arc::downgrade(&store.inner)));
         Ok(store)
     }
 
@@ -334,7 +350,16 @@ impl Store {
 
     /// Any command, within the timeout.
     pub async fn query(&self, cmd: &Cmd) -> Result<Value, StoreError> {
-        self.inner.bounded(self.inner.send(cmd)).await
+        self.query_routed(cmd, None).await
+    }
+
+    /// [`Store::query`] sent to the cluster node `route` picks.
+    async fn query_routed(
+        &self,
+        cmd: &Cmd,
+        route: Option<&RoutingInfo>,
+    ) -> Result<Value, StoreError> {
+        self.inner.bounded(self.inner.send(cmd, route)).await
     }
 
     pub fn query_blocking(&self, cmd: &Cmd) -> Result<Value, StoreError> {
@@ -527,6 +552,26 @@ fn is_noscript(e: &RedisError) -> bool {
     matches!(e.kind(), ErrorKind::Server(ServerErrorKind::NoScript)) || e.code() == Some("NOSCRIPT")
 }
 
+/// Checks the connection every `health_interval` while nothing else does,
+/// so that a lost server shows in `health()` without traffic. Ends with the
+/// store.
+async fn heartbeat(inner: std::sync::Weak<Inner>) {
+    let Some(interval) = inner.upgrade().map(|i| i.config.health_interval) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Relaxed) {
+            return;
+        }
+        inner.beat().await;
+    }
+}
+
 /// Delay before the next reconnect attempt: `base` scaled by 0.5..1.5.
 fn jittered(base: Duration) -> Duration {
     let nanos = std::time::SystemTime::now()
@@ -664,9 +709,10 @@ impl Inner {
         gen: u64,
         conn: &mut Conn,
         cmd: &Cmd,
+        route: Option<&RoutingInfo>,
     ) -> Result<Value, (u64, RedisError)> {
         self.health.calls.fetch_add(1, Relaxed);
-        match conn.send(cmd).await {
+        match conn.send_to(cmd, route).await {
             Ok(v) => {
                 self.touch();
                 Ok(v)
@@ -675,9 +721,13 @@ impl Inner {
         }
     }
 
-    async fn send(self: &Arc<Self>, cmd: &Cmd) -> Result<Value, StoreError> {
+    async fn send(
+        self: &Arc<Self>,
+        cmd: &Cmd,
+        route: Option<&RoutingInfo>,
+    ) -> Result<Value, StoreError> {
         let (gen, mut conn) = self.current()?;
-        self.send_on(gen, &mut conn, cmd)
+        self.send_on(gen, &mut conn, cmd, route)
             .await
             .map_err(|(gen, e)| self.failed(gen, &e))
     }
@@ -709,12 +759,12 @@ impl Inner {
             let (gen, mut conn) = self.current()?;
             let mut cmd = redis::cmd("EVALSHA");
             cmd.arg(script.sha()).arg(keys.len()).arg(keys).arg(args);
-            let reply = match self.send_on(gen, &mut conn, &cmd).await {
+            let reply = match self.send_on(gen, &mut conn, &cmd, None).await {
                 Err((gen, e)) if is_noscript(&e) => {
                     self.loaded.lock().remove(script.sha());
                     let mut cmd = redis::cmd("EVAL");
                     cmd.arg(script.source()).arg(keys.len()).arg(keys).arg(args);
-                    self.send_on(gen, &mut conn, &cmd).await
+                    self.send_on(gen, &mut conn, &cmd, None).await
                 }
                 other => other,
             };
@@ -759,6 +809,53 @@ impl Inner {
                 self.health.set_last_error(err.to_string());
                 self.check_stall();
                 Err(err)
+            }
+        }
+    }
+
+    /// One heartbeat: a `PING` unless a reply arrived within the last half
+    /// interval (traffic already proves the connection). Not counted as a
+    /// call; a failure is recorded as the last error, takes a lost
+    /// single-server connection down (the reconnect loop then brings it
+    /// back) and marks a cluster disconnected until a `PING` answers again.
+    async fn beat(self: &Arc<Self>) {
+        let now_us = u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let quiet_us = u64::try_from((self.config.health_interval / 2).as_micros()).unwrap_or(0);
+        if now_us.saturating_sub(self.last_reply_us.load(Relaxed)) < quiet_us {
+            return;
+        }
+        let Ok((gen, mut conn)) = self.current() else {
+            return; // closed, or the reconnect loop is at work
+        };
+        let cluster = matches!(conn, Conn::Cluster(_));
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(self.config.timeout, conn.send(&ping)).await {
+            Ok(Ok(_)) => {
+                self.touch();
+                self.health.connected.store(true, Relaxed);
+            }
+            Ok(Err(e)) => {
+                let err = classify(&e);
+                self.health.set_last_error(format!("heartbeat: {err}"));
+                if !err.falls_back() {
+                    return; // an answer, if not PONG: the server is there
+                }
+                if cluster {
+                    self.health.connected.store(false, Relaxed);
+                } else if let Ok(handle) = Handle::try_current() {
+                    self.lost(gen, &handle);
+                }
+            }
+            Err(_) => {
+                self.health.set_last_error(format!(
+                    "heartbeat: {}",
+                    StoreError::Timeout(self.config.timeout)
+                ));
+                if cluster {
+                    self.health.connected.store(false, Relaxed);
+                } else {
+                    self.check_stall();
+                }
             }
         }
     }

@@ -107,6 +107,27 @@ fn unreachable_at_start_then_connects_in_the_background() {
     assert_eq!(store.counters().reconnects, 1);
 }
 
+#[test]
+fn the_heartbeat_notices_a_lost_server_without_traffic() {
+    let Some(mut server) = RedisServer::start(&[]) else {
+        return;
+    };
+    let cfg = config(&server.url())
+        .with_health_interval(0.05)
+        .expect("valid");
+    let store = Store::connect(cfg).expect("connects");
+    let calls = store.counters().calls;
+    server.kill();
+    // No call is made: only the heartbeat can notice.
+    wait_for("the heartbeat to notice", || !store.health().connected);
+    assert!(store.health().last_error.is_some());
+    server.restart();
+    wait_for("the reconnect", || store.health().connected);
+    assert_eq!(store.counters().calls, calls, "heartbeats are not calls");
+    assert_eq!(store.counters().reconnects, 1);
+    assert!(store.ping_blocking().is_ok());
+}
+
 const ECHO: &str = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}";
 
 #[test]
