@@ -1,4 +1,4 @@
-"""The reference service (examples/chat_service) end to end: httpx against the
+"""The gateway (llmedge.gateway) end to end: httpx against the
 app (lifespan run) and the mock LLM served on real local ports. Both backends
 (llmedge and the pure-Python baselines) pass the same tests."""
 
@@ -21,11 +21,10 @@ import llmedge  # noqa: E402
 from llmedge.testing import mock_answer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICE = ROOT / "examples" / "chat_service"
-sys.path.insert(0, str(SERVICE))
 
-import app as chat_app  # noqa: E402
 from conftest import ANSWER_TOKENS  # noqa: E402
+
+from llmedge.gateway import app as chat_app  # noqa: E402
 
 
 def _baseline_available() -> bool:
@@ -496,8 +495,16 @@ def test_bad_service_configuration():
         chat_app.create_app(chat_app.Settings(upstreams=[]))
     with pytest.raises(ValueError, match="http\\(s\\) base URLs.*'localhost:1'"):
         chat_app.create_app(chat_app.Settings(upstreams=["localhost:1"]))
-    with pytest.raises(ValueError, match="'llmedge' or 'baseline', got 'rust'"):
+    with pytest.raises(ValueError, match="'baseline' or 'module:factory', got 'rust'"):
         chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], backend="rust"))
+    with pytest.raises(ValueError, match="cannot import 'no_such_module'"):
+        chat_app.create_app(
+            chat_app.Settings(upstreams=["http://x/v1"], backend="no_such_module:f")
+        )
+    with pytest.raises(ValueError, match="'llmedge:__version__' is not a callable"):
+        chat_app.create_app(
+            chat_app.Settings(upstreams=["http://x/v1"], backend="llmedge:__version__")
+        )
     with pytest.raises(ValueError, match="read_timeout must be > 0"):
         chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], read_timeout=0))
     with pytest.raises(ValueError, match="LLMEDGE_SSE_EVERY.*0"):

@@ -21,7 +21,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
 from conftest import ANSWER_TOKENS  # noqa: E402
-from test_chat_service import BACKENDS, SERVICE, chat_app, expected  # noqa: E402
+from test_chat_service import BACKENDS, ROOT, chat_app, expected  # noqa: E402
 
 import llmedge  # noqa: E402
 from llmedge.testing import MockLLM  # noqa: E402
@@ -42,14 +42,18 @@ def gunicorn(env: dict[str, str], workers: int):
     port = free_port()
     full_env = dict(os.environ)
     # the llmedge this test imports (the checkout's editable package or an
-    # installed wheel), whichever directory gunicorn runs in
+    # installed wheel), and benches/ for the baseline backend
     full_env["PYTHONPATH"] = os.pathsep.join(
-        [str(Path(llmedge.__file__).parents[1]), *filter(None, [full_env.get("PYTHONPATH")])]
+        [
+            str(Path(llmedge.__file__).parents[1]),
+            str(ROOT / "benches"),
+            *filter(None, [full_env.get("PYTHONPATH")]),
+        ]
     )
     full_env.update(env)
     cmd = [sys.executable, "-m", "gunicorn", "-k", "uvicorn.workers.UvicornWorker",
-           "-w", str(workers), "--chdir", str(SERVICE), "-b", f"127.0.0.1:{port}",
-           "--graceful-timeout", "5", "app:app"]  # fmt: skip
+           "-w", str(workers), "-b", f"127.0.0.1:{port}",
+           "--graceful-timeout", "5", "llmedge.gateway:create_app()"]  # fmt: skip
     proc = subprocess.Popen(
         cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )

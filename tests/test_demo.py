@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import pytest
@@ -19,14 +18,6 @@ def test_help_lists_demo(capsys):
     with pytest.raises(SystemExit):
         cli_main(["demo", "--help"])
     assert "--duration" in capsys.readouterr().out
-
-
-def test_demo_without_the_service_says_where_it_looked(tmp_path, capsys):
-    args = argparse.Namespace(duration=5.0, users=2, backend="llmedge",
-                              service_dir=str(tmp_path), data=None, seed=0, json=None)  # fmt: skip
-    assert _demo.main(args) == 2
-    out = capsys.readouterr().out
-    assert "examples/chat_service/app.py" in out and str(tmp_path) in out
 
 
 def test_demo_rejects_bad_settings():

@@ -244,11 +244,6 @@ def test_managed_process_stops_its_whole_group(tmp_path):
     proc.stop()  # idempotent
 
 
-def test_find_service_dir_names_what_it_tried(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--service-dir"):
-        tr.find_service_dir(tmp_path)
-
-
 def test_start_service_rejects_bad_choices(tmp_path):
     with pytest.raises(ValueError, match="'fast'"):
         tr.start_service(upstreams=["http://x/v1"], backend="fast")

@@ -44,12 +44,25 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="evaluation data directory (default: $LLMEDGE_DATA or ../shared/data)",
     )
+    from llmedge.cache_eval import add_arguments as cache_eval_arguments
+
+    cache_eval = sub.add_parser(
+        "cache-eval",
+        help="precision and recall of the semantic cache on your labelled prompt pairs",
+        description=(
+            "Reads labelled prompt pairs (prompt_a,prompt_b,same_answer), prints precision "
+            "and recall per similarity threshold with and without the guard, the guard's "
+            "rejections by reason with examples, and the threshold that meets a target "
+            "precision."
+        ),
+    )
+    cache_eval_arguments(cache_eval)
     demo = sub.add_parser(
         "demo",
         help="run the reference chat service under a short load with a provider failure",
         description=(
-            "Starts two mock LLM upstreams and the reference service "
-            "(examples/chat_service), runs a short load (30 s by default) during which "
+            "Starts two mock LLM upstreams and the gateway "
+            "(llmedge.gateway), runs a short load (30 s by default) during which "
             "the primary upstream fails and recovers, prints latency percentiles, "
             "requests per second, time to first token, cache hit rate by kind, breaker "
             "transitions and the tokens and cost saved, then stops everything it started."
@@ -62,11 +75,6 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=["llmedge", "baseline"],
         default="llmedge",
         help="the service on llmedge (default) or on the pure-Python baselines",
-    )
-    demo.add_argument(
-        "--service-dir",
-        metavar="DIR",
-        help="the reference service (default: examples/chat_service of the checkout)",
     )
     demo.add_argument(
         "--data",
@@ -92,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             json_path=args.json,
             data_dir=args.data,
         )
+    if args.command == "cache-eval":
+        from llmedge.cache_eval import main as cache_eval_main
+
+        return cache_eval_main(args)
     if args.command == "demo":
         from llmedge._demo import main as demo_main
 

@@ -1,7 +1,7 @@
 """``python -m llmedge demo``: the reference chat service under a short load, with a failure.
 
 Starts two mock LLM upstreams (subprocesses of ``python -m llmedge.testing``),
-the reference service (``examples/chat_service``) under uvicorn with one
+the gateway (``llmedge.gateway``) under uvicorn with one
 worker, so that its ``/health`` speaks for the whole service, and a small
 asyncio + httpx load generator: chat users asking real questions (new ones,
 exact repeats and paraphrases; every other new question a follow-up in a
@@ -248,7 +248,6 @@ def run(
     duration: float = 30.0,
     users: int = 20,
     backend: str = "llmedge",
-    service_dir: str | None = None,
     data_dir: str | None = None,
     seed: int = 0,
     json_path: str | None = None,
@@ -261,7 +260,6 @@ def run(
         raise ValueError(f"duration must be between 3 and 600 seconds, got {duration!r}")
     if users < 1:
         raise ValueError(f"users must be at least 1, got {users!r}")
-    directory = tr.find_service_dir(service_dir)
     corpus = tr.load_corpus(data_dir)
     requests = tr.generate_requests(corpus, 20_000, seed=seed)
     if corpus.source.startswith("built-in"):
@@ -276,7 +274,6 @@ def run(
         service, url = tr.start_service(
             upstreams=[primary.base_url, fallback.base_url],
             backend=backend,
-            service_dir=directory,
             env=DEMO_SERVICE_ENV,
             server="uvicorn",
         )
@@ -329,7 +326,6 @@ def run(
         "users": users,
         "duration_s": round(timeline[-1]["end"] - t0, 1) if timeline else 0.0,
         "backend": backend,
-        "service_dir": str(directory),
         "corpus": corpus.describe(),
         "mock": {"ttft": ttft, "tpot": tpot},
         "overall": tr.summarize(records),
@@ -373,7 +369,6 @@ def main(args: Any) -> int:
             duration=args.duration,
             users=args.users,
             backend=args.backend,
-            service_dir=args.service_dir,
             data_dir=args.data,
             seed=args.seed,
             json_path=args.json,

@@ -438,26 +438,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def find_service_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """``examples/chat_service`` of the checkout (or ``explicit``); FileNotFoundError if absent."""
-    candidates = (
-        [Path(explicit)]
-        if explicit
-        else [
-            Path.cwd() / "examples" / "chat_service",
-            repo_root() / "examples" / "chat_service",
-        ]
-    )
-    for c in candidates:
-        if (c / "app.py").is_file():
-            return c.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"the reference service (examples/chat_service/app.py) was not found (tried {tried}); "
-        "run from a source checkout of llmedge or pass --service-dir"
-    )
-
-
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -601,7 +581,6 @@ def start_service(
     upstreams: Sequence[str],
     backend: str = "llmedge",
     workers: int = 2,
-    service_dir: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     log_path: str | os.PathLike[str] | None = None,
     server: str = "gunicorn",
@@ -612,7 +591,6 @@ def start_service(
         raise ValueError(f"backend must be 'llmedge' or 'baseline', got {backend!r}")
     if server not in ("gunicorn", "uvicorn"):
         raise ValueError(f"server must be 'gunicorn' or 'uvicorn', got {server!r}")
-    directory = find_service_dir(service_dir)
     port = free_port()
     if server == "gunicorn":
         argv = [
@@ -621,29 +599,32 @@ def start_service(
             "-w", str(workers),
             "-b", f"127.0.0.1:{port}",
             "--graceful-timeout", "5",
-            "--chdir", str(directory),
-            "app:app",
+            "llmedge.gateway:create_app()",
         ]  # fmt: skip
     else:
         argv = [
-            sys.executable, "-m", "uvicorn", "app:app",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--app-dir", str(directory), "--no-access-log",
+            sys.executable, "-m", "uvicorn", "--factory", "llmedge.gateway:create_app",
+            "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
         ]  # fmt: skip
     full_env = {
         "LLMEDGE_UPSTREAMS": ",".join(upstreams),
         "LLMEDGE_SERVICE_BACKEND": backend,
         # this llmedge (the editable package or an installed wheel), whichever
-        # directory the server runs in
+        # directory the server runs in, and the checkout's benches/ (the
+        # baseline backend)
         "PYTHONPATH": os.pathsep.join(
-            p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")) if p
+            p
+            for p in (
+                str(PACKAGE_PARENT),
+                str(repo_root() / "benches"),
+                os.environ.get("PYTHONPATH", ""),
+            )
+            if p
         ),
     }
     if env:
         full_env.update(env)
-    proc = ManagedProcess(
-        f"service ({server}, {backend})", argv, env=full_env, cwd=directory, log_path=log_path
-    )
+    proc = ManagedProcess(f"service ({server}, {backend})", argv, env=full_env, log_path=log_path)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/health", timeout=startup_timeout, proc=proc)

@@ -1,10 +1,10 @@
-"""The reference chat service: llmedge in front of OpenAI-compatible upstreams.
+"""The gateway: llmedge in front of OpenAI-compatible upstreams.
 
-Run it::
+Run it (``pip install 'llmedge[service]'``)::
 
-    LLMEDGE_UPSTREAMS=http://127.0.0.1:8001/v1 uvicorn app:app --app-dir examples/chat_service
+    LLMEDGE_UPSTREAMS=http://127.0.0.1:8001/v1 uvicorn --factory llmedge.gateway:create_app
     LLMEDGE_UPSTREAMS=... gunicorn -k uvicorn.workers.UvicornWorker -w 2 \\
-        --chdir examples/chat_service app:app
+        'llmedge.gateway:create_app()'
 
 Endpoints: ``POST /chat`` (``{"question", "history", "stream", "model"}``),
 ``POST /v1/chat/completions`` (OpenAI-compatible, streaming and not),
@@ -60,11 +60,9 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -85,9 +83,7 @@ from llmedge.fastapi import (
     sse_event,
     sse_response,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backends import make_backend  # noqa: E402
+from llmedge.gateway.backends import make_backend
 
 
 def _env_float(name: str, default: float) -> float:
@@ -827,6 +823,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await service.respond(p, "openai")
 
     return app
-
-
-app = create_app()
