@@ -1,10 +1,9 @@
 """The shipped alert rules (deploy/prometheus/alerts.yml) and Grafana dashboard
 (deploy/grafana/llmedge.json) only name metrics, and labels of those metrics,
-that the gateway's /metrics really exports: a Monitor wired as the gateway
-wires it (a Router's breakers, the cache, the cost trackers, a rate limit, the
-router, a RedisStore on a real redis-server) is served by FastAPI, driven
-through a 200, a 429, a guard rejection, an eviction and a breaker transition,
-and its /metrics is read over HTTP."""
+that the gateway's /metrics really exports: the gateway (llmedge.gateway),
+with two mock upstreams and its limits and breakers on a real redis-server,
+is driven through answers, a 429, a guard rejection and a breaker
+transition, and its /metrics is read over HTTP."""
 
 from __future__ import annotations
 
@@ -20,11 +19,9 @@ pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 yaml = pytest.importorskip("yaml")
 
-from fastapi import Depends, FastAPI  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-import llmedge  # noqa: E402
-from llmedge.fastapi import Monitor, RateLimit  # noqa: E402
+from llmedge.gateway import Settings, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -35,6 +32,7 @@ SCRAPE_LABELS = {"job", "instance"}
 METRIC = re.compile(r"\bllmedge_[A-Za-z0-9_]+")
 SELECTOR = re.compile(r"\b(llmedge_[A-Za-z0-9_]+)\s*\{([^}]*)\}")
 MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)\s*\"")
+QUESTION = "How many milligrams of ibuprofen can an adult safely take in one day at 70 kg?"
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 
 
@@ -75,58 +73,40 @@ def problems(expr: str, exported: dict[str, set[str]]) -> list[str]:
 
 @pytest_asyncio.fixture
 async def exported(upstreams, redis_server) -> dict[str, set[str]]:
-    """Sample name -> label names, read from a live /metrics."""
-    primary, fallback = upstreams
-    store = llmedge.RedisStore(redis_server.url, timeout=0.5)
-    router = llmedge.Router(
-        [
-            llmedge.Upstream(primary.base_url, name="primary"),
-            llmedge.Upstream(fallback.base_url, name="fallback"),
-        ],
-        name="deploy-monitoring",
+    """Sample name -> label names, read from a live /metrics of the gateway."""
+    settings = Settings(
+        upstreams=[m.base_url for m in upstreams],
+        rate_limit=(1.0, 60.0, 1),  # one request per key and minute: the second gets 429
+        redis_url=redis_server.url,
+        redis_timeout=0.5,
     )
-    cache = llmedge.SemanticCache(max_entries=1)
-    spent = llmedge.CostTracker()
-    limit = RateLimit(requests=(1, 60.0, 1))
-    monitor = Monitor(
-        breakers=router.breakers,
-        caches={"chat": cache},
-        costs={"spent": spent},
-        rate_limits=[limit],
-        routers={"chat": router},
-        stores={"redis": store},
-    )
-    app = FastAPI()
-    monitor.install(app)
+    app = create_app(settings)
+    router = app.state.service.router
 
-    @app.post("/chat")
-    async def chat(body: dict, key: str = Depends(limit)) -> dict:
-        res = await router.achat(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": body["question"]}]
-        )
-        usage = res.body["usage"]
-        spent.record("gpt-4o-mini", usage["prompt_tokens"], usage["completion_tokens"])
-        return {"upstream": res.upstream}
+    def key(name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {name}"}
 
-    cache.set("Can I take 2 ibuprofen?", "Yes.")
-    cache.set("Can I take 2 aspirin?", "Yes.")  # evicts the first (max_entries=1)
-    assert cache.get("Can I take 3 aspirin?") is None  # the guard: numbers
-    fallback_breaker = router.breakers[1]
-    fallback_breaker.force_open()  # a transition the monitor counts
-
-    transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1234))
-    try:
-        async with router, httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-            assert (await c.post("/chat", json={"question": "hi"})).status_code == 200
-            assert (await c.post("/chat", json={"question": "hi"})).status_code == 429
-            text = (await c.get("/metrics")).text
-    finally:
-        fallback_breaker.reset()
-        store.close()
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=("10.0.0.1", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            ask = {"question": QUESTION}
+            assert (await c.post("/chat", json=ask, headers=key("a"))).status_code == 200
+            assert (await c.post("/chat", json=ask, headers=key("a"))).status_code == 429
+            # a near-duplicate that differs in its number: the guard's rejection
+            ask = {"question": QUESTION.replace("70", "80")}
+            assert (await c.post("/chat", json=ask, headers=key("b"))).status_code == 200
+            breaker = router.breakers[-1]
+            breaker.force_open()  # a transition the monitor counts
+            try:
+                text = (await c.get("/metrics")).text
+            finally:
+                breaker.reset()
     labels: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels.setdefault(sample.name, set()).update(sample.labels)
+            if sample.name == "llmedge_cache_guard_rejections_total":
+                assert sample.labels["reason"] == "numbers" and sample.value == 1
     return labels
 
 
