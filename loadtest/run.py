@@ -44,8 +44,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 if importlib.util.find_spec("llmedge") is None:  # a source checkout without an install
     sys.path.insert(0, str(HERE.parent / "python"))
+if str(HERE) not in sys.path:  # loaded by path (the tests) rather than run as a script
+    sys.path.insert(0, str(HERE))
 
-from llmedge import _traffic as tr  # noqa: E402
+import traffic as tr  # noqa: E402
+
 from llmedge.testing import spawn_mock  # noqa: E402
 
 SCENARIOS = ("sustained", "failure", "ratelimit")

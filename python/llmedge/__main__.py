@@ -19,31 +19,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser(
         "bench",
-        help="run the benchmark suites and print llmedge against the baselines and peers",
-        description=(
-            "Runs the pytest-benchmark suites in benches/ (quick mode unless --full) and "
-            "prints, per component, each implementation's median time relative to "
-            "llmedge, with a check that their results agreed."
-        ),
+        help="moved: the benchmarks run from a source checkout (python benches/run.py)",
+        add_help=False,
     )
-    bench.add_argument(
-        "components",
-        nargs="*",
-        metavar="COMPONENT",
-        help="only these components (the bench_<component>.py files), e.g. tokens cache",
-    )
-    bench.add_argument("--full", action="store_true", help="full sizes instead of quick mode")
-    bench.add_argument(
-        "--benches",
-        metavar="DIR",
-        help="the benches/ directory (default: ./benches or the one beside the source tree)",
-    )
-    bench.add_argument("--json", metavar="FILE", help="also write pytest-benchmark's JSON here")
-    bench.add_argument(
-        "--data",
-        metavar="DIR",
-        help="evaluation data directory (default: $LLMEDGE_DATA or ../shared/data)",
-    )
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
     from llmedge.cache_eval import add_arguments as cache_eval_arguments
 
     cache_eval = sub.add_parser(
@@ -59,7 +38,7 @@ def _build_parser() -> argparse.ArgumentParser:
     cache_eval_arguments(cache_eval)
     demo = sub.add_parser(
         "demo",
-        help="run the reference chat service under a short load with a provider failure",
+        help="run the gateway in front of two mock LLMs under a short load with a failure",
         description=(
             "Starts two mock LLM upstreams and the gateway "
             "(llmedge.gateway), runs a short load (30 s by default) during which "
@@ -71,16 +50,10 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=30.0, help="seconds of load (30)")
     demo.add_argument("--users", type=int, default=20, help="concurrent chat users (20)")
     demo.add_argument(
-        "--backend",
-        choices=["llmedge", "baseline"],
-        default="llmedge",
-        help="the service on llmedge (default) or on the pure-Python baselines",
-    )
-    demo.add_argument(
         "--data",
         metavar="DIR",
-        help="prompts.csv and mqp.csv (default: $LLMEDGE_DATA or ../shared/data; "
-        "a small built-in set when absent)",
+        help="evaluation data: a directory holding prompts.csv and mqp.csv "
+        "(default: the built-in prompt set)",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the request mix (0)")
     demo.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
@@ -91,15 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command == "bench":
-        from llmedge._bench import run
-
-        return run(
-            components=args.components,
-            full=args.full,
-            benches_dir=args.benches,
-            json_path=args.json,
-            data_dir=args.data,
+        print(
+            "llmedge bench: the benchmark suites are not part of the installed package; "
+            "from a source checkout run: python benches/run.py [COMPONENT ...] [--full]",
+            file=sys.stderr,
         )
+        return 2
     if args.command == "cache-eval":
         from llmedge.cache_eval import main as cache_eval_main
 

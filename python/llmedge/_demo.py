@@ -1,8 +1,8 @@
-"""``python -m llmedge demo``: the reference chat service under a short load, with a failure.
+"""``python -m llmedge demo``: the gateway under a short load, with a failure.
 
 Starts two mock LLM upstreams (subprocesses of ``python -m llmedge.testing``),
-the gateway (``llmedge.gateway``) under uvicorn with one
-worker, so that its ``/health`` speaks for the whole service, and a small
+the gateway (``llmedge.gateway``) under uvicorn with one worker, in a
+subprocess, so that its ``/health`` speaks for the whole service, and a small
 asyncio + httpx load generator: chat users asking real questions (new ones,
 exact repeats and paraphrases; every other new question a follow-up in a
 conversation), half of them streamed. In the middle the primary upstream fails every request, then
@@ -19,12 +19,18 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmedge import _traffic as tr
+from llmedge import _workload as tr
 from llmedge.errors import IncompleteStreamError
 from llmedge.sse import aiter_events
 
@@ -183,7 +189,7 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         "",
         f"llmedge demo: {result['users']} users for {result['duration_s']:.0f} s against the "
-        f"reference service ({result['backend']} backend, uvicorn, 1 worker) and two mock LLM "
+        f"gateway (uvicorn, 1 worker) and two mock LLM "
         f"upstreams (TTFT {result['mock']['ttft'] * 1000:.0f} ms, "
         f"{result['mock']['tpot'] * 1000:.0f} ms/token)",
         f"questions: {result['corpus']}",
@@ -247,7 +253,6 @@ def run(
     *,
     duration: float = 30.0,
     users: int = 20,
-    backend: str = "llmedge",
     data_dir: str | None = None,
     seed: int = 0,
     json_path: str | None = None,
@@ -262,23 +267,18 @@ def run(
         raise ValueError(f"users must be at least 1, got {users!r}")
     corpus = tr.load_corpus(data_dir)
     requests = tr.generate_requests(corpus, 20_000, seed=seed)
-    if corpus.source.startswith("built-in"):
-        print_fn("note: evaluation data not found; using the small built-in prompt set")
+    print_fn(f"questions: {corpus.describe()}")
     ttft, tpot = 0.05, 0.005
     started: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
-        print_fn("starting two mock LLM upstreams and the reference service ...")
+        print_fn("starting two mock LLM upstreams and the gateway ...")
         primary = stack.enter_context(spawn_mock(port=0, ttft=ttft, tpot=tpot))
         fallback = stack.enter_context(spawn_mock(port=0, ttft=ttft, tpot=tpot))
         started += [{"name": "mock", "pid": m.process.pid} for m in (primary, fallback)]
-        service, url = tr.start_service(
-            upstreams=[primary.base_url, fallback.base_url],
-            backend=backend,
-            env=DEMO_SERVICE_ENV,
-            server="uvicorn",
-        )
-        stack.callback(service.stop)
-        started.append({"name": service.name, "pgid": service.pgid})
+        gateway = Gateway([primary.base_url, fallback.base_url])
+        stack.callback(gateway.stop)
+        url = gateway.url
+        started.append({"name": "gateway", "pgid": gateway.pid})
         monitor = stack.enter_context(tr.HealthMonitor(url, interval=0.2))
         stats: dict[str, tuple[dict, dict]] = {}
 
@@ -325,7 +325,6 @@ def run(
     result = {
         "users": users,
         "duration_s": round(timeline[-1]["end"] - t0, 1) if timeline else 0.0,
-        "backend": backend,
         "corpus": corpus.describe(),
         "mock": {"ttft": ttft, "tpot": tpot},
         "overall": tr.summarize(records),
@@ -343,6 +342,69 @@ def run(
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Gateway:
+    """The gateway under uvicorn (1 worker), a subprocess in its own session on a
+    free loopback port; ``stop()`` ends its process group."""
+
+    def __init__(self, upstreams: Sequence[str], *, timeout: float = 60.0) -> None:
+        import httpx
+
+        port = _free_port()
+        argv = [
+            sys.executable, "-m", "uvicorn", "--factory", "llmedge.gateway:create_app",
+            "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
+        ]  # fmt: skip
+        env = dict(os.environ, LLMEDGE_UPSTREAMS=",".join(upstreams), **DEMO_SERVICE_ENV)
+        # a file, not a pipe: a pipe nobody reads would fill and stall the gateway
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
+        self.proc = subprocess.Popen(
+            argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    self._log.seek(0)
+                    raise RuntimeError(
+                        f"the gateway exited with code {self.proc.returncode}:\n"
+                        + self._log.read().decode(errors="replace")
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    r = httpx.get(self.url + "/health", timeout=2.0, trust_env=False)
+                    if r.status_code in (200, 503):
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the gateway did not answer at {self.url} in {timeout} s")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, SIGKILL it if it is still there; reap the child."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        self._log.close()
 
 
 def _final_costs(url: str) -> dict[str, Any]:
@@ -368,7 +430,6 @@ def main(args: Any) -> int:
         run(
             duration=args.duration,
             users=args.users,
-            backend=args.backend,
             data_dir=args.data,
             seed=args.seed,
             json_path=args.json,
