@@ -35,7 +35,9 @@ class RuntimeDocstrings(griffe.Extension):
         self._walk(pkg)
 
     def _walk(self, obj: griffe.Object) -> None:
-        if obj.docstring is None and str(obj.filepath).endswith(".pyi"):
+        # classes and functions only: an attribute's value (a str) would give its type's docstring
+        stub = str(obj.filepath).endswith(".pyi") and (obj.is_class or obj.is_function)
+        if obj.docstring is None and stub:
             doc = getattr(_runtime(obj.path), "__doc__", None)
             if isinstance(doc, str) and doc.strip():
                 obj.docstring = griffe.Docstring(doc, parent=obj)
