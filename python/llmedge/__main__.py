@@ -11,7 +11,7 @@ from llmedge import __version__
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m llmedge",
+        prog="llmedge",
         description="llmedge: fast, correct LLM plumbing for Python web backends.",
     )
     parser.add_argument("--version", action="version", version=f"llmedge {__version__}")
@@ -23,6 +23,10 @@ def _build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     bench.add_argument("rest", nargs=argparse.REMAINDER)
+    from llmedge.gateway.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
+
     from llmedge.cache_eval import add_arguments as cache_eval_arguments
 
     cache_eval = sub.add_parser(
@@ -70,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.command == "serve":
+        from llmedge.gateway.cli import main as serve_main
+
+        return serve_main(args)
     if args.command == "cache-eval":
         from llmedge.cache_eval import main as cache_eval_main
 

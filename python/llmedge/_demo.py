@@ -19,12 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -259,7 +254,7 @@ def run(
     print_fn: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo and return its result (also printed); stops everything it started."""
-    from llmedge.testing import spawn_mock
+    from llmedge.testing import GatewayServer, spawn_mock
 
     if not 3 <= duration <= 600:
         raise ValueError(f"duration must be between 3 and 600 seconds, got {duration!r}")
@@ -275,10 +270,13 @@ def run(
         primary = stack.enter_context(spawn_mock(port=0, ttft=ttft, tpot=tpot))
         fallback = stack.enter_context(spawn_mock(port=0, ttft=ttft, tpot=tpot))
         started += [{"name": "mock", "pid": m.process.pid} for m in (primary, fallback)]
-        gateway = Gateway([primary.base_url, fallback.base_url])
-        stack.callback(gateway.stop)
+        gateway = GatewayServer(
+            [primary.base_url, fallback.base_url], subprocess=True, env=DEMO_SERVICE_ENV
+        )
+        stack.enter_context(gateway)
         url = gateway.url
-        started.append({"name": "gateway", "pgid": gateway.pid})
+        assert gateway.process is not None
+        started.append({"name": "gateway", "pgid": gateway.process.pid})
         monitor = stack.enter_context(tr.HealthMonitor(url, interval=0.2))
         stats: dict[str, tuple[dict, dict]] = {}
 
@@ -344,69 +342,6 @@ def run(
     return result
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Gateway:
-    """The gateway under uvicorn (1 worker), a subprocess in its own session on a
-    free loopback port; ``stop()`` ends its process group."""
-
-    def __init__(self, upstreams: Sequence[str], *, timeout: float = 60.0) -> None:
-        import httpx
-
-        port = _free_port()
-        argv = [
-            sys.executable, "-m", "uvicorn", "--factory", "llmedge.gateway:create_app",
-            "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-        ]  # fmt: skip
-        env = dict(os.environ, LLMEDGE_UPSTREAMS=",".join(upstreams), **DEMO_SERVICE_ENV)
-        # a file, not a pipe: a pipe nobody reads would fill and stall the gateway
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
-        self.proc = subprocess.Popen(
-            argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    self._log.seek(0)
-                    raise RuntimeError(
-                        f"the gateway exited with code {self.proc.returncode}:\n"
-                        + self._log.read().decode(errors="replace")
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    r = httpx.get(self.url + "/health", timeout=2.0, trust_env=False)
-                    if r.status_code in (200, 503):
-                        return
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the gateway did not answer at {self.url} in {timeout} s")
-                time.sleep(0.1)
-        except BaseException:
-            self.stop()
-            raise
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the process group, SIGKILL it if it is still there; reap the child."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=timeout)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        self._log.close()
-
-
 def _final_costs(url: str) -> dict[str, Any]:
     import httpx
 
@@ -423,8 +358,16 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 
 
 def main(args: Any) -> int:
-    import signal
+    from llmedge.gateway.cli import missing_service_modules
 
+    missing = missing_service_modules()
+    if missing:
+        print(
+            f"llmedge demo: the demo runs the gateway, which needs the optional dependencies "
+            f"of llmedge[service] (missing: {', '.join(missing)}); install them with: "
+            "pip install 'llmedge[service]'"
+        )
+        return 2
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         run(

@@ -25,6 +25,7 @@ Configuration (environment):
 
 =============================  ==============================================
 ``LLMEDGE_UPSTREAMS``          comma-separated base URLs (``http://h:p/v1``)
+``LLMEDGE_UPSTREAM_API_KEY``   bearer token sent to every upstream (unset: none)
 ``LLMEDGE_SERVICE_BACKEND``    ``llmedge`` (default) or ``baseline``
 ``LLMEDGE_MODEL``              default model (``gpt-4o-mini``)
 ``LLMEDGE_SYSTEM_PROMPT``      system prompt of ``/chat``
@@ -39,6 +40,12 @@ Configuration (environment):
 ``LLMEDGE_TOKENS_PER_MINUTE``  estimated tokens per minute per key (0: off)
 ``LLMEDGE_CACHE_THRESHOLD``    cosine similarity of a semantic hit (0.85)
 ``LLMEDGE_CACHE_TTL``          seconds (3600)
+``LLMEDGE_EMBEDDER``           the semantic tier's embedder: ``hashing`` (default),
+                               ``sentence-transformers:MODEL`` or ``openai:MODEL``
+``LLMEDGE_EMBEDDER_URL``       base URL of ``openai:`` (default: the first upstream)
+``LLMEDGE_EMBEDDER_API_KEY``   its bearer token (default: the upstreams' when
+                               the embedder's URL is the first upstream's)
+``LLMEDGE_EMBEDDER_TIMEOUT``   seconds an embeddings request may take (2.0)
 ``LLMEDGE_SSE_EVERY``          chunks coalesced per SSE event at most (8)
 ``LLMEDGE_SSE_MAX_DELAY``      seconds a chunk may wait in the coalescer (0.05)
 ``LLMEDGE_REDIS_URL``          ``redis://``, ``rediss://`` or ``unix://`` URL, or
@@ -83,7 +90,7 @@ from llmedge.fastapi import (
     sse_event,
     sse_response,
 )
-from llmedge.gateway.backends import make_backend
+from llmedge.gateway.backends import check_embedder, make_backend, make_embedder
 
 
 def _env_float(name: str, default: float) -> float:
@@ -115,6 +122,11 @@ class Settings:
     tokens_per_minute: int = 0
     cache_threshold: float = 0.85
     cache_ttl: float = 3600.0
+    embedder: str = "hashing"
+    embedder_url: str | None = None
+    embedder_api_key: str | None = None
+    embedder_timeout: float = 2.0
+    upstream_api_key: str | None = None
     sse_every: int = 8
     sse_max_delay: float | None = 0.05
     reserve_output_tokens: int = 1024
@@ -167,6 +179,11 @@ class Settings:
             tokens_per_minute=int(_env_float("LLMEDGE_TOKENS_PER_MINUTE", 0)),
             cache_threshold=_env_float("LLMEDGE_CACHE_THRESHOLD", 0.85),
             cache_ttl=_env_float("LLMEDGE_CACHE_TTL", 3600.0),
+            embedder=os.environ.get("LLMEDGE_EMBEDDER", "").strip() or "hashing",
+            embedder_url=os.environ.get("LLMEDGE_EMBEDDER_URL", "").strip() or None,
+            embedder_api_key=os.environ.get("LLMEDGE_EMBEDDER_API_KEY") or None,
+            embedder_timeout=_env_float("LLMEDGE_EMBEDDER_TIMEOUT", 2.0),
+            upstream_api_key=os.environ.get("LLMEDGE_UPSTREAM_API_KEY") or None,
             sse_every=int(_env_float("LLMEDGE_SSE_EVERY", 8)),
             sse_max_delay=delay if delay > 0 else None,
             redis_url=(redis_urls[0] if len(redis_urls) == 1 else redis_urls) or None,
@@ -202,6 +219,7 @@ class Settings:
                 f"redis_local_share (LLMEDGE_REDIS_LOCAL_SHARE) must be >= 1, "
                 f"got {self.redis_local_share!r}"
             )
+        check_embedder(self)
         llmedge.model_info(self.model)
 
 
@@ -293,6 +311,7 @@ def make_router(settings: Settings, backend: Any) -> llmedge.Router:
             llmedge.Upstream(
                 url,
                 name=f"upstream-{i}",
+                api_key=s.upstream_api_key,
                 breaker=breaker,
                 connect_timeout=s.connect_timeout,
                 read_timeout=s.read_timeout,
@@ -363,6 +382,9 @@ class Service:
         shared = (
             {"store": self.store, "local_share": settings.redis_local_share} if self.store else {}
         )
+        embedder = make_embedder(settings)
+        if embedder is not None:
+            shared["embedder"] = embedder
         self.backend = make_backend(
             settings.backend, threshold=settings.cache_threshold, ttl=settings.cache_ttl, **shared
         )

@@ -10,7 +10,10 @@ repository's ``benches/`` is on ``PYTHONPATH``) or any ``module:factory``.
 The interface (what ``app.py`` calls):
 
 * ``cache``: ``await get(prompt, partition) -> (response, kind) | None``,
-  ``await aset(prompt, text, partition=...)``, ``stats()``;
+  ``await aset(prompt, text, partition=...)``, ``stats()``; the llmedge
+  backend's semantic tier embeds with the embedder of ``LLMEDGE_EMBEDDER``
+  (``make_embedder``), and a failing embeddings service makes a lookup a
+  miss and a store a no-op rather than a failed request;
 * ``breaker(name, exclude=...)``: a circuit breaker for ``llmedge.Router``
   (the permit protocol ``_acquire()``, ``_on_success``, ``_on_error``,
   ``_release``), with ``name``, ``state``, ``metrics()``,
@@ -47,11 +50,14 @@ class LlmedgeBackend:
         max_entries: int = 10_000,
         store: llmedge.RedisStore | None = None,
         local_share: int = 1,
+        embedder: Any = None,
     ):
         self.store = store
         self.local_share = local_share
         self.cache = _LlmedgeCache(
-            llmedge.SemanticCache(threshold=threshold, ttl=ttl, max_entries=max_entries)
+            llmedge.SemanticCache(
+                threshold=threshold, ttl=ttl, max_entries=max_entries, embedder=embedder
+            )
         )
         self._optimizers: dict[str, llmedge.PromptOptimizer] = {}
         self._lock = threading.Lock()
@@ -103,19 +109,85 @@ def prompt_budget(context_window: int, reserve: int) -> int:
     return budget
 
 
+# What a remote embedder raises when its service fails, is unavailable or
+# rejects a text: the request goes on without the cache.
+_EMBEDDER_ERRORS = (llmedge.UpstreamError, llmedge.UpstreamClientError, llmedge.CircuitOpenError)
+
+
 class _LlmedgeCache:
     def __init__(self, cache: llmedge.SemanticCache) -> None:
         self.inner = cache
+        self.embedder_errors = 0
 
     async def get(self, prompt: str, partition: str) -> tuple[Any, str] | None:
-        hit = await self.inner.aget(prompt, partition=partition)
+        try:
+            hit = await self.inner.aget(prompt, partition=partition)
+        except _EMBEDDER_ERRORS:
+            self.embedder_errors += 1
+            return None
         return None if hit is None else (hit.response, hit.kind)
 
     async def aset(self, prompt: str, text: Any, *, partition: Any = None, **_: Any) -> None:
-        await self.inner.aset(prompt, text, partition=partition)
+        try:
+            await self.inner.aset(prompt, text, partition=partition)
+        except _EMBEDDER_ERRORS:
+            self.embedder_errors += 1
 
     def stats(self) -> dict[str, Any]:
-        return self.inner.stats()
+        return {**self.inner.stats(), "embedder_errors": self.embedder_errors}
+
+
+EMBEDDERS = "'hashing', 'sentence-transformers:MODEL' or 'openai:MODEL'"
+
+
+def check_embedder(settings: Any) -> None:
+    """A ValueError naming ``LLMEDGE_EMBEDDER`` unless it is one of ``EMBEDDERS``."""
+    kind, sep, model = settings.embedder.partition(":")
+    if settings.embedder == "hashing":
+        return
+    if kind not in ("sentence-transformers", "openai") or not sep or not model.strip():
+        raise ValueError(f"LLMEDGE_EMBEDDER must be {EMBEDDERS}, got {settings.embedder!r}")
+    if settings.backend != "llmedge":
+        raise ValueError(
+            f"LLMEDGE_EMBEDDER={settings.embedder!r} needs LLMEDGE_SERVICE_BACKEND=llmedge, "
+            f"got {settings.backend!r}"
+        )
+    url = settings.embedder_url
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ValueError(f"LLMEDGE_EMBEDDER_URL must be an http(s) base URL, got {url!r}")
+    if not settings.embedder_timeout > 0:
+        raise ValueError(f"embedder_timeout must be > 0 seconds, got {settings.embedder_timeout}")
+
+
+def make_embedder(settings: Any) -> Any:
+    """The embedder of ``settings.embedder`` (None: the cache's built-in hashing
+    embedder). ``openai:MODEL`` asks its endpoint for the dimension now, so that
+    a wrong URL or model stops the start with its reason."""
+    check_embedder(settings)
+    kind, _, model = settings.embedder.partition(":")
+    model = model.strip()
+    from llmedge import embedders
+
+    if kind == "sentence-transformers":
+        return embedders.SentenceTransformerEmbedder(model)
+    if kind == "openai":
+        url = settings.embedder_url or settings.upstreams[0]
+        key = settings.embedder_api_key
+        if key is None and url == settings.upstreams[0]:
+            key = settings.upstream_api_key
+        embedder = embedders.OpenAIEmbedder(
+            url, model, api_key=key, timeout=settings.embedder_timeout
+        )
+        try:
+            embedder.dim  # noqa: B018 - the probe
+        except (llmedge.UpstreamError, llmedge.UpstreamClientError) as exc:
+            embedder.close()
+            raise ValueError(
+                f"LLMEDGE_EMBEDDER={settings.embedder!r}: the embeddings endpoint {url} "
+                f"did not embed a probe text: {exc}"
+            ) from exc
+        return embedder
+    return None
 
 
 def make_backend(name: str, **config: Any) -> Any:

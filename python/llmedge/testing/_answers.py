@@ -1,6 +1,7 @@
 """The mock's answers: a deterministic function of the model, the last user
 message and a seed, so a cache hit returns exactly what the upstream would
-have said."""
+have said; its embeddings: the hashing embedder's vectors, identical for
+identical texts and close for texts that share words."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["mock_answer"]
+__all__ = ["mock_answer", "mock_embeddings"]
 
 # Common short English words: each is one token with its leading space in the
 # OpenAI encodings, so an answer of N words streams as N chunks of one token.
@@ -63,3 +64,11 @@ def mock_answer(
             sentence = 0
         words.append(word)
     return " ".join(words)
+
+
+def mock_embeddings(texts: Sequence[str], dim: int) -> list[list[float]]:
+    """The mock's embeddings of ``texts``: :class:`llmedge.HashingEmbedder` vectors of
+    ``dim`` floats (L2-normalised), the same for the same text on every call."""
+    import llmedge
+
+    return llmedge.HashingEmbedder(dim)(list(texts))

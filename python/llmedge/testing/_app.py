@@ -1,5 +1,5 @@
 """The mock LLM as a plain ASGI application (no framework): OpenAI's chat
-completions (plain and streamed), models and health, and the admin endpoints
+completions (plain and streamed), embeddings, models and health, and the admin endpoints
 (``/mock/faults``, ``/mock/config``, ``/mock/stats``, ``/mock/reset``) that
 switch faults on and off at run time."""
 
@@ -11,8 +11,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from llmedge.testing._answers import mock_answer
-from llmedge.testing._state import _Config, _State
+from llmedge.testing._answers import mock_answer, mock_embeddings
+from llmedge.testing._state import _Config, _Faults, _State
 
 _Scope = dict[str, Any]
 _Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -29,8 +29,22 @@ _ERROR_TYPES = {
 }
 
 
+#: OpenAI's limit of inputs per embeddings request, which the mock enforces too.
+MAX_EMBEDDING_INPUTS = 2048
+DEFAULT_EMBEDDING_DIM = 384
+
+
 class _BadRequest(Exception):
     pass
+
+
+def _count_text(model: str, text: str) -> int:
+    import llmedge
+
+    try:
+        return llmedge.count_tokens(text, model)
+    except KeyError:  # not in llmedge's model table (an embedding model): count as gpt-4o
+        return llmedge.count_tokens(text, "gpt-4o")
 
 
 def _usage_counts(model: str, messages: list[dict[str, Any]], answer: str) -> tuple[int, int]:
@@ -104,6 +118,8 @@ class _MockApp:
         try:
             if path == "/v1/chat/completions" and method == "POST":
                 await self._chat(body, receive, send)
+            elif path == "/v1/embeddings" and method == "POST":
+                await self._embeddings(body, receive, send)
             elif path in ("/v1/models", "/models") and method == "GET":
                 await _send_json(send, 200, {"object": "list", "data": [_model_entry("mock")]})
             elif path == "/health" and method == "GET":
@@ -128,20 +144,26 @@ class _MockApp:
         self._ids += 1
         return f"chatcmpl-mock-{self._ids}"
 
+    async def _failed(self, fate: str, faults: _Faults, receive: _Receive, send: _Send) -> bool:
+        """Answers an injected error or timeout; False when the request goes on."""
+        if fate == "error":
+            self.state.count_status(faults.status)
+            message = f"mock upstream failure (HTTP {faults.status})"
+            await _send_error(send, faults.status, message, faults.retry_after)
+            return True
+        if fate == "timeout":
+            await _wait_or_disconnect(faults.hang, receive)
+            self.state.count_status(504)
+            await _send_error(send, 504, "mock upstream timed out")
+            return True
+        return False
+
     async def _chat(self, raw: bytes, receive: _Receive, send: _Send) -> None:
         body = _parse_chat_body(raw)
         model, messages, stream = body["model"], body["messages"], body.get("stream", False)
         max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
         fate, faults, config = self.state.decide(stream)
-        if fate == "error":
-            self.state.count_status(faults.status)
-            message = f"mock upstream failure (HTTP {faults.status})"
-            await _send_error(send, faults.status, message, faults.retry_after)
-            return
-        if fate == "timeout":
-            await _wait_or_disconnect(faults.hang, receive)
-            self.state.count_status(504)
-            await _send_error(send, 504, "mock upstream timed out")
+        if await self._failed(fate, faults, receive, send):
             return
         n = config.answer_tokens if max_tokens is None else min(config.answer_tokens, max_tokens)
         answer = mock_answer(model, messages, n, seed=config.seed)
@@ -181,6 +203,54 @@ class _MockApp:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         await self._stream(
             send, ident, created, model, answer, finish, usage, include_usage, fate, config
+        )
+
+    async def _embeddings(self, raw: bytes, receive: _Receive, send: _Send) -> None:
+        body = _json_object(raw)
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise _BadRequest(f"'model' must be a non-empty string, got {model!r}")
+        texts = body.get("input")
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not texts:
+            raise _BadRequest("'input' must be a string or a non-empty array of strings")
+        if len(texts) > MAX_EMBEDDING_INPUTS:
+            raise _BadRequest(
+                f"'input' holds {len(texts)} items; at most {MAX_EMBEDDING_INPUTS} per request"
+            )
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text:
+                raise _BadRequest(f"input[{i}] must be a non-empty string, got {text!r}")
+        dim = body.get("dimensions", DEFAULT_EMBEDDING_DIM)
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 8192:
+            raise _BadRequest(f"'dimensions' must be an integer in [1, 8192], got {dim!r}")
+        if body.get("encoding_format", "float") != "float":
+            raise _BadRequest(
+                f"'encoding_format' must be 'float' (the mock serves no other), "
+                f"got {body.get('encoding_format')!r}"
+            )
+        fate, faults, config = self.state.decide(False, embedding_inputs=len(texts))
+        if await self._failed(fate, faults, receive, send):
+            return
+        vectors = mock_embeddings(texts, dim)
+        tokens = sum(_count_text(model, t) for t in texts)
+        if config.ttft:
+            await asyncio.sleep(config.ttft)
+        self.state.count_status(200)
+        self.state.count_tokens(tokens, 0)
+        await _send_json(
+            send,
+            200,
+            {
+                "object": "list",
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": v}
+                    for i, v in enumerate(vectors)
+                ],
+                "model": model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            },
         )
 
     async def _stream(

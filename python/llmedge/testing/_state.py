@@ -78,6 +78,8 @@ class _Stats:
     breaks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    embedding_requests: int = 0
+    embedding_inputs: int = 0
 
 
 class _Spread:
@@ -119,11 +121,15 @@ class _State:
         with self.lock:
             self.config = config
 
-    def decide(self, stream: bool) -> tuple[str, _Faults, _Config]:
-        """One request's fate: "ok", "error", "timeout" or "break"."""
+    def decide(self, stream: bool, embedding_inputs: int = 0) -> tuple[str, _Faults, _Config]:
+        """One request's fate: "ok", "error", "timeout" or "break";
+        ``embedding_inputs`` counts the texts of an embeddings request."""
         with self.lock:
             faults, config = self.faults, self.config
             self.stats.requests += 1
+            if embedding_inputs:
+                self.stats.embedding_requests += 1
+                self.stats.embedding_inputs += embedding_inputs
             if stream:
                 self.stats.streams += 1
             if faults.fail_all or self._errors.pick(faults.error_rate):
