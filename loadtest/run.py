@@ -108,7 +108,7 @@ class Run:
             env = dict(BASE_SERVICE_ENV)
             env.update(RATELIMIT_ENV if self.scenario == "ratelimit" else UNLIMITED_ENV)
             service, url = tr.start_service(
-                upstreams=[primary.base_url, fallback.base_url],
+                upstreams=[f"primary={primary.base_url}", f"fallback={fallback.base_url}"],
                 backend=self.backend,
                 workers=self.args.workers,
                 env=env,

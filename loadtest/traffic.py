@@ -258,7 +258,7 @@ def start_service(
     if server == "gunicorn":
         argv = [
             sys.executable, "-m", "gunicorn",
-            "-k", "uvicorn.workers.UvicornWorker",
+            "-k", "llmedge.gateway.worker.UvicornWorker",
             "-w", str(workers),
             "-b", f"127.0.0.1:{port}",
             "--graceful-timeout", "5",
@@ -267,6 +267,7 @@ def start_service(
     else:
         argv = [
             sys.executable, "-m", "uvicorn", "--factory", "llmedge.gateway:create_app",
+            "--http", "llmedge.gateway.server:HeaderTimeoutProtocol",
             "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
         ]  # fmt: skip
     full_env = {

@@ -69,6 +69,7 @@ def upstreams(mocks):
     yield mocks
     for m in mocks:
         m.clear_faults()
+        m.configure(finish_reason=None)
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import math
 import threading
 import time
 import types
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -52,8 +53,8 @@ class BaselineBackend:
             exclude,
         )
 
-    def limiter(self, **limits: Any) -> Any:
-        return _BaselineLimits(self._b.resilience.TokenBucket, limits)
+    def limiter(self, *, max_keys: int = 100_000, **limits: Any) -> Any:
+        return _BaselineLimits(self._b.resilience.TokenBucket, limits, max_keys)
 
     def _rules_for(self, model: str) -> Any:
         rules = self._rules.get(model)
@@ -106,7 +107,12 @@ class BaselineBackend:
 
 
 class _BaselineCache:
-    """One PyCache per partition; embedding and search off the event loop."""
+    """One PyCache per partition; embedding and search off the event loop.
+
+    Bounded as llmedge's cache is: ``max_entries`` in all partitions
+    together; at the bound the partition used longest ago gives up its
+    least recently used entry, and an emptied partition is dropped (a
+    lookup creates none)."""
 
     def __init__(self, b: Any, *, threshold: float, ttl: float, max_entries: int) -> None:
         self._b = b
@@ -114,26 +120,28 @@ class _BaselineCache:
         self.threshold = threshold
         self.ttl = ttl
         self.max_entries = max_entries
-        self.parts: dict[str, Any] = {}
+        self.parts: OrderedDict[str, Any] = OrderedDict()  # least recently used first
+        self.entries = 0
         self.lock = threading.Lock()
         self.counts = {"exact_hits": 0, "semantic_hits": 0, "misses": 0, "inserts": 0}
-
-    def _part(self, partition: str) -> Any:
-        c = self.parts.get(partition)
-        if c is None:
-            c = self.parts[partition] = self._b.cache.PyCache(
-                384, threshold=self.threshold, ttl=self.ttl, max_entries=self.max_entries
-            )
-        return c
+        self.counts.update(evictions=0)
 
     def _get(self, prompt: str, partition: str) -> tuple[Any, str] | None:
         norm = self._b.cache._normalize(prompt)
         with self.lock:
-            c = self._part(partition)
-            exact = norm in c.exact
-        vec = None if exact else self.embedder.embed(prompt)
+            c = self.parts.get(partition)
+            exact = c is not None and norm in c.exact
+        vec = None if exact or c is None else self.embedder.embed(prompt)
         with self.lock:
-            found = c.get(prompt, vec if vec is not None else [1.0] * 384)
+            c = self.parts.get(partition)
+            found = None
+            if c is not None:
+                before = len(c)
+                found = c.get(prompt, vec if vec is not None else [1.0] * 384)
+                self.entries -= before - len(c)  # expired on the way
+                self.parts.move_to_end(partition)
+                if not len(c):
+                    del self.parts[partition]
             if found is None:
                 self.counts["misses"] += 1
                 return None
@@ -147,8 +155,23 @@ class _BaselineCache:
     def _set(self, prompt: str, text: Any, partition: str) -> None:
         vec = self.embedder.embed(prompt)
         with self.lock:
-            self._part(partition).set(prompt, text, vec)
+            c = self.parts.get(partition)
+            if c is None:
+                c = self.parts[partition] = self._b.cache.PyCache(
+                    384, threshold=self.threshold, ttl=self.ttl, max_entries=self.max_entries
+                )
+            self.parts.move_to_end(partition)
+            before = len(c)
+            c.set(prompt, text, vec)
+            self.entries += len(c) - before
             self.counts["inserts"] += 1
+            while self.entries > self.max_entries:
+                name, oldest = next(iter(self.parts.items()))
+                oldest._remove(next(iter(oldest.lru)))
+                self.entries -= 1
+                self.counts["evictions"] += 1
+                if not len(oldest):
+                    del self.parts[name]
 
     async def aset(self, prompt: str, text: Any, *, partition: Any = None, **_: Any) -> None:
         await asyncio.to_thread(self._set, prompt, text, str(partition))
@@ -156,7 +179,7 @@ class _BaselineCache:
     def stats(self) -> dict[str, Any]:
         with self.lock:
             c = dict(self.counts)
-            entries = sum(len(p) for p in self.parts.values())
+            entries = self.entries
         hits = c["exact_hits"] + c["semantic_hits"]
         lookups = hits + c["misses"]
         return {
@@ -260,22 +283,20 @@ class _BaselineBreaker:
 class _BaselineLimits:
     """Token buckets for requests and tokens, charged together or not at all."""
 
-    def __init__(self, bucket: Any, limits: dict[str, tuple[Any, ...]]) -> None:
+    def __init__(
+        self, bucket: Any, limits: dict[str, tuple[Any, ...]], max_keys: int = 100_000
+    ) -> None:
         self.buckets = {}
         self.limits = {}
         for name, spec in limits.items():
             rate, per, *rest = spec
             burst = rest[0] if rest else None
-            self.buckets[name] = bucket(rate, per=per, burst=burst)
+            self.buckets[name] = bucket(rate, per=per, burst=burst, max_keys=max_keys)
             self.limits[name] = (float(rate), float(per), int(self.buckets[name].burst))
         self.lock = threading.Lock()
 
     def _levels(self, key: str, now: float) -> dict[str, float]:
-        out = {}
-        for name, b in self.buckets.items():
-            tokens, last = b.buckets.get(key, (b.burst, now))
-            out[name] = min(b.burst, tokens + (now - last) * b.fill)
-        return out
+        return {name: b.level(key, now) for name, b in self.buckets.items()}
 
     def try_acquire(self, key: str = "", **costs: int) -> bool:
         now = time.monotonic()
@@ -283,8 +304,7 @@ class _BaselineLimits:
             levels = self._levels(key, now)
             ok = all(levels[n] >= costs.get(n, 0) for n in self.buckets)
             for name, b in self.buckets.items():
-                left = levels[name] - (costs.get(name, 0) if ok else 0)
-                b.buckets[key] = (left, now)
+                b.store(key, levels[name] - (costs.get(name, 0) if ok else 0), now)
             return ok
 
     def retry_after(self, key: str = "", **costs: int) -> float:
@@ -297,6 +317,10 @@ class _BaselineLimits:
             if need > 0:
                 wait = max(wait, need / b.fill)
         return wait
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(set().union(*(b.buckets for b in self.buckets.values())))
 
     def available(self, key: str = "") -> dict[str, int]:
         with self.lock:

@@ -271,7 +271,9 @@ def run(
         fallback = stack.enter_context(spawn_mock(port=0, ttft=ttft, tpot=tpot))
         started += [{"name": "mock", "pid": m.process.pid} for m in (primary, fallback)]
         gateway = GatewayServer(
-            [primary.base_url, fallback.base_url], subprocess=True, env=DEMO_SERVICE_ENV
+            [f"primary={primary.base_url}", f"fallback={fallback.base_url}"],
+            subprocess=True,
+            env=DEMO_SERVICE_ENV,
         )
         stack.enter_context(gateway)
         url = gateway.url

@@ -6,11 +6,14 @@
 gunicorn::
 
     llmedge serve --upstream http://127.0.0.1:8001/v1 --workers 4
-    uvicorn --factory llmedge.gateway:create_app
-    gunicorn -k uvicorn.workers.UvicornWorker -w 4 'llmedge.gateway:create_app()'
+    uvicorn --factory llmedge.gateway:create_app \
+            --http llmedge.gateway.server:HeaderTimeoutProtocol
+    gunicorn -k llmedge.gateway.worker.UvicornWorker -w 4 'llmedge.gateway:create_app()'
 
-The application is imported on first use of ``create_app`` or ``Settings``, so
-that ``llmedge.gateway.cli`` can say which dependency is missing.
+(the header-timeout protocol and worker refuse slow-loris clients; see
+``llmedge.gateway.server``). The application is imported on first use of
+``create_app`` or ``Settings``, so that ``llmedge.gateway.cli`` can say which
+dependency is missing.
 """
 
 from __future__ import annotations

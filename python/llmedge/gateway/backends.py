@@ -19,7 +19,7 @@ The interface (what ``app.py`` calls):
   ``_release``), with ``name``, ``state``, ``metrics()``,
   ``add_listener(fn)``; an open breaker raises ``llmedge.CircuitOpenError``
   (``.retry_after``);
-* ``limiter(requests=(rate, per, burst), tokens=...)``: for
+* ``limiter(requests=(rate, per, burst), tokens=..., max_keys=...)``: for
   ``llmedge.fastapi.RateLimit(limiter=...)``; with a ``store`` (llmedge
   only), breakers and limiter share their state through Redis;
 * ``fit(model, messages, max_tokens)``, ``count_messages(model, messages)``,
@@ -67,11 +67,11 @@ class LlmedgeBackend:
             config["store"] = self.store
         return llmedge.CircuitBreaker(name, exclude=exclude, **config)
 
-    def limiter(self, **limits: Any) -> Any:
+    def limiter(self, *, max_keys: int = 100_000, **limits: Any) -> Any:
         if self.store is None:
-            return llmedge.RateLimiter.multi(limits)
+            return llmedge.RateLimiter.multi(limits, max_keys=max_keys)
         return llmedge.MultiRateLimiter(
-            limits, store=self.store, name="chat", local_share=self.local_share
+            limits, store=self.store, name="chat", local_share=self.local_share, max_keys=max_keys
         )
 
     def _optimizer(self, model: str) -> llmedge.PromptOptimizer:

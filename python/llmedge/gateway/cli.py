@@ -45,7 +45,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--upstream",
         action="append",
         metavar="URL",
-        help="an OpenAI-compatible base URL such as http://127.0.0.1:8001/v1; repeat for "
+        help="an OpenAI-compatible base URL such as http://127.0.0.1:8001/v1, optionally "
+        "labelled (primary=http://...: clients see the label, never the URL); repeat for "
         "fallbacks, in order of preference (env LLMEDGE_UPSTREAMS, comma-separated)",
     )
     serve.add_argument(
@@ -134,12 +135,13 @@ def main(args: argparse.Namespace) -> int:
             port=args.port,
             log_level=args.log_level,
             access_log=args.log_level == "debug",
+            http="llmedge.gateway.server:HeaderTimeoutProtocol",  # refuses slow-loris clients
         )
         return 0
     bind = f"[{args.host}]:{args.port}" if ":" in args.host else f"{args.host}:{args.port}"
     argv = [
         sys.executable, "-m", "gunicorn",
-        "-k", "uvicorn.workers.UvicornWorker",
+        "-k", "llmedge.gateway.worker.UvicornWorker",
         "-w", str(args.workers),
         "-b", bind,
         "--log-level", args.log_level,
