@@ -50,7 +50,12 @@ def test_read_pairs_with_and_without_header(tmp_path):
         ("", "holds no pairs"),
         ("prompt_a,prompt_b,same_answer\n", "header and no pairs"),
         ("a,b,maybe\n", "line 1: same_answer must be one of .*got 'maybe'"),
-        ("prompt_a,prompt_b,same_answer\na,b,1\nc,d\n", "line 3: expected .* got 2 column"),
+        ("prompt_a,prompt_b,same_answer\na,b,1\nc,d\n", "line 3: expected 3 columns, got 2"),
+        # an unquoted comma in a prompt is named, not read as another column
+        ("How are you, today?,How are you?,1,x\n", "line 1: .* got 5 columns; quote prompts"),
+        ("a,b\n", "line 1: .* got 2 columns"),
+        ("x,,1\n", "line 1: a prompt is empty"),
+        ("prompt_a,prompt_b,same_answer\n  ,b,1\n", "line 2: a prompt is empty"),
     ],
 )
 def test_read_pairs_bad_files(tmp_path, content, message):
@@ -58,6 +63,12 @@ def test_read_pairs_bad_files(tmp_path, content, message):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         read_pairs(path)
+
+
+def test_read_pairs_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("prompt_a,prompt_b,same_answer\na,b,yes\n".encode("utf-8-sig"))
+    assert read_pairs(path) == [Pair("a", "b", True)]
 
 
 def test_read_pairs_missing_and_binary(tmp_path):
@@ -113,7 +124,7 @@ def test_evaluate_rejects_bad_arguments():
         evaluate(pairs, similarities=[0.5], thresholds=[2.0])
     with pytest.raises(ValueError, match="1 similarities for 2 pairs"):
         evaluate(pairs * 2, similarities=[0.5])
-    with pytest.raises(ValueError, match="--embedder must be"):
+    with pytest.raises(ValueError, match="--embedder must be .*openai:MODEL"):
         embedder_from_spec("word2vec")
     with pytest.raises(ValueError, match="integer dimension"):
         embedder_from_spec("hashing:big")
@@ -128,13 +139,19 @@ def test_command_line(tmp_path, capsys):
     assert "6 pairs, 3 labelled same answer" in out and "| 0.30 |" in out
     data = json.loads(out_json.read_text())
     assert data["pairs"] == 6 and [r["threshold"] for r in data["rows"]] == [0.3, 0.6]
-    # bad input: a message and exit status 2, no traceback
+    # bad input: a message on stderr and exit status 2, no traceback
     assert cli_main(["cache-eval", "--pairs", str(tmp_path / "nope.csv")]) == 2
-    assert "cannot read the pairs file" in capsys.readouterr().out
+    assert "cannot read the pairs file" in capsys.readouterr().err
     assert cli_main(["cache-eval", "--pairs", str(csv_path), "--thresholds", "x"]) == 2
-    assert "--thresholds must be" in capsys.readouterr().out
+    assert "--thresholds must be" in capsys.readouterr().err
     assert cli_main(["cache-eval", "--pairs", str(csv_path), "--vectors", "v.npy"]) == 2
-    assert "--vectors and --texts go together" in capsys.readouterr().out
+    assert "--vectors and --texts go together" in capsys.readouterr().err
+    assert cli_main(["cache-eval", "--pairs", str(csv_path), "--embedder", "openai:m"]) == 2
+    assert "needs --embedder-url" in capsys.readouterr().err
+    # an output that cannot be written: the report is printed first
+    assert cli_main([*argv, str(tmp_path / "no" / "dir" / "r.json")]) == 2
+    captured = capsys.readouterr()
+    assert "6 pairs" in captured.out and "No such file" in captured.err
 
 
 def test_precomputed_vectors(tmp_path, capsys):
@@ -152,7 +169,12 @@ def test_precomputed_vectors(tmp_path, capsys):
     (tmp_path / "t.json").write_text(json.dumps(texts[:-1]))
     np.save(tmp_path / "v.npy", vectors[:-1])
     assert cli_main([*argv, "--texts", str(tmp_path / "t.json")]) == 2
-    assert "has no vector for" in capsys.readouterr().out
+    assert "has no vector for" in capsys.readouterr().err
+    (tmp_path / "t.json").write_text("[1,")
+    assert cli_main([*argv, "--texts", str(tmp_path / "t.json")]) == 2
+    assert "t.json' is not JSON" in capsys.readouterr().err
+    assert cli_main([*argv[:-1], str(tmp_path / "nope.npy"), "--texts", "t.json"]) == 2
+    assert "cannot read --texts" in capsys.readouterr().err
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -174,3 +196,12 @@ def test_docs_example_runs():
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 1
     exec(blocks[0], {})
+
+
+def test_openai_compatible_embedder(tmp_path, capsys, mock_llm):
+    # the gateway's embedder spec works here too (the mock serves /v1/embeddings)
+    csv_path = write_csv(tmp_path / "pairs.csv", PAIRS)
+    argv = ["cache-eval", "--pairs", str(csv_path), "--embedder", "openai:text-embedding-3-small"]
+    assert cli_main([*argv, "--embedder-url", mock_llm.base_url]) == 0
+    assert "6 pairs, 3 labelled same answer" in capsys.readouterr().out
+    assert mock_llm.stats()["embedding_requests"] >= 1

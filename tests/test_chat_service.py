@@ -112,6 +112,23 @@ async def test_chat_answers_then_hits_exact_and_paraphrase(svc, upstreams):
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("question", ["", "   ", "\n\t"])
+async def test_a_blank_question_goes_upstream_and_is_not_cached(svc, upstreams, question):
+    # OpenAI accepts empty content; the cache needs a non-empty prompt, so a
+    # blank one is never looked up nor stored (it used to answer 500)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}
+    for _ in range(2):
+        r = await svc.client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200 and r.headers["x-llmedge-cache"] == "none"
+    r = await svc.client.post("/chat", json={"question": question})
+    if question:
+        assert r.status_code == 200 and r.json()["cached"] == "none"
+    else:  # /chat asks for a question of at least one character
+        assert r.status_code == 422 and "question" in r.text
+    assert upstreams[0].stats()["requests"] == 2 + bool(question)
+
+
+@pytest.mark.asyncio
 async def test_concurrent_requests_exact_totals(svc, upstreams):
     questions = [f"Concurrent question number {i} about the sea?" for i in range(40)]
     bodies = [{"question": q, "stream": i % 2 == 1} for i, q in enumerate(questions)]

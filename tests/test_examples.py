@@ -65,6 +65,12 @@ def test_the_example_answers_caches_limits_and_reports(chat_app, mock_llm):
     # 10 a minute in bursts of 10: the 11th and 12th wait (a refill takes 6 s)
     codes = [ask(f"question {i}", key="greedy").status_code for i in range(12)]
     assert codes == [200] * 10 + [429] * 2
+    # a 4xx is the request's fault: passed back, and the breaker stays closed
+    # (the embeddings endpoint refusing too only turns the cache off)
+    mock_llm.set_faults(fail_all=True, status=400)
+    assert [ask(f"rejected {i}", key=f"k{i}").status_code for i in range(6)] == [400] * 6
+    health = httpx.get(chat_app + "/health", trust_env=False).json()
+    assert health["breakers"]["provider"]["state"] == "closed"
     mock_llm.set_faults(fail_all=True, status=503)
     assert ask("a question the cache has not seen").status_code == 502
     health = httpx.get(chat_app + "/health", trust_env=False).json()

@@ -4,6 +4,7 @@ environment, errors, uvicorn and gunicorn), run through the pytest plugin's
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -94,6 +95,22 @@ def test_serve_rejects_bad_settings_with_their_value(args, message):
     assert message in out.stderr
 
 
+def test_start_up_failures_end_with_a_message_not_a_traceback():
+    # what create_app builds (the Redis store, the embedder) is checked once,
+    # before uvicorn or gunicorn start, for one worker or several
+    for workers in ("1", "2"):
+        out = _serve("--workers", workers, "--redis", "notaurl")
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert "notaurl" in out.stderr
+        out = _serve(
+            "--workers", workers,
+            "--embedder", "openai:text-embedding-3-small",
+            "--embedder-url", "http://127.0.0.1:1/v1",
+        )  # fmt: skip
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert "did not embed a probe text" in out.stderr
+
+
 def test_a_bad_environment_value_is_named_too():
     out = _serve(env={"LLMEDGE_READ_TIMEOUT": "soon"})
     assert out.returncode == 2
@@ -128,6 +145,12 @@ def test_the_gateway_embeds_with_the_upstreams_embeddings_endpoint(llmedge_gatew
     assert stats["embedding_requests"] >= 2 and stats["requests"] >= 3
     embedder = llmedge_gateway.service.backend.cache.inner
     assert embedder.embedder_identity.startswith("openai-compatible/text-embedding-3-small@")
+    # the embeddings service's breaker is reported, named without its URL
+    health = httpx.get(url + "/health", trust_env=False).json()
+    assert "embeddings text-embedding-3-small" in health["breakers"]
+    assert mock_llm.base_url not in json.dumps(health)
+    metrics = httpx.get(url + "/metrics", trust_env=False).text
+    assert 'breaker="embeddings text-embedding-3-small"' in metrics
 
 
 def test_a_failing_embeddings_service_makes_cache_misses_not_errors(mock_llm):

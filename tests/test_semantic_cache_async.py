@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+import llmedge
 from llmedge import SemanticCache
 
 
@@ -340,3 +341,34 @@ def test_stress_threads_and_tasks_keep_invariants():
         for k in range(60)
     )
     assert len(c) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_text_the_embeddings_endpoint_refuses_fails_only_its_own_lookup():
+    # one text over an embedding model's limit makes the endpoint refuse the
+    # whole batch (4xx): the other lookups of the batch are asked again alone
+    calls = []
+    inner = llmedge.HashingEmbedder(4)
+
+    def strict(texts):
+        calls.append(len(texts))
+        if any(len(t) > 20 for t in texts):
+            raise llmedge.UpstreamClientError("input too long")
+        return inner(texts)
+
+    c = SemanticCache(embedder=strict, dim=4)
+    res = await asyncio.gather(
+        c.aget("short one"), c.aget("short two"), c.aget("x" * 30), return_exceptions=True
+    )
+    assert res[:2] == [None, None] and isinstance(res[2], llmedge.UpstreamClientError)
+    assert calls == [3, 1, 1, 1]
+
+    # an endpoint that is down (UpstreamError) is not asked again per lookup
+    def down(texts):
+        calls.append(len(texts))
+        raise llmedge.UpstreamError("unreachable")
+
+    calls.clear()
+    c = SemanticCache(embedder=down, dim=4)
+    res = await asyncio.gather(c.aget("a"), c.aget("b"), return_exceptions=True)
+    assert all(isinstance(r, llmedge.UpstreamError) for r in res) and calls == [2]

@@ -29,6 +29,7 @@ from typing import Any
 
 from llmedge import _core
 from llmedge._core import CacheHit, partition_key
+from llmedge.errors import UpstreamClientError
 
 __all__ = ["SemanticCache", "CacheHit", "partition_key"]
 
@@ -69,6 +70,18 @@ class _Batcher:
         try:
             requests = [r for r, _ in batch]
             results = await self.loop.run_in_executor(None, self.cache.get_many, requests)
+            if len(batch) > 1 and any(isinstance(r, UpstreamClientError) for r in results):
+                # The embeddings endpoint refused the batch for one of its
+                # texts (one over the model's limit, say): ask again one by
+                # one, so that the other lookups are not failed with it. A
+                # failing endpoint (UpstreamError) is not retried: every
+                # lookup would wait for it again.
+                results = [
+                    (await self.loop.run_in_executor(None, self.cache.get_many, [req]))[0]
+                    if isinstance(res, UpstreamClientError)
+                    else res
+                    for req, res in zip(requests, results, strict=True)
+                ]
             for (_, fut), res in zip(batch, results, strict=True):
                 if fut.done():
                     continue

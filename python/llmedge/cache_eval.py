@@ -25,6 +25,8 @@ import csv
 import dataclasses
 import json
 import math
+import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -143,13 +145,15 @@ def read_pairs(path: str | Path) -> list[Pair]:
     """Pairs from a CSV file.
 
     With a header row, the columns ``prompt_a``, ``prompt_b`` and
-    ``same_answer`` are used wherever they are; without one, the last three
-    columns of each row are (so ``id,a,b,label`` files read as they are).
-    Labels are 1/0, true/false, yes/no or same/different.
+    ``same_answer`` are used wherever they are; without one, each row is
+    ``prompt_a,prompt_b,same_answer`` or ``id,prompt_a,prompt_b,same_answer``
+    (quote prompts that hold commas). Labels are 1/0, true/false, yes/no or
+    same/different; prompts must not be empty.
     """
     p = Path(path)
     try:
-        with p.open(newline="", encoding="utf-8") as f:
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte order mark
+        with p.open(newline="", encoding="utf-8-sig") as f:
             rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
     except OSError as exc:
         raise ValueError(f"cannot read the pairs file {str(p)!r}: {exc.strerror or exc}") from None
@@ -158,29 +162,40 @@ def read_pairs(path: str | Path) -> list[Pair]:
     if not rows:
         raise ValueError(f"the pairs file {str(p)!r} holds no pairs")
     header = [c.strip().lower() for c in rows[0]]
-    first_line = 1
-    if {"prompt_a", "prompt_b", "same_answer"} <= set(header):
+    named = {"prompt_a", "prompt_b", "same_answer"} <= set(header)
+    if named:
         ia, ib, il = (header.index(n) for n in ("prompt_a", "prompt_b", "same_answer"))
         rows = rows[1:]
-        first_line = 2
-    else:
-        ia, ib, il = -3, -2, -1
     pairs = []
-    for n, row in enumerate(rows, start=first_line):
+    for n, row in enumerate(rows, start=2 if named else 1):
         where = f"{p.name} line {n}"
-        if len(row) < 3:
-            raise ValueError(
-                f"{where}: expected prompt_a, prompt_b, same_answer, got {len(row)} column(s)"
-            )
+        if not named:
+            if len(row) not in (3, 4):
+                raise ValueError(
+                    f"{where}: expected prompt_a,prompt_b,same_answer (or id first), got "
+                    f"{len(row)} columns; quote prompts that hold commas"
+                )
+            ia, ib, il = len(row) - 3, len(row) - 2, len(row) - 1
+        elif len(row) <= max(ia, ib, il):
+            raise ValueError(f"{where}: expected {len(header)} columns, got {len(row)}")
+        if not row[ia].strip() or not row[ib].strip():
+            raise ValueError(f"{where}: a prompt is empty")
         pairs.append(Pair(row[ia], row[ib], _label(row[il], where)))
     if not pairs:
         raise ValueError(f"the pairs file {str(p)!r} holds a header and no pairs")
     return pairs
 
 
-def embedder_from_spec(spec: str) -> Embed:
-    """``hashing`` or ``hashing:DIM`` (built in), or ``sentence-transformers:MODEL``."""
+def embedder_from_spec(spec: str, url: str | None = None) -> Embed:
+    """``hashing`` or ``hashing:DIM`` (built in), ``sentence-transformers:MODEL``,
+    or ``openai:MODEL`` at the OpenAI-compatible base ``url`` (the gateway's)."""
     name, _, arg = spec.partition(":")
+    if name == "openai" and arg:
+        if not url:
+            raise ValueError("--embedder openai:MODEL needs --embedder-url (an http(s) base URL)")
+        from llmedge.embedders import OpenAIEmbedder
+
+        return OpenAIEmbedder(url, arg, api_key=os.environ.get("OPENAI_API_KEY"))
     if name == "hashing":
         try:
             dim = int(arg) if arg else 384
@@ -198,7 +213,8 @@ def embedder_from_spec(spec: str) -> Embed:
         model = SentenceTransformer(arg)
         return lambda texts: model.encode(list(texts), normalize_embeddings=True).tolist()
     raise ValueError(
-        f"--embedder must be hashing, hashing:DIM or sentence-transformers:MODEL, got {spec!r}"
+        "--embedder must be hashing, hashing:DIM, sentence-transformers:MODEL or "
+        f"openai:MODEL, got {spec!r}"
     )
 
 
@@ -208,10 +224,18 @@ def precomputed_embedder(vectors: str | Path, texts: str | Path) -> Embed:
         import numpy as np
     except ImportError:
         raise ValueError("--vectors needs numpy: pip install 'llmedge[numpy]'") from None
-    names = json.loads(Path(texts).read_text(encoding="utf-8"))
+    try:
+        names = json.loads(Path(texts).read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read --texts {str(texts)!r}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--texts {str(texts)!r} is not JSON: {exc}") from None
     if not isinstance(names, list) or not all(isinstance(t, str) for t in names):
         raise ValueError(f"{texts}: expected a JSON list of strings")
-    matrix = np.load(vectors, allow_pickle=False)
+    try:
+        matrix = np.load(vectors, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read --vectors {str(vectors)!r} as a matrix: {exc}") from None
     if matrix.ndim != 2 or matrix.shape[0] != len(names):
         raise ValueError(
             f"{vectors}: expected a matrix with one row per text ({len(names)} rows), "
@@ -384,8 +408,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--embedder",
         default="hashing",
-        help="hashing (default), hashing:DIM or sentence-transformers:MODEL",
+        help="hashing (default), hashing:DIM, sentence-transformers:MODEL or openai:MODEL",
     )
+    p.add_argument("--embedder-url", metavar="URL", help="base URL of openai:MODEL (/v1)")
     p.add_argument("--vectors", metavar="NPY", help="precomputed vectors, one row per text")
     p.add_argument("--texts", metavar="JSON", help="the texts of --vectors' rows (a JSON list)")
     p.add_argument(
@@ -400,12 +425,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="PNG", help="draw the precision-recall curves")
 
 
+def _error(message: str) -> int:
+    print(f"llmedge cache-eval: {message}", file=sys.stderr)
+    return 2
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         thresholds = [float(t) for t in args.thresholds.split(",") if t.strip()]
     except ValueError:
-        print(f"error: --thresholds must be comma-separated numbers, got {args.thresholds!r}")
-        return 2
+        return _error(f"--thresholds must be comma-separated numbers, got {args.thresholds!r}")
     try:
         pairs = read_pairs(args.pairs)
         if bool(args.vectors) != bool(args.texts):
@@ -413,7 +442,7 @@ def main(args: argparse.Namespace) -> int:
         embed = (
             precomputed_embedder(args.vectors, args.texts)
             if args.vectors
-            else embedder_from_spec(args.embedder)
+            else embedder_from_spec(args.embedder, args.embedder_url)
         )
         report = evaluate(
             pairs,
@@ -423,12 +452,16 @@ def main(args: argparse.Namespace) -> int:
             rejections_at=args.at,
             examples=args.examples,
         )
+    except ValueError as exc:
+        return _error(str(exc))
+    except Exception as exc:  # the embedder's own failure (a network error, ...)
+        return _error(f"the embedder failed: {type(exc).__name__}: {exc}")
+    print(report.format())
+    try:
+        if args.json:
+            Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         if args.plot:
             plot(report, args.plot)
-    except ValueError as exc:
-        print(f"error: {exc}")
-        return 2
-    print(report.format())
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    except (OSError, ValueError) as exc:
+        return _error(str(exc))
     return 0

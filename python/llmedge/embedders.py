@@ -151,9 +151,10 @@ class OpenAIEmbedder:
     for 30 s), or the breaker given, or none with ``breaker=False``. A timeout,
     a connection error, HTTP 5xx or 429 or a malformed answer raises
     :class:`llmedge.UpstreamError` and counts as a failure; another 4xx (a bad
-    request: an empty text, a text over the model's limit, an unknown model)
-    raises :class:`llmedge.UpstreamClientError` and does not; an open breaker
-    raises :class:`llmedge.CircuitOpenError` without a request.
+    request: a text over the model's limit, an unknown model) raises
+    :class:`llmedge.UpstreamClientError` and does not; an open breaker raises
+    :class:`llmedge.CircuitOpenError` without a request. An empty text raises
+    ``ValueError`` before any request (endpoints reject them).
 
     Calling it with a list of str returns a list of float lists, one per text;
     ``aembed`` does the same off the event loop. ``SemanticCache`` calls it from

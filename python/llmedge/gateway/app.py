@@ -395,6 +395,7 @@ class Service:
             {"store": self.store, "local_share": settings.redis_local_share} if self.store else {}
         )
         embedder = make_embedder(settings)
+        self.embedder = embedder
         if embedder is not None:
             shared["embedder"] = embedder
         self.backend = make_backend(
@@ -470,6 +471,8 @@ class Service:
         cacheable = (
             last.get("role") == "user"
             and isinstance(last.get("content"), str)
+            # a blank question is passed upstream as it is, never looked up
+            and bool(last["content"].strip())
             and not any(params.get(k) is not None for k in _UNCACHEABLE)
             and (params.get("n") or 1) == 1
         )
@@ -840,13 +843,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await service.router.aclose()
+        close_embedder = getattr(service.embedder, "close", None)
+        if close_embedder is not None:
+            close_embedder()
         if service.store is not None:
             service.store.close()
 
     app = FastAPI(title="llmedge reference chat service", lifespan=lifespan)
     app.state.service = service
+    # the embeddings service's breaker too: while it is open the semantic tier is off
+    embedder_breaker = getattr(service.embedder, "breaker", None)
     monitor = Monitor(
-        breakers=service.router.breakers,
+        breakers=[*service.router.breakers, *([embedder_breaker] if embedder_breaker else [])],
         caches={"chat": service.backend.cache},
         costs={
             "spent": service.costs,

@@ -175,8 +175,16 @@ def make_embedder(settings: Any) -> Any:
         key = settings.embedder_api_key
         if key is None and url == settings.upstreams[0]:
             key = settings.upstream_api_key
+        # named without its URL: breaker names reach /health and /metrics
+        breaker = llmedge.CircuitBreaker(
+            f"embeddings {model}",
+            failure_threshold=5,
+            recovery_timeout=30.0,
+            success_threshold=1,
+            exclude=(llmedge.UpstreamClientError,),
+        )
         embedder = embedders.OpenAIEmbedder(
-            url, model, api_key=key, timeout=settings.embedder_timeout
+            url, model, api_key=key, timeout=settings.embedder_timeout, breaker=breaker
         )
         try:
             embedder.dim  # noqa: B018 - the probe

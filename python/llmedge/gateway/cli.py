@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Any
 
+import llmedge
+
 #: The distributions of ``llmedge[service]`` by the module they provide.
 SERVICE_MODULES = {
     "fastapi": "fastapi",
@@ -100,6 +102,26 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _preflight(settings: Any) -> None:
+    """What ``create_app`` would fail on in every worker, checked once here so
+    that it ends with a message and exit status 2 instead of a traceback:
+    a malformed Redis URL, an embeddings endpoint that does not embed, a
+    sentence-transformers embedder without its package."""
+    if settings.redis_url is not None:
+        llmedge.RedisStore(settings.redis_url, timeout=settings.redis_timeout).close()
+    kind = settings.embedder.partition(":")[0]
+    has_st = importlib.util.find_spec("sentence_transformers") is not None
+    if kind == "sentence-transformers" and not has_st:
+        raise ValueError(
+            f"LLMEDGE_EMBEDDER={settings.embedder!r} needs sentence-transformers: "
+            "pip install 'llmedge[sentence-transformers]'"
+        )
+    if kind == "openai":
+        from llmedge.gateway.backends import make_embedder
+
+        make_embedder(settings).close()
+
+
 def main(args: argparse.Namespace) -> int:
     missing = missing_service_modules()
     if missing:
@@ -122,8 +144,10 @@ def main(args: argparse.Namespace) -> int:
     from llmedge.gateway import Settings
 
     try:
-        Settings.from_env().validate()
-    except (ValueError, KeyError) as exc:
+        settings = Settings.from_env()
+        settings.validate()
+        _preflight(settings)
+    except (ValueError, KeyError, OSError, llmedge.StoreError) as exc:
         return _fail(str(exc))
     if args.workers == 1:
         import uvicorn
