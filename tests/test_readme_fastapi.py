@@ -20,7 +20,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _block() -> str:
-    section = docs_text().split("## FastAPI integration and the reference service", 1)[1]
+    section = docs_text().split("## FastAPI integration\n", 1)[1]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, "no python block in the FastAPI integration section"
     return match.group(1)

@@ -72,15 +72,26 @@ def register_model(
     output_price: float = 0.0,
     cached_input_price: float | None = None,
     kind: str = "chat",
-) -> None: ...
-def model_info(model: str) -> dict[str, Any]: ...
-def list_models(kind: str | None = None) -> list[str]: ...
+) -> None:
+    """Adds or replaces a model in the process's model table (encoding, limits, USD prices
+    per million tokens)."""
+
+def model_info(model: str) -> dict[str, Any]:
+    """A model's table entry; dated snapshots resolve to their base model.
+    UnknownModelError (a KeyError) lists the closest names."""
+
+def list_models(kind: str | None = None) -> list[str]:
+    """The names in the model table, optionally only those of `kind` ("chat", "embedding")."""
+
 def count_messages(
     messages: Sequence[Mapping[str, Any]],
     model: str,
     *,
     tools: Sequence[Mapping[str, Any]] | None = None,
-) -> int: ...
+) -> int:
+    """The prompt tokens of a Chat Completions request: messages, content parts (images
+    by OpenAI's tile rule), tool calls and `tools` definitions, plus the reply priming."""
+
 def fit_messages(
     messages: Sequence[dict[str, Any]],
     model: str,
@@ -91,10 +102,16 @@ def fit_messages(
     history_limit: int | None = None,
     allow_partial: bool = False,
     tools: Sequence[Mapping[str, Any]] | None = None,
-) -> list[dict[str, Any]]: ...
+) -> list[dict[str, Any]]:
+    """The messages that fit `max_tokens` as count_messages counts them: system messages
+    and the last user message kept, tool calls kept with their results.
+    ContextOverflowError when the pinned messages alone do not fit."""
+
 def estimate_cost(
     model: str, input_tokens: int, output_tokens: int, *, cached_input_tokens: int = 0
-) -> float: ...
+) -> float:
+    """USD cost of a request at the model table's prices; `cached_input_tokens` (part of
+    `input_tokens`) at the cached-input price."""
 
 @final
 class CostTracker:
@@ -365,6 +382,9 @@ class RouteSelector:
 
 @final
 class HashingEmbedder:
+    """The cache's built-in embedder: signed feature hashing of word and character n-grams,
+    L2-normalised; no dependencies, the same vectors on every platform."""
+
     def __new__(
         cls,
         dim: int = 384,
@@ -451,6 +471,9 @@ class PromptOptimizer:
 
 @final
 class CacheHit:
+    """A cache answer: the stored `response`, its `kind` ("exact" or "semantic"), the
+    cosine `score`, the `matched_prompt`, its `age` in seconds and `metadata`."""
+
     @property
     def response(self) -> Any: ...
     @property
