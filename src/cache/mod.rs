@@ -12,6 +12,7 @@ pub mod guard;
 pub mod hashing;
 pub mod index;
 pub mod partition;
+pub mod rebuild;
 pub mod semantic;
 pub mod snapshot;
 pub mod stats;
