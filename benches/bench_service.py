@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,12 +29,8 @@ from conftest import record
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
+from llmedge.gateway import app as chat_app  # noqa: E402
 from llmedge.testing import MockLLM, mock_answer  # noqa: E402
-
-SERVICE = Path(__file__).resolve().parents[1] / "examples" / "chat_service"
-sys.path.insert(0, str(SERVICE))
-
-import app as chat_app  # noqa: E402
 
 IMPLS = ["llmedge", "baseline"]
 MODEL = "gpt-4o-mini"

@@ -2,8 +2,8 @@
 
 Each benchmark is parametrised over implementations and records, beside its
 timing, which implementation ran and whether its result agreed with the
-reference (see llmedge/_bench.py for the conventions the report reads).
-Run: ``python -m llmedge bench`` (quick) or ``pytest benches --benchmark-enable``.
+reference (see run.py for the conventions the report reads).
+Run: ``python benches/run.py`` (quick) or ``pytest benches --benchmark-enable``.
 """
 
 from __future__ import annotations

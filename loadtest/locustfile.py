@@ -28,7 +28,7 @@ from typing import Any
 import gevent
 from locust import FastHttpUser, between, constant, events, task
 
-from llmedge._traffic import INCOMPLETE_STREAM, sse_content
+from llmedge._workload import INCOMPLETE_STREAM, sse_content
 from llmedge.errors import IncompleteStreamError
 from llmedge.sse import iter_events, iter_lines
 

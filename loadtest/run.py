@@ -44,8 +44,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 if importlib.util.find_spec("llmedge") is None:  # a source checkout without an install
     sys.path.insert(0, str(HERE.parent / "python"))
+if str(HERE) not in sys.path:  # loaded by path (the tests) rather than run as a script
+    sys.path.insert(0, str(HERE))
 
-from llmedge import _traffic as tr  # noqa: E402
+import traffic as tr  # noqa: E402
+
 from llmedge.testing import spawn_mock  # noqa: E402
 
 SCENARIOS = ("sustained", "failure", "ratelimit")
@@ -105,10 +108,9 @@ class Run:
             env = dict(BASE_SERVICE_ENV)
             env.update(RATELIMIT_ENV if self.scenario == "ratelimit" else UNLIMITED_ENV)
             service, url = tr.start_service(
-                upstreams=[primary.base_url, fallback.base_url],
+                upstreams=[f"primary={primary.base_url}", f"fallback={fallback.base_url}"],
                 backend=self.backend,
                 workers=self.args.workers,
-                service_dir=self.args.service_dir,
                 env=env,
                 log_path=self.work / "service.log",
             )
@@ -587,7 +589,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttft", type=float, default=0.05, help="mock time to first token, s")
     p.add_argument("--tpot", type=float, default=0.005, help="mock time per output token, s")
     p.add_argument("--tokens", type=int, default=24, help="mock answer length in tokens")
-    p.add_argument("--service-dir", default=None, help="examples/chat_service of the checkout")
     return p
 
 
@@ -601,8 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--wait needs 0 <= MIN <= MAX, got {args.wait}")
     try:
         mix = tr.parse_mix(args.mix)
-        tr.find_service_dir(args.service_dir)
-    except (ValueError, FileNotFoundError) as e:
+    except ValueError as e:
         raise SystemExit(str(e)) from None
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
     backends = ["llmedge", "baseline"] if args.backend == "both" else [args.backend]

@@ -7,28 +7,11 @@ import pytest
 from redis_support import RedisCluster, RedisServer, require_redis
 
 from llmedge import CircuitBreaker
-from llmedge.testing import MockLLM
+from llmedge.testing import FakeClock, MockLLM  # noqa: F401 - FakeClock: the tests import it from here
+
+pytest_plugins = ["pytester"]
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-class FakeClock:
-    """An injectable monotonic clock: ``clock()`` reads, ``advance`` moves it.
-
-    Tests of a broken clock set ``now`` to a bad reading, or to an exception,
-    which reading the clock then raises.
-    """
-
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        if isinstance(self.now, BaseException):
-            raise self.now
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 #: What a broken clock returns (or raises), the error a class that reads it
@@ -47,8 +30,9 @@ BAD_CLOCK_READINGS = [
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(1000.0)
+def clock(llmedge_clock) -> FakeClock:
+    """The llmedge pytest plugin's fake clock (at 1000.0)."""
+    return llmedge_clock
 
 
 def boom():
@@ -85,6 +69,7 @@ def upstreams(mocks):
     yield mocks
     for m in mocks:
         m.clear_faults()
+        m.configure(finish_reason=None)
 
 
 @pytest.fixture

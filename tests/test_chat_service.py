@@ -1,4 +1,4 @@
-"""The reference service (examples/chat_service) end to end: httpx against the
+"""The gateway (llmedge.gateway) end to end: httpx against the
 app (lifespan run) and the mock LLM served on real local ports. Both backends
 (llmedge and the pure-Python baselines) pass the same tests."""
 
@@ -21,11 +21,10 @@ import llmedge  # noqa: E402
 from llmedge.testing import mock_answer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVICE = ROOT / "examples" / "chat_service"
-sys.path.insert(0, str(SERVICE))
 
-import app as chat_app  # noqa: E402
 from conftest import ANSWER_TOKENS  # noqa: E402
+
+from llmedge.gateway import app as chat_app  # noqa: E402
 
 
 def _baseline_available() -> bool:
@@ -102,7 +101,7 @@ async def test_chat_answers_then_hits_exact_and_paraphrase(svc, upstreams):
     assert body["answer"] == expected("gpt-4o-mini", q)
     assert body["cached"] == "none" and r.headers["x-llmedge-cache"] == "none"
     assert body["usage"]["completion_tokens"] > 0 and body["cost"] > 0
-    assert body["upstream"] == upstreams[0].base_url
+    assert body["upstream"] == "upstream-0"  # the label: no URL reaches a client
 
     r = await svc.client.post("/chat", json={"question": "what is the  capital of france?"})
     assert r.json()["cached"] == "exact" and r.json()["answer"] == body["answer"]
@@ -110,6 +109,23 @@ async def test_chat_answers_then_hits_exact_and_paraphrase(svc, upstreams):
     r = await svc.client.post("/chat", json={"question": "So, what is the capital of France?"})
     assert r.json()["cached"] == "semantic" and r.json()["answer"] == body["answer"]
     assert upstreams[0].stats()["requests"] == 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("question", ["", "   ", "\n\t"])
+async def test_a_blank_question_goes_upstream_and_is_not_cached(svc, upstreams, question):
+    # OpenAI accepts empty content; the cache needs a non-empty prompt, so a
+    # blank one is never looked up nor stored (it used to answer 500)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}
+    for _ in range(2):
+        r = await svc.client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200 and r.headers["x-llmedge-cache"] == "none"
+    r = await svc.client.post("/chat", json={"question": question})
+    if question:
+        assert r.status_code == 200 and r.json()["cached"] == "none"
+    else:  # /chat asks for a question of at least one character
+        assert r.status_code == 422 and "question" in r.text
+    assert upstreams[0].stats()["requests"] == 2 + bool(question)
 
 
 @pytest.mark.asyncio
@@ -334,13 +350,13 @@ async def test_breaker_falls_back_to_the_second_upstream(svc, upstreams):
     for i in range(6):
         r = await svc.client.post("/chat", json={"question": f"fallback question {i}"})
         assert r.status_code == 200
-        assert r.json()["upstream"] == second.base_url
+        assert r.json()["upstream"] == "upstream-1"
         assert r.json()["answer"] == expected("gpt-4o-mini", f"fallback question {i}")
     # the breaker opened after 3 failures: the first upstream saw no more requests
     assert first.stats()["requests"] == 3
     health = (await svc.client.get("/health")).json()
     assert health["status"] == "degraded"
-    states = {name.split(":", 1)[0]: b["state"] for name, b in health["breakers"].items()}
+    states = {name: b["state"] for name, b in health["breakers"].items()}
     assert states == {"upstream-0": "open", "upstream-1": "closed"}
     # streams fall back too
     r = await svc.client.post("/chat", json={"question": "stream fallback", "stream": True})
@@ -496,8 +512,16 @@ def test_bad_service_configuration():
         chat_app.create_app(chat_app.Settings(upstreams=[]))
     with pytest.raises(ValueError, match="http\\(s\\) base URLs.*'localhost:1'"):
         chat_app.create_app(chat_app.Settings(upstreams=["localhost:1"]))
-    with pytest.raises(ValueError, match="'llmedge' or 'baseline', got 'rust'"):
+    with pytest.raises(ValueError, match="'baseline' or 'module:factory', got 'rust'"):
         chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], backend="rust"))
+    with pytest.raises(ValueError, match="cannot import 'no_such_module'"):
+        chat_app.create_app(
+            chat_app.Settings(upstreams=["http://x/v1"], backend="no_such_module:f")
+        )
+    with pytest.raises(ValueError, match="'llmedge:__version__' is not a callable"):
+        chat_app.create_app(
+            chat_app.Settings(upstreams=["http://x/v1"], backend="llmedge:__version__")
+        )
     with pytest.raises(ValueError, match="read_timeout must be > 0"):
         chat_app.create_app(chat_app.Settings(upstreams=["http://x/v1"], read_timeout=0))
     with pytest.raises(ValueError, match="LLMEDGE_SSE_EVERY.*0"):

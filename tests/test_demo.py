@@ -2,31 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import pytest
 
 from llmedge import _demo
-from llmedge import _traffic as tr
+from llmedge import _workload as tr
 from llmedge.__main__ import main as cli_main
 
 
 def test_help_lists_demo(capsys):
     cli_main([])
     out = capsys.readouterr().out
-    assert "demo" in out and "bench" in out
+    assert "demo" in out
     with pytest.raises(SystemExit):
         cli_main(["demo", "--help"])
     assert "--duration" in capsys.readouterr().out
-
-
-def test_demo_without_the_service_says_where_it_looked(tmp_path, capsys):
-    args = argparse.Namespace(duration=5.0, users=2, backend="llmedge",
-                              service_dir=str(tmp_path), data=None, seed=0, json=None)  # fmt: skip
-    assert _demo.main(args) == 2
-    out = capsys.readouterr().out
-    assert "examples/chat_service/app.py" in out and str(tmp_path) in out
 
 
 def test_demo_rejects_bad_settings():
@@ -51,7 +42,7 @@ def test_format_report_shows_every_section():
     ]  # fmt: skip
     s = tr.summarize(recs)
     result = {
-        "users": 3, "duration_s": 3.0, "backend": "llmedge", "corpus": "c",
+        "users": 3, "duration_s": 3.0, "corpus": "c",
         "mock": {"ttft": 0.05, "tpot": 0.005}, "overall": s,
         "phases": [{"phase": "healthy", "seconds": 3.0, "summary": s,
                     "primary_calls": 10, "fallback_calls": 0}],
@@ -66,11 +57,14 @@ def test_format_report_shows_every_section():
     assert "saved by the cache" in text and "$0.0012" in text
 
 
+def test_demo_names_missing_evaluation_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="prompts.csv"):
+        _demo.run(duration=4.0, users=3, data_dir=str(tmp_path))
+
+
 def test_demo_end_to_end_short_run_stops_everything(tmp_path):
-    empty = tmp_path / "no-data"
-    empty.mkdir()
     lines: list[str] = []
-    result = _demo.run(duration=4.0, users=3, data_dir=str(empty), print_fn=lines.append,
+    result = _demo.run(duration=4.0, users=3, print_fn=lines.append,
                        json_path=str(tmp_path / "demo.json"))  # fmt: skip
     assert any("built-in prompt set" in line for line in lines)
     assert [p["phase"] for p in result["phases"]] == ["healthy", "primary down", "recovered"]

@@ -13,9 +13,12 @@ from conftest import FakeClock
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmedge import _traffic as tr
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "loadtest"))
+
+import traffic as tr  # noqa: E402
+
+from llmedge import _workload  # noqa: E402
 
 
 def _load_runner():
@@ -117,6 +120,16 @@ def test_load_corpus_falls_back_to_the_builtin_set(tmp_path):
     assert corpus.source == "built-in prompt set"
     with pytest.raises(ValueError, match="max_chars"):
         tr.load_corpus(tmp_path, max_chars=0)
+
+
+def test_the_packages_load_corpus_reads_only_a_directory_it_is_given(tmp_path):
+    assert _workload.load_corpus(None) == tr.builtin_corpus()
+    with pytest.raises(FileNotFoundError, match=r"lacks prompts\.csv and mqp\.csv"):
+        _workload.load_corpus(tmp_path)
+    (tmp_path / "prompts.csv").write_text("prompt\n" + "x" * 50 + "\n", encoding="utf-8")
+    (tmp_path / "mqp.csv").write_text("1,a,b,0\n", encoding="utf-8")
+    with pytest.raises(FileNotFoundError, match="no usable rows"):
+        _workload.load_corpus(tmp_path, max_chars=10)
 
 
 # ------------------------------------------------------------------ summaries
@@ -242,11 +255,6 @@ def test_managed_process_stops_its_whole_group(tmp_path):
     assert proc.pids() == []
     assert not proc.alive()
     proc.stop()  # idempotent
-
-
-def test_find_service_dir_names_what_it_tried(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--service-dir"):
-        tr.find_service_dir(tmp_path)
 
 
 def test_start_service_rejects_bad_choices(tmp_path):

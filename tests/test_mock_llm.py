@@ -254,3 +254,41 @@ def test_command_line_rejects_bad_settings():
     )
     assert result.returncode == 2
     assert "error_rate" in result.stderr
+
+
+@pytest.mark.asyncio
+async def test_finish_reason_can_be_forced_and_streams_are_counted_while_open():
+    mock = MockLLM(answer_tokens=8)
+    mock.configure(finish_reason="content_filter")
+    async with client(mock) as c:
+        r = await c.post(CHAT, json=body())
+        assert r.json()["choices"][0]["finish_reason"] == "content_filter"
+        r = await c.post(CHAT, json=body(stream=True))
+        finishes = [json.loads(e)["choices"][0]["finish_reason"] for e in sse_events(r.text)[:-1]]
+        assert finishes[-1] == "content_filter"
+    stats = mock.stats()
+    assert stats["open_streams"] == 0 and stats["disconnects"] == 0
+    with pytest.raises(ValueError, match=r"finish_reason must be one of .*'content_filter'"):
+        mock.configure(finish_reason="tool_calls")
+
+
+@pytest.mark.asyncio
+async def test_tools_get_a_tool_call_unless_the_last_message_is_a_tool_result():
+    schema = {"type": "object", "properties": {"q": {"type": "string"}, "n": {"type": "number"}}}
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": schema}}
+    mock = MockLLM()
+    async with client(mock) as c:
+        r = await c.post(CHAT, json=body("Find it", tools=[tool]))
+        message = r.json()["choices"][0]["message"]
+        (call,) = message["tool_calls"]
+        assert json.loads(call["function"]["arguments"]) == {"q": "Find it", "n": 1.0}
+        assert r.json()["usage"]["completion_tokens"] > 0
+        result = {"role": "tool", "tool_call_id": call["id"], "content": "42"}
+        follow = body("Find it", tools=[tool])
+        follow["messages"] += [message, result]
+        r = await c.post(CHAT, json=follow)
+        assert r.json()["choices"][0]["finish_reason"] == "stop"
+        bad = {"type": "function", "function": {"name": "other"}}
+        r = await c.post(CHAT, json=body(tools=[tool], tool_choice=bad))
+        assert r.status_code == 400 and "'other'" in r.json()["error"]["message"]
+    assert mock.stats()["tool_calls"] == 1

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,16 +28,29 @@ def test_errors_share_one_root():
     assert issubclass(llmedge.UnknownEncodingError, ValueError)
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def test_cli_help():
     out = subprocess.run(
         [sys.executable, "-m", "llmedge", "--help"], capture_output=True, text=True, check=True
     )
-    assert "bench" in out.stdout
+    assert "demo" in out.stdout
 
 
-def test_cli_bench_rejects_unknown_component():
+def test_cli_bench_points_at_the_checkouts_runner():
     out = subprocess.run(
-        [sys.executable, "-m", "llmedge", "bench", "no_such_component"],
+        [sys.executable, "-m", "llmedge", "bench", "tokens", "--full"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "python benches/run.py" in out.stderr
+
+
+def test_bench_runner_rejects_unknown_component():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benches" / "run.py"), "no_such_component"],
         capture_output=True,
         text=True,
     )
@@ -45,7 +60,11 @@ def test_cli_bench_rejects_unknown_component():
 
 def _report(*rows):
     """The bench report of pytest-benchmark entries (group, median, extra_info)."""
-    from llmedge._bench import format_report
+    spec = importlib.util.spec_from_file_location("benches_run", ROOT / "benches" / "run.py")
+    assert spec and spec.loader
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    format_report = runner.format_report
 
     benchmarks = [
         {"group": group, "name": f"b{i}", "stats": {"median": median}, "extra_info": info}

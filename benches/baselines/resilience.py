@@ -85,21 +85,44 @@ class PyBreaker:
 
 
 class TokenBucket:
-    """Keyed token bucket: ``rate`` tokens per ``per`` seconds, ``burst`` capacity."""
+    """Keyed token bucket: ``rate`` tokens per ``per`` seconds, ``burst`` capacity.
 
-    def __init__(self, rate: float, per: float = 1.0, burst: int | None = None):
+    Bounded as llmedge's limiter is: at ``max_keys`` keys, those whose bucket
+    is full again (no state worth keeping) are dropped, then if none was, the
+    1/64 touched longest ago (dict order is touch order)."""
+
+    def __init__(
+        self, rate: float, per: float = 1.0, burst: int | None = None, max_keys: int = 100_000
+    ):
         self.fill = rate / per
         self.burst = float(burst if burst is not None else max(1, int(rate)))
+        self.max_keys = max_keys
         self.buckets: dict[str, tuple[float, float]] = {}
         self.lock = threading.Lock()
+
+    def level(self, key: str, now: float) -> float:
+        tokens, last = self.buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.fill)
+
+    def store(self, key: str, tokens: float, now: float) -> None:
+        """Keeps ``key``'s level (touched now); the caller holds the lock."""
+        self.buckets.pop(key, None)
+        if len(self.buckets) >= self.max_keys:
+            self.bound(now)
+        self.buckets[key] = (tokens, now)
+
+    def bound(self, now: float) -> None:
+        full = [k for k in self.buckets if self.level(k, now) >= self.burst]
+        for k in full:
+            del self.buckets[k]
+        if len(self.buckets) >= self.max_keys:
+            for k in list(self.buckets)[: max(1, self.max_keys // 64)]:
+                del self.buckets[k]
 
     def try_acquire(self, key: str = "", cost: int = 1) -> bool:
         now = time.monotonic()
         with self.lock:
-            tokens, last = self.buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.fill)
-            if tokens >= cost:
-                self.buckets[key] = (tokens - cost, now)
-                return True
-            self.buckets[key] = (tokens, now)
-            return False
+            tokens = self.level(key, now)
+            ok = tokens >= cost
+            self.store(key, tokens - cost if ok else tokens, now)
+            return ok

@@ -1,8 +1,8 @@
-"""``python -m llmedge demo``: the reference chat service under a short load, with a failure.
+"""``python -m llmedge demo``: the gateway under a short load, with a failure.
 
 Starts two mock LLM upstreams (subprocesses of ``python -m llmedge.testing``),
-the reference service (``examples/chat_service``) under uvicorn with one
-worker, so that its ``/health`` speaks for the whole service, and a small
+the gateway (``llmedge.gateway``) under uvicorn with one worker, in a
+subprocess, so that its ``/health`` speaks for the whole service, and a small
 asyncio + httpx load generator: chat users asking real questions (new ones,
 exact repeats and paraphrases; every other new question a follow-up in a
 conversation), half of them streamed. In the middle the primary upstream fails every request, then
@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import itertools
 import json
+import signal
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from llmedge import _traffic as tr
+from llmedge import _workload as tr
 from llmedge.errors import IncompleteStreamError
 from llmedge.sse import aiter_events
 
@@ -183,7 +184,7 @@ def format_report(result: dict[str, Any]) -> str:
     lines = [
         "",
         f"llmedge demo: {result['users']} users for {result['duration_s']:.0f} s against the "
-        f"reference service ({result['backend']} backend, uvicorn, 1 worker) and two mock LLM "
+        f"gateway (uvicorn, 1 worker) and two mock LLM "
         f"upstreams (TTFT {result['mock']['ttft'] * 1000:.0f} ms, "
         f"{result['mock']['tpot'] * 1000:.0f} ms/token)",
         f"questions: {result['corpus']}",
@@ -247,41 +248,37 @@ def run(
     *,
     duration: float = 30.0,
     users: int = 20,
-    backend: str = "llmedge",
-    service_dir: str | None = None,
     data_dir: str | None = None,
     seed: int = 0,
     json_path: str | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo and return its result (also printed); stops everything it started."""
-    from llmedge.testing import spawn_mock
+    from llmedge.testing import GatewayServer, spawn_mock
 
     if not 3 <= duration <= 600:
         raise ValueError(f"duration must be between 3 and 600 seconds, got {duration!r}")
     if users < 1:
         raise ValueError(f"users must be at least 1, got {users!r}")
-    directory = tr.find_service_dir(service_dir)
     corpus = tr.load_corpus(data_dir)
     requests = tr.generate_requests(corpus, 20_000, seed=seed)
-    if corpus.source.startswith("built-in"):
-        print_fn("note: evaluation data not found; using the small built-in prompt set")
+    print_fn(f"questions: {corpus.describe()}")
     ttft, tpot = 0.05, 0.005
     started: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
-        print_fn("starting two mock LLM upstreams and the reference service ...")
+        print_fn("starting two mock LLM upstreams and the gateway ...")
         primary = stack.enter_context(spawn_mock(port=0, ttft=ttft, tpot=tpot))
         fallback = stack.enter_context(spawn_mock(port=0, ttft=ttft, tpot=tpot))
         started += [{"name": "mock", "pid": m.process.pid} for m in (primary, fallback)]
-        service, url = tr.start_service(
-            upstreams=[primary.base_url, fallback.base_url],
-            backend=backend,
-            service_dir=directory,
+        gateway = GatewayServer(
+            [f"primary={primary.base_url}", f"fallback={fallback.base_url}"],
+            subprocess=True,
             env=DEMO_SERVICE_ENV,
-            server="uvicorn",
         )
-        stack.callback(service.stop)
-        started.append({"name": service.name, "pgid": service.pgid})
+        stack.enter_context(gateway)
+        url = gateway.url
+        assert gateway.process is not None
+        started.append({"name": "gateway", "pgid": gateway.process.pid})
         monitor = stack.enter_context(tr.HealthMonitor(url, interval=0.2))
         stats: dict[str, tuple[dict, dict]] = {}
 
@@ -328,8 +325,6 @@ def run(
     result = {
         "users": users,
         "duration_s": round(timeline[-1]["end"] - t0, 1) if timeline else 0.0,
-        "backend": backend,
-        "service_dir": str(directory),
         "corpus": corpus.describe(),
         "mock": {"ttft": ttft, "tpot": tpot},
         "overall": tr.summarize(records),
@@ -365,15 +360,21 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 
 
 def main(args: Any) -> int:
-    import signal
+    from llmedge.gateway.cli import missing_service_modules
 
+    missing = missing_service_modules()
+    if missing:
+        print(
+            f"llmedge demo: the demo runs the gateway, which needs the optional dependencies "
+            f"of llmedge[service] (missing: {', '.join(missing)}); install them with: "
+            "pip install 'llmedge[service]'"
+        )
+        return 2
     previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         run(
             duration=args.duration,
             users=args.users,
-            backend=args.backend,
-            service_dir=args.service_dir,
             data_dir=args.data,
             seed=args.seed,
             json_path=args.json,

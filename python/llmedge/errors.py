@@ -168,8 +168,9 @@ class AllUpstreamsFailedError(LlmEdgeError):
     ``attempts`` lists what was tried (:class:`llmedge.routing.Attempt`),
     ``errors`` the :class:`UpstreamError` of each failed call (empty when
     none was made), ``timeout`` whether the last failure was a timeout or the
-    deadline, and ``retry_after`` the seconds until an unavailable upstream
-    admits calls again (None when every upstream failed).
+    deadline, and ``retry_after`` the seconds until the first unavailable
+    upstream admits calls again (None when every upstream was called and
+    failed).
     """
 
     def __init__(

@@ -245,7 +245,11 @@ class Monitor:
             body["routers"] = {name: r.stats() for name, r in self.routers.items()}
         if self.rate_limits:
             body["rate_limits"] = {
-                rl.name: {"granted": rl.granted, "rejections": dict(rl.rejections)}
+                rl.name: {
+                    "granted": rl.granted,
+                    "rejections": dict(rl.rejections),
+                    **_local_keys(rl.limiter),
+                }
                 for rl in self.rate_limits
             }
         return (503 if status == "unhealthy" else 200), body
@@ -285,6 +289,14 @@ class Monitor:
         app.include_router(self.router(health_path=health_path, metrics_path=metrics_path))
         install_error_handler(app)
         return app
+
+
+def _local_keys(limiter: Any) -> dict[str, int]:
+    """``{"keys": n}``: the keys a process-local limiter holds state for
+    (bounded by its ``max_keys``); nothing for one whose state is in a store."""
+    if getattr(limiter, "shared", False) or not hasattr(limiter, "__len__"):
+        return {}
+    return {"keys": len(limiter)}
 
 
 def _is_breaker(b: Any) -> bool:

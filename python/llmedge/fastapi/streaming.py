@@ -19,6 +19,7 @@ from typing import Any
 
 from fastapi.responses import StreamingResponse
 
+from llmedge._aio import uncancellable
 from llmedge.fastapi.errors import openai_error_body
 
 __all__ = ["coalesce", "replay", "cache_on_complete", "sse_event", "sse_response"]
@@ -72,7 +73,7 @@ async def coalesce(
             if buf:
                 yield "".join(buf)
         finally:
-            await _aclose(it)
+            await uncancellable(_aclose(it))
         return
 
     loop = asyncio.get_running_loop()
@@ -117,11 +118,17 @@ async def coalesce(
         if buf:
             yield "".join(buf)
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-        await _aclose(it)
+        # Also when the client left: the chunks' source (an upstream
+        # connection) is closed now, not when the garbage collector runs.
+        await uncancellable(_stop(pending, it))
+
+
+async def _stop(pending: asyncio.Future[str] | None, it: Any) -> None:
+    if pending is not None and not pending.done():
+        pending.cancel()
+        with contextlib.suppress(BaseException):
+            await pending
+    await _aclose(it)
 
 
 async def _aclose(it: Any) -> None:

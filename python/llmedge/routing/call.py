@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from llmedge._aio import uncancellable
 from llmedge.errors import (
     UpstreamClientError,
     UpstreamError,
@@ -185,8 +186,14 @@ class _Call:
         raise self._failure("ended its stream before the first token")
 
     async def close(self) -> None:
+        """Closes the connection, also when the caller is being cancelled."""
         events, response = self.events, self.response
         self.events = self.response = None
+        if events is not None or response is not None:
+            await uncancellable(self._close(events, response))
+
+    @staticmethod
+    async def _close(events: Any, response: Any) -> None:
         if events is not None:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
@@ -312,9 +319,11 @@ class RouterStream:
         if self._done:
             return
         self._done = True
-        await self._call.close()
-        self._call.settle(outcome, exc)
-        self.cost = self._router.cost_of(self.upstream, self._model, self.usage)
+        try:
+            await self._call.close()
+        finally:  # a cancelled caller's call still reports to its breaker
+            self._call.settle(outcome, exc)
+            self.cost = self._router.cost_of(self.upstream, self._model, self.usage)
 
     async def aclose(self) -> None:
         """Ends the stream early: closes the connection; the call counts as a

@@ -157,8 +157,9 @@ def _as_upstream(u: Upstream | str | Mapping[str, Any]) -> Upstream:
 def _all_failed(
     attempts: list[Attempt], errors: list[UpstreamError], open_retry: list[float]
 ) -> AllUpstreamsFailedError:
+    waits = [w for w in open_retry if w >= 0]
     if not errors:
-        wait = min((w for w in open_retry if w >= 0), default=0.0)
+        wait = min(waits, default=0.0)
         return AllUpstreamsFailedError(
             "every upstream is unavailable (circuit open, rate limited or cooling down): "
             + ", ".join(f"{a.upstream} {a.outcome}" for a in attempts),
@@ -170,4 +171,6 @@ def _all_failed(
         attempts=attempts,
         errors=errors,
         timeout=errors[-1].timeout,
+        # beside failed calls, the upstreams that made none: when they admit again
+        retry_after=min(waits) if waits else None,
     )

@@ -44,6 +44,57 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _ThreadServer:
+    """An ASGI app served by uvicorn on a background thread of this process."""
+
+    def __init__(self, app: Any, host: str, port: int, what: str, *, lifespan: str) -> None:
+        self.app, self.host, self.port, self.what, self.lifespan = app, host, port, what, lifespan
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        try:
+            import uvicorn
+        except ImportError:
+            raise ImportError(
+                f"the {self.what}'s server needs uvicorn: pip install 'llmedge[service]'"
+            ) from None
+        sock = _bind(self.host, self.port)
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan=self.lifespan,
+            timeout_graceful_shutdown=1,
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name=f"llmedge-{port}", daemon=True
+        )
+        thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                thread.join(timeout=10)
+                sock.close()
+                raise RuntimeError(f"the {self.what} did not start on {self.host}:{port}")
+            time.sleep(0.005)
+        self._server, self._thread, self._sock, self.port = server, thread, sock, port
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._sock is not None:
+            self._sock.close()
+        self._server = self._thread = self._sock = None
+
+
 class MockLLM:
     """An OpenAI-compatible mock upstream served in this process.
 
@@ -67,8 +118,7 @@ class MockLLM:
         self.app = _MockApp(self._state)
         self.host = host
         self._port = port
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._server: _ThreadServer | None = None
 
     def __repr__(self) -> str:
         where = self.url if self._server is not None else "not started"
@@ -99,46 +149,15 @@ class MockLLM:
     def start(self, timeout: float = 30.0) -> MockLLM:
         if self._server is not None:
             raise RuntimeError(f"the mock LLM is already running at {self.url}")
-        try:
-            import uvicorn
-        except ImportError:
-            raise ImportError(
-                "the mock LLM's server needs uvicorn: pip install 'llmedge[fastapi]'"
-            ) from None
-        sock = _bind(self.host, self._port)
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=1,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name=f"llmedge-mock-{port}", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                sock.close()
-                raise RuntimeError(f"the mock LLM did not start on {self.host}:{port}")
-            time.sleep(0.005)
-        self._server, self._thread, self._port = server, thread, port
-        self._sock = sock
+        self._server = _ThreadServer(self.app, self.host, self._port, "mock LLM", lifespan="off")
+        self._server.start(timeout)
+        self._port = self._server.port
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        server.should_exit = True
-        if thread is not None:
-            thread.join(timeout=10)
-        self._sock.close()
-        self._server = self._thread = None
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
 
     def __enter__(self) -> MockLLM:
         return self.start()

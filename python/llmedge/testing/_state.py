@@ -34,18 +34,28 @@ class _Faults:
         return faults
 
 
+#: What ``finish_reason`` may force on text answers (None: the natural one).
+FINISH_REASONS = (None, "stop", "length", "content_filter")
+
+
 @dataclass
 class _Config:
     ttft: float = 0.0
     tpot: float = 0.0
     answer_tokens: int = 24
     seed: int = 0
+    finish_reason: str | None = None
 
     def validate(self) -> None:
         for name in ("ttft", "tpot"):
             _check_number(name, getattr(self, name), 0.0, 60.0, "seconds in [0, 60]")
         _check_number("answer_tokens", self.answer_tokens, 1, 100_000, "an int in [1, 100000]", int)
         _check_number("seed", self.seed, -(2**63), 2**63, "an int", int)
+        if self.finish_reason not in FINISH_REASONS:
+            raise ValueError(
+                f"finish_reason must be one of {FINISH_REASONS!r} (None: stop, or length when "
+                f"max_tokens cut the answer), got {self.finish_reason!r}"
+            )
 
 
 def _check_number(
@@ -76,8 +86,12 @@ class _Stats:
     by_status: dict[str, int] = field(default_factory=dict)
     timeouts: int = 0
     breaks: int = 0
+    disconnects: int = 0
+    tool_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    embedding_requests: int = 0
+    embedding_inputs: int = 0
 
 
 class _Spread:
@@ -104,6 +118,18 @@ class _State:
         self._errors = _Spread()
         self._timeouts = _Spread()
         self._breaks = _Spread()
+        # streams whose response is still being sent (not reset with the stats)
+        self.open_streams = 0
+
+    def stream_opened(self) -> None:
+        with self.lock:
+            self.open_streams += 1
+
+    def stream_closed(self, disconnected: bool) -> None:
+        with self.lock:
+            self.open_streams -= 1
+            if disconnected:
+                self.stats.disconnects += 1
 
     def set_faults(self, values: Mapping[str, Any]) -> None:
         faults = _Faults.parse(values)
@@ -119,11 +145,15 @@ class _State:
         with self.lock:
             self.config = config
 
-    def decide(self, stream: bool) -> tuple[str, _Faults, _Config]:
-        """One request's fate: "ok", "error", "timeout" or "break"."""
+    def decide(self, stream: bool, embedding_inputs: int = 0) -> tuple[str, _Faults, _Config]:
+        """One request's fate: "ok", "error", "timeout" or "break";
+        ``embedding_inputs`` counts the texts of an embeddings request."""
         with self.lock:
             faults, config = self.faults, self.config
             self.stats.requests += 1
+            if embedding_inputs:
+                self.stats.embedding_requests += 1
+                self.stats.embedding_inputs += embedding_inputs
             if stream:
                 self.stats.streams += 1
             if faults.fail_all or self._errors.pick(faults.error_rate):
@@ -141,6 +171,10 @@ class _State:
             key = str(status)
             self.stats.by_status[key] = self.stats.by_status.get(key, 0) + 1
 
+    def count_tool_call(self) -> None:
+        with self.lock:
+            self.stats.tool_calls += 1
+
     def count_tokens(self, prompt: int, completion: int) -> None:
         with self.lock:
             self.stats.prompt_tokens += prompt
@@ -149,6 +183,7 @@ class _State:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             stats = asdict(self.stats)
+            stats["open_streams"] = self.open_streams
             stats["faults"] = asdict(self.faults)
             stats["config"] = asdict(self.config)
             return stats

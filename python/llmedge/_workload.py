@@ -1,28 +1,22 @@
-"""Load-generation plumbing shared by ``python -m llmedge demo`` and ``loadtest/run.py``.
+"""The demo's workload, shared with the load tests (``loadtest/traffic.py``).
 
-* the request mix: real questions (``prompts.csv`` and the positive paraphrase
-  pairs of ``mqp.csv``) drawn as new questions, exact repeats and paraphrases
-  in configurable proportions, deterministic for a seed;
+* the request mix: questions drawn as new questions, exact repeats and
+  paraphrases in configurable proportions, deterministic for a seed, from a
+  small built-in prompt set or from evaluation data (``prompts.csv`` and the
+  positive paraphrase pairs of ``mqp.csv``) in a directory given explicitly;
 * latency summaries (percentiles, rates, cache hits by kind);
-* the processes a run starts (the reference service under gunicorn or uvicorn)
-  and their clean shutdown: every process is started in its own session and
-  its whole process group is signalled on stop, so no worker is left behind.
+* a ``/health`` poller that records the breakers' transitions.
 
 Pure Python and standard library only (httpx is imported where it is used).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
 import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,7 +26,7 @@ from typing import Any
 
 KINDS = ("new", "exact", "paraphrase")
 
-#: A small built-in prompt set for checkouts without ``/work/shared/data``:
+#: The built-in prompt set (the demo uses it unless given a data directory):
 #: questions a chat backend sees, and paraphrase pairs (same question, other words).
 BUILTIN_QUESTIONS: tuple[str, ...] = (
     "How do I reset my password?",
@@ -119,25 +113,6 @@ class Corpus:
         )
 
 
-def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The evaluation data directory: explicit, else $LLMEDGE_DATA, else ../shared/data."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("LLMEDGE_DATA")
-    if env:
-        return Path(env)
-    return repo_root().parent / "shared" / "data"
-
-
-# the directory holding this llmedge package
-PACKAGE_PARENT = Path(__file__).resolve().parents[1]
-
-
-def repo_root() -> Path:
-    """The source checkout holding this (editable) package: python/llmedge/ -> root."""
-    return Path(__file__).resolve().parents[2]
-
-
 def builtin_corpus() -> Corpus:
     return Corpus(BUILTIN_QUESTIONS, BUILTIN_PAIRS, "built-in prompt set")
 
@@ -145,18 +120,25 @@ def builtin_corpus() -> Corpus:
 def load_corpus(
     directory: str | os.PathLike[str] | None = None, *, max_chars: int = 2000
 ) -> Corpus:
-    """Real prompts from ``prompts.csv`` and positive pairs from ``mqp.csv``.
+    """Real prompts from ``directory/prompts.csv`` and positive pairs from
+    ``directory/mqp.csv``; the built-in prompt set when ``directory`` is None.
 
     Prompts longer than ``max_chars`` are left out (a chat question, not a
-    document). Falls back to the built-in set when the files are absent; the
-    returned corpus says which it is in ``source``.
+    document). A directory without both files, or whose files hold no usable
+    row, raises FileNotFoundError naming what is missing.
     """
     if max_chars < 1:
         raise ValueError(f"max_chars must be at least 1, got {max_chars!r}")
-    root = data_dir(directory)
-    prompts, mqp = root / "prompts.csv", root / "mqp.csv"
-    if not (prompts.is_file() and mqp.is_file()):
+    if directory is None:
         return builtin_corpus()
+    root = Path(directory)
+    prompts, mqp = root / "prompts.csv", root / "mqp.csv"
+    missing = [p.name for p in (prompts, mqp) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"evaluation data directory {str(root)!r} lacks {' and '.join(missing)} "
+            "(prompts.csv with a 'prompt' column; mqp.csv rows id,question,question,label)"
+        )
     questions: list[str] = []
     with prompts.open(newline="", encoding="utf-8") as f:
         for prompt_row in csv.DictReader(f):
@@ -171,35 +153,16 @@ def load_corpus(
                 if a and b and a != b:
                     pairs.append((a, b))
     if not questions or not pairs:
-        return builtin_corpus()
+        raise FileNotFoundError(
+            f"no usable rows in {str(root)!r}: {len(questions)} prompts of at most "
+            f"{max_chars} characters, {len(pairs)} positive paraphrase pairs"
+        )
     return Corpus(
         tuple(questions),
         tuple(pairs),
         f"{prompts.name} ({len(questions)} prompts <= {max_chars} chars) and "
         f"{mqp.name} ({len(pairs)} positive pairs) from {root}",
     )
-
-
-def parse_mix(text: str) -> dict[str, float]:
-    """``"new=0.6,exact=0.25,paraphrase=0.15"`` -> a normalised mix."""
-    mix: dict[str, float] = {}
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        name = name.strip()
-        if not sep or name not in KINDS:
-            raise ValueError(
-                f"bad mix entry {part!r}: expected KIND=WEIGHT with KIND one of {', '.join(KINDS)}"
-            )
-        try:
-            mix[name] = float(value)
-        except ValueError:
-            raise ValueError(
-                f"bad weight {value!r} for {name!r} in mix: expected a number"
-            ) from None
-    return normalise_mix(mix)
 
 
 def normalise_mix(mix: Mapping[str, float]) -> dict[str, float]:
@@ -288,11 +251,6 @@ def generate_requests(
     return out
 
 
-def mix_counts(requests: Iterable[ChatRequest]) -> dict[str, int]:
-    counts = Counter(r.kind for r in requests)
-    return {k: counts.get(k, 0) for k in KINDS}
-
-
 #: A stream's error as the load generators record it: the answer did not finish
 #: (no ``data: [DONE]``, an error event or a malformed one; see llmedge.sse).
 INCOMPLETE_STREAM = "stream ended without [DONE]"
@@ -354,16 +312,6 @@ class Record:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Record:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
-
-def read_records(path: str | os.PathLike[str]) -> list[Record]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                out.append(Record.from_dict(json.loads(line)))
-    return out
 
 
 def _round(x: float | None, nd: int = 1) -> float | None:
@@ -429,134 +377,6 @@ def summarize(records: Sequence[Record], duration_s: float | None = None) -> dic
     }
 
 
-# --------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def find_service_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """``examples/chat_service`` of the checkout (or ``explicit``); FileNotFoundError if absent."""
-    candidates = (
-        [Path(explicit)]
-        if explicit
-        else [
-            Path.cwd() / "examples" / "chat_service",
-            repo_root() / "examples" / "chat_service",
-        ]
-    )
-    for c in candidates:
-        if (c / "app.py").is_file():
-            return c.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise FileNotFoundError(
-        f"the reference service (examples/chat_service/app.py) was not found (tried {tried}); "
-        "run from a source checkout of llmedge or pass --service-dir"
-    )
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class ManagedProcess:
-    """A child started in its own session; ``stop()`` ends its whole process group.
-
-    Used for gunicorn (master + workers), uvicorn and locust. ``pids()`` lists
-    the group's live members (from /proc) so that callers can verify none is
-    left after ``stop()``.
-    """
-
-    def __init__(
-        self,
-        name: str,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        log_path: str | os.PathLike[str] | None = None,
-    ) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115
-        full_env = dict(os.environ)
-        if env:
-            full_env.update(env)
-        self.proc = subprocess.Popen(
-            self.argv,
-            cwd=cwd,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.pgid = self.proc.pid
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def pids(self) -> list[int]:
-        """Live processes of this process group (Linux /proc)."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # pid (comm) state ppid pgrp ...: comm may hold spaces, split after ')'
-            fields = stat[stat.rfind(")") + 2 :].split()
-            if len(fields) > 2 and int(fields[2]) == self.pgid and fields[0] != "Z":
-                found.append(int(entry.name))
-        return found
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the group, wait, then SIGKILL what is left; reap the child."""
-        if _group_alive(self.pgid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pgid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                self.proc.poll()
-                if not self.pids():
-                    break
-                time.sleep(0.05)
-            if self.pids():
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.pgid, signal.SIGKILL)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=timeout)
-        if not isinstance(self._log, int):
-            self._log.close()
-
-    def __enter__(self) -> ManagedProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"ManagedProcess({self.name!r}, pid={self.pid}, alive={self.alive()})"
-
-
 def still_running(started: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Which of the started processes (``{"pid"}`` or ``{"pgid"}`` entries) are alive."""
     alive = []
@@ -572,85 +392,6 @@ def still_running(started: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             pass
         alive.append(dict(entry))
     return alive
-
-
-def wait_http(url: str, *, timeout: float, proc: ManagedProcess | None = None) -> None:
-    """Poll ``url`` until it answers (any status below 500... or 503 for health)."""
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    last: str = "no answer"
-    while time.monotonic() < deadline:
-        if proc is not None and not proc.alive():
-            raise RuntimeError(
-                f"{proc.name} exited with code {proc.proc.returncode} before answering {url}"
-            )
-        try:
-            r = httpx.get(url, timeout=2.0)
-            if r.status_code < 500 or r.status_code == 503:
-                return
-            last = f"HTTP {r.status_code}"
-        except httpx.HTTPError as e:
-            last = type(e).__name__
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s (last: {last})")
-
-
-def start_service(
-    *,
-    upstreams: Sequence[str],
-    backend: str = "llmedge",
-    workers: int = 2,
-    service_dir: str | os.PathLike[str] | None = None,
-    env: Mapping[str, str] | None = None,
-    log_path: str | os.PathLike[str] | None = None,
-    server: str = "gunicorn",
-    startup_timeout: float = 60.0,
-) -> tuple[ManagedProcess, str]:
-    """Start the reference service on a free loopback port; returns (process, base URL)."""
-    if backend not in ("llmedge", "baseline"):
-        raise ValueError(f"backend must be 'llmedge' or 'baseline', got {backend!r}")
-    if server not in ("gunicorn", "uvicorn"):
-        raise ValueError(f"server must be 'gunicorn' or 'uvicorn', got {server!r}")
-    directory = find_service_dir(service_dir)
-    port = free_port()
-    if server == "gunicorn":
-        argv = [
-            sys.executable, "-m", "gunicorn",
-            "-k", "uvicorn.workers.UvicornWorker",
-            "-w", str(workers),
-            "-b", f"127.0.0.1:{port}",
-            "--graceful-timeout", "5",
-            "--chdir", str(directory),
-            "app:app",
-        ]  # fmt: skip
-    else:
-        argv = [
-            sys.executable, "-m", "uvicorn", "app:app",
-            "--host", "127.0.0.1", "--port", str(port),
-            "--app-dir", str(directory), "--no-access-log",
-        ]  # fmt: skip
-    full_env = {
-        "LLMEDGE_UPSTREAMS": ",".join(upstreams),
-        "LLMEDGE_SERVICE_BACKEND": backend,
-        # this llmedge (the editable package or an installed wheel), whichever
-        # directory the server runs in
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")) if p
-        ),
-    }
-    if env:
-        full_env.update(env)
-    proc = ManagedProcess(
-        f"service ({server}, {backend})", argv, env=full_env, cwd=directory, log_path=log_path
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(url + "/health", timeout=startup_timeout, proc=proc)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, url
 
 
 # --------------------------------------------------------------------- /health

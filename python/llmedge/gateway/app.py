@@ -1,10 +1,11 @@
-"""The reference chat service: llmedge in front of OpenAI-compatible upstreams.
+"""The gateway: llmedge in front of OpenAI-compatible upstreams.
 
-Run it::
+Run it (``pip install 'llmedge[service]'``)::
 
-    LLMEDGE_UPSTREAMS=http://127.0.0.1:8001/v1 uvicorn app:app --app-dir examples/chat_service
-    LLMEDGE_UPSTREAMS=... gunicorn -k uvicorn.workers.UvicornWorker -w 2 \\
-        --chdir examples/chat_service app:app
+    LLMEDGE_UPSTREAMS=http://127.0.0.1:8001/v1 uvicorn --factory llmedge.gateway:create_app \\
+        --http llmedge.gateway.server:HeaderTimeoutProtocol
+    LLMEDGE_UPSTREAMS=... gunicorn -k llmedge.gateway.worker.UvicornWorker -w 2 \\
+        'llmedge.gateway:create_app()'
 
 Endpoints: ``POST /chat`` (``{"question", "history", "stream", "model"}``),
 ``POST /v1/chat/completions`` (OpenAI-compatible, streaming and not),
@@ -18,13 +19,21 @@ lookup partitioned by model, sampling parameters, system prompt and earlier
 turns, then the upstreams in order of preference through an ``llmedge.Router``,
 each behind its own circuit breaker (5xx, 429, timeouts and connection errors
 are failures and move on to the next upstream; other 4xx are the caller's and
-are passed back). Streams forward the
-first token as soon as it arrives and are cached only when they completed.
+are passed back; when all answered 429 the client gets 429 with the
+smallest ``Retry-After`` they gave). Streams forward the first token as soon
+as it arrives. An answer is cached only when it completed normally
+(``finish_reason`` ``stop``, or ``length`` when the client set
+``max_tokens``) without tool calls. Clients see upstreams by label
+(``upstream-<index>`` or the label given in ``LLMEDGE_UPSTREAMS``), never by
+URL.
 
 Configuration (environment):
 
 =============================  ==============================================
-``LLMEDGE_UPSTREAMS``          comma-separated base URLs (``http://h:p/v1``)
+``LLMEDGE_UPSTREAMS``          comma-separated base URLs (``http://h:p/v1``),
+                               each optionally labelled (``primary=http://...``;
+                               clients see labels, never URLs)
+``LLMEDGE_UPSTREAM_API_KEY``   bearer token sent to every upstream (unset: none)
 ``LLMEDGE_SERVICE_BACKEND``    ``llmedge`` (default) or ``baseline``
 ``LLMEDGE_MODEL``              default model (``gpt-4o-mini``)
 ``LLMEDGE_SYSTEM_PROMPT``      system prompt of ``/chat``
@@ -39,6 +48,13 @@ Configuration (environment):
 ``LLMEDGE_TOKENS_PER_MINUTE``  estimated tokens per minute per key (0: off)
 ``LLMEDGE_CACHE_THRESHOLD``    cosine similarity of a semantic hit (0.85)
 ``LLMEDGE_CACHE_TTL``          seconds (3600)
+``LLMEDGE_CACHE_MAX_ENTRIES``  entries the cache holds at most (10000)
+``LLMEDGE_EMBEDDER``           the semantic tier's embedder: ``hashing`` (default),
+                               ``sentence-transformers:MODEL`` or ``openai:MODEL``
+``LLMEDGE_EMBEDDER_URL``       base URL of ``openai:`` (default: the first upstream)
+``LLMEDGE_EMBEDDER_API_KEY``   its bearer token (default: the upstreams' when
+                               the embedder's URL is the first upstream's)
+``LLMEDGE_EMBEDDER_TIMEOUT``   seconds an embeddings request may take (2.0)
 ``LLMEDGE_SSE_EVERY``          chunks coalesced per SSE event at most (8)
 ``LLMEDGE_SSE_MAX_DELAY``      seconds a chunk may wait in the coalescer (0.05)
 ``LLMEDGE_REDIS_URL``          ``redis://``, ``rediss://`` or ``unix://`` URL, or
@@ -48,6 +64,13 @@ Configuration (environment):
 ``LLMEDGE_REDIS_TIMEOUT``      seconds any request waits for Redis (0.05)
 ``LLMEDGE_REDIS_LOCAL_SHARE``  processes sharing the limit: while Redis is
                                unreachable each admits rate / this (1)
+``LLMEDGE_RATE_LIMIT_MAX_KEYS`` keys the limiter keeps state for (100000)
+``LLMEDGE_MAX_BODY_BYTES``     request body size, 413 beyond (4194304)
+``LLMEDGE_MAX_MESSAGES``       messages (or history entries), 413 beyond (2048)
+``LLMEDGE_MAX_JSON_DEPTH``     JSON nesting, 400 beyond (64)
+``LLMEDGE_BODY_TIMEOUT``       seconds for the body after the headers, 408 (30)
+``LLMEDGE_HEADER_TIMEOUT``     seconds for the headers, 408 (10; the server's,
+                               see ``llmedge.gateway.server``)
 =============================  ==============================================
 """
 
@@ -60,11 +83,9 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -78,16 +99,21 @@ from llmedge.fastapi import (
     Monitor,
     OpenAIError,
     RateLimit,
-    cache_on_complete,
     event_content,
     openai_error_body,
     replay,
     sse_event,
     sse_response,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from backends import make_backend  # noqa: E402
+from llmedge.gateway.backends import check_embedder, make_backend, make_embedder
+from llmedge.gateway.limits import LimitsMiddleware, RequestLimits
+from llmedge.gateway.upstreams import (
+    all_failed_error,
+    describe,
+    log,
+    make_router,
+    parse_upstreams,
+)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -119,12 +145,23 @@ class Settings:
     tokens_per_minute: int = 0
     cache_threshold: float = 0.85
     cache_ttl: float = 3600.0
+    cache_max_entries: int = 10_000
+    embedder: str = "hashing"
+    embedder_url: str | None = None
+    embedder_api_key: str | None = None
+    embedder_timeout: float = 2.0
+    upstream_api_key: str | None = None
     sse_every: int = 8
     sse_max_delay: float | None = 0.05
     reserve_output_tokens: int = 1024
     redis_url: str | list[str] | None = None
     redis_timeout: float = 0.05
     redis_local_share: int = 1
+    rate_limit_max_keys: int = 100_000
+    max_body_bytes: int = RequestLimits.max_body_bytes
+    max_messages: int = RequestLimits.max_messages
+    max_json_depth: int = RequestLimits.max_json_depth
+    body_timeout: float = RequestLimits.body_timeout
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -171,22 +208,28 @@ class Settings:
             tokens_per_minute=int(_env_float("LLMEDGE_TOKENS_PER_MINUTE", 0)),
             cache_threshold=_env_float("LLMEDGE_CACHE_THRESHOLD", 0.85),
             cache_ttl=_env_float("LLMEDGE_CACHE_TTL", 3600.0),
+            cache_max_entries=int(_env_float("LLMEDGE_CACHE_MAX_ENTRIES", 10_000)),
+            embedder=os.environ.get("LLMEDGE_EMBEDDER", "").strip() or "hashing",
+            embedder_url=os.environ.get("LLMEDGE_EMBEDDER_URL", "").strip() or None,
+            embedder_api_key=os.environ.get("LLMEDGE_EMBEDDER_API_KEY") or None,
+            embedder_timeout=_env_float("LLMEDGE_EMBEDDER_TIMEOUT", 2.0),
+            upstream_api_key=os.environ.get("LLMEDGE_UPSTREAM_API_KEY") or None,
             sse_every=int(_env_float("LLMEDGE_SSE_EVERY", 8)),
             sse_max_delay=delay if delay > 0 else None,
             redis_url=(redis_urls[0] if len(redis_urls) == 1 else redis_urls) or None,
             redis_timeout=_env_float("LLMEDGE_REDIS_TIMEOUT", 0.05),
             redis_local_share=int(_env_float("LLMEDGE_REDIS_LOCAL_SHARE", 1)),
+            rate_limit_max_keys=int(_env_float("LLMEDGE_RATE_LIMIT_MAX_KEYS", 100_000)),
+            max_body_bytes=int(_env_float("LLMEDGE_MAX_BODY_BYTES", RequestLimits.max_body_bytes)),
+            max_messages=int(_env_float("LLMEDGE_MAX_MESSAGES", RequestLimits.max_messages)),
+            max_json_depth=int(_env_float("LLMEDGE_MAX_JSON_DEPTH", RequestLimits.max_json_depth)),
+            body_timeout=_env_float("LLMEDGE_BODY_TIMEOUT", RequestLimits.body_timeout),
         )
 
     def validate(self) -> None:
         if not self.upstreams:
             raise ValueError("LLMEDGE_UPSTREAMS lists no upstream base URL")
-        for u in self.upstreams:
-            if not u.startswith(("http://", "https://")):
-                raise ValueError(
-                    f"LLMEDGE_UPSTREAMS entries must be http(s) base URLs such as "
-                    f"http://127.0.0.1:8001/v1, got {u!r}"
-                )
+        parse_upstreams(self.upstreams)
         for name in ("connect_timeout", "read_timeout", "total_timeout", "breaker_recovery"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
@@ -195,6 +238,11 @@ class Settings:
             raise ValueError(f"breaker_failure_rate must be in (0, 1] or None, got {rate!r}")
         if self.sse_every < 1:
             raise ValueError(f"sse_every (LLMEDGE_SSE_EVERY) must be >= 1, got {self.sse_every!r}")
+        if self.cache_max_entries < 1:
+            raise ValueError(
+                f"cache_max_entries (LLMEDGE_CACHE_MAX_ENTRIES) must be >= 1, "
+                f"got {self.cache_max_entries!r}"
+            )
         if self.breaker_failures < 1:
             raise ValueError(f"breaker_failures must be >= 1, got {self.breaker_failures!r}")
         if self.redis_url is not None and self.backend != "llmedge":
@@ -206,7 +254,22 @@ class Settings:
                 f"redis_local_share (LLMEDGE_REDIS_LOCAL_SHARE) must be >= 1, "
                 f"got {self.redis_local_share!r}"
             )
+        if self.rate_limit_max_keys < 1:
+            raise ValueError(
+                f"rate_limit_max_keys (LLMEDGE_RATE_LIMIT_MAX_KEYS) must be >= 1, "
+                f"got {self.rate_limit_max_keys!r}"
+            )
+        self.limits()
+        check_embedder(self)
         llmedge.model_info(self.model)
+
+    def limits(self) -> RequestLimits:
+        return RequestLimits(
+            max_body_bytes=self.max_body_bytes,
+            max_messages=self.max_messages,
+            max_json_depth=self.max_json_depth,
+            body_timeout=self.body_timeout,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -277,64 +340,15 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(data.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def make_router(settings: Settings, backend: Any) -> llmedge.Router:
-    """The upstreams in order of preference, each behind the backend's breaker
-    (5xx, 429, timeouts and connection errors fail over to the next; other 4xx
-    are the caller's and are passed back)."""
-    s = settings
-    upstreams = []
-    for i, url in enumerate(s.upstreams):
-        breaker = backend.breaker(
-            f"upstream-{i}:{url}",
-            exclude=(llmedge.UpstreamClientError,),
-            failure_threshold=s.breaker_failures,
-            recovery_timeout=s.breaker_recovery,
-            failure_rate_threshold=s.breaker_failure_rate,
-            window_size=20,
-            minimum_calls=10,
-        )
-        upstreams.append(
-            llmedge.Upstream(
-                url,
-                name=f"upstream-{i}",
-                breaker=breaker,
-                connect_timeout=s.connect_timeout,
-                read_timeout=s.read_timeout,
-                timeout=s.total_timeout,
-            )
-        )
-    # one pass over the upstreams: falling back to the next is no retry
-    retry = llmedge.Retry(len(upstreams))
-    return llmedge.Router(upstreams, strategy="ordered", retry=retry, name="chat")
-
-
-def _all_failed(exc: llmedge.AllUpstreamsFailedError) -> OpenAIError:
-    if not exc.errors:
-        seconds = max(1, math.ceil(exc.retry_after or 0))
-        return OpenAIError(
-            503,
-            "every upstream is unavailable (circuit open); retry later",
-            type="upstream_unavailable",
-            code="circuit_open",
-            headers={"Retry-After": str(seconds)},
-        )
-    return OpenAIError(
-        504 if exc.timeout else 502,
-        "every upstream failed: " + "; ".join(str(e) for e in exc.errors),
-        type="upstream_error",
-        code="upstream_timeout" if exc.timeout else "upstream_failed",
-    )
-
-
 @contextlib.asynccontextmanager
-async def _routed() -> AsyncIterator[None]:
+async def _routed(urls: dict[str, str]) -> AsyncIterator[None]:
     """The Router's failures as the service's HTTP errors."""
     try:
         yield
     except llmedge.UpstreamClientError as exc:
         raise _Passthrough(JSONResponse(exc.body, status_code=exc.status)) from None
     except llmedge.AllUpstreamsFailedError as exc:
-        raise _all_failed(exc) from None
+        raise all_failed_error(exc, urls) from None
 
 
 # ---------------------------------------------------------------------------
@@ -352,6 +366,19 @@ class Prepared:
     prompt_tokens: int
     stream: bool
     include_usage: bool
+    limited: bool = False  # the client set max_tokens (or max_completion_tokens)
+
+
+def _completed(p: Prepared, finish_reason: Any, tool_calls: bool) -> bool:
+    """Whether an answer may be cached: it ended normally (``stop``, or
+    ``length`` when the client set the limit, so the same request gets the
+    same cut) and called no tool. A ``content_filter`` end, or a cut the
+    client did not ask for, is never replayed to the next person."""
+    return (
+        p.prompt is not None
+        and not tool_calls
+        and (finish_reason == "stop" or (finish_reason == "length" and p.limited))
+    )
 
 
 class Service:
@@ -367,10 +394,20 @@ class Service:
         shared = (
             {"store": self.store, "local_share": settings.redis_local_share} if self.store else {}
         )
+        embedder = make_embedder(settings)
+        self.embedder = embedder
+        if embedder is not None:
+            shared["embedder"] = embedder
         self.backend = make_backend(
-            settings.backend, threshold=settings.cache_threshold, ttl=settings.cache_ttl, **shared
+            settings.backend,
+            threshold=settings.cache_threshold,
+            ttl=settings.cache_ttl,
+            max_entries=settings.cache_max_entries,
+            **shared,
         )
         self.router = make_router(settings, self.backend)
+        self.urls = dict(parse_upstreams(settings.upstreams))  # label: base URL (logs only)
+        self.labels = list(self.urls)
         self.costs = self.backend.cost_tracker()
         self.saved_by_cache = self.backend.cost_tracker()
         self.saved_by_optimizer = self.backend.cost_tracker()
@@ -382,7 +419,11 @@ class Service:
             tpm = settings.tokens_per_minute
             limits["tokens"] = (float(tpm), 60.0, tpm)
         self.rate_limit = (
-            RateLimit(limiter=self.backend.limiter(**limits), model=settings.model, name="chat")
+            RateLimit(
+                limiter=self.backend.limiter(max_keys=settings.rate_limit_max_keys, **limits),
+                model=settings.model,
+                name="chat",
+            )
             if limits
             else None
         )
@@ -430,6 +471,8 @@ class Service:
         cacheable = (
             last.get("role") == "user"
             and isinstance(last.get("content"), str)
+            # a blank question is passed upstream as it is, never looked up
+            and bool(last["content"].strip())
             and not any(params.get(k) is not None for k in _UNCACHEABLE)
             and (params.get("n") or 1) == 1
         )
@@ -475,6 +518,7 @@ class Service:
             prompt_tokens=prompt_tokens,
             stream=stream,
             include_usage=include_usage,
+            limited=max_out is not None,
         )
 
     async def lookup(self, p: Prepared) -> tuple[str, str] | None:
@@ -504,33 +548,35 @@ class Service:
         )
         return u, float(cost)
 
-    def upstream(self, name: str) -> tuple[int, str]:
-        """(index, base URL) of the upstream the router calls ``name``."""
-        i = int(name.rsplit("-", 1)[1])
-        return i, self.settings.upstreams[i]
+    def upstream(self, name: str) -> int:
+        """The index of the upstream the router calls ``name`` (its label)."""
+        return self.labels.index(name)
 
     async def complete(self, p: Prepared) -> tuple[str, dict, float, int, dict]:
-        async with _routed():
+        async with _routed(self.urls):
             res = await self.router.achat(p.upstream_body)
         data = res.body
         choice = data["choices"][0]
         content = choice["message"].get("content")
         answer = content if isinstance(content, str) else ""
         usage, cost = self.record(p, data.get("usage"), answer)
-        if (
-            p.prompt is not None
-            and answer
-            and not choice["message"].get("tool_calls")
-            and choice.get("finish_reason") in ("stop", "length")
-        ):
+        tool_calls = bool(choice["message"].get("tool_calls"))
+        if answer and _completed(p, choice.get("finish_reason"), tool_calls):
+            await self._store(p, answer)
+        return answer, usage, cost, self.upstream(res.upstream), data
+
+    async def _store(self, p: Prepared, answer: str) -> None:
+        assert p.prompt is not None
+        try:
             await self.backend.cache.aset(p.prompt, answer, partition=p.partition)
-        return answer, usage, cost, self.upstream(res.upstream)[0], data
+        except Exception:  # a full or broken cache must not break the answer
+            log.exception("storing a completed answer in the cache failed")
 
     async def open_stream(self, p: Prepared) -> tuple[llmedge.RouterStream, int]:
         """The first upstream whose first token arrived: its events, from the first."""
-        async with _routed():
+        async with _routed(self.urls):
             stream = await self.router.astream(p.upstream_body)
-        return stream, self.upstream(stream.upstream)[0]
+        return stream, self.upstream(stream.upstream)
 
     # -- single flight: identical non-streamed misses in flight share one call --
 
@@ -605,7 +651,7 @@ class Service:
         upstream_usage = events.usage
         headers["X-LLMedge-Upstream"] = str(up)
         parts: list[str] = []
-        tool_calls = []
+        ending = _Ending()
 
         recorded: list[tuple[dict, float]] = []
 
@@ -613,17 +659,23 @@ class Service:
             try:
                 async for event in events:
                     text = event_content(event)
-                    if _has_tool_calls(event):
-                        tool_calls.append(True)
+                    ending.see(event)
                     if text:
                         parts.append(text)
                         yield text
+                text = "".join(parts)
+                if text and _completed(p, ending.reason, ending.tool_calls):
+                    await self._store(p, text)
+            except llmedge.UpstreamError as exc:  # reported to the client in-band
+                raise llmedge.UpstreamError(_stream_failure(exc)) from None
             finally:
-                await events.aclose()
-                # A stream cut by the upstream or abandoned by the client was
-                # still served up to here: cost what was received.
-                if parts or upstream_usage:
-                    finish()
+                try:
+                    await events.aclose()
+                finally:
+                    # A stream cut by the upstream or abandoned by the client
+                    # was still served up to here: cost what was received.
+                    if parts or upstream_usage:
+                        finish()
 
         def finish() -> tuple[dict, float]:
             if not recorded:
@@ -631,13 +683,10 @@ class Service:
             return recorded[0]
 
         if fmt == "openai":  # a proxy: the upstream's chunks as they are
-            return self._passthrough_sse(events, p, headers, parts, tool_calls, finish)
-        stream: AsyncIterator[str] = texts()
-        if p.prompt is not None:
-            stream = cache_on_complete(stream, self.backend.cache, p.prompt, partition=p.partition)
-        return self._sse(stream, p, fmt, cid, headers, "none", finish)
+            return self._passthrough_sse(events, p, headers, parts, ending, finish)
+        return self._sse(texts(), p, fmt, cid, headers, "none", finish)
 
-    def _passthrough_sse(self, events, p, headers, parts, tool_calls, finish) -> Response:  # type: ignore[no-untyped-def]
+    def _passthrough_sse(self, events, p, headers, parts, ending, finish) -> Response:  # type: ignore[no-untyped-def]
         async def body() -> AsyncIterator[bytes]:
             try:
                 async for chunk in _body():
@@ -648,8 +697,7 @@ class Service:
         async def _body() -> AsyncIterator[bytes]:
             try:
                 async for event in events:
-                    if _has_tool_calls(event):
-                        tool_calls.append(True)
+                    ending.see(event)
                     parts.append(event_content(event))
                     if event.get("usage") and not event.get("choices") and not p.include_usage:
                         continue  # usage was asked for by us, not by the client
@@ -657,7 +705,9 @@ class Service:
             except Exception as exc:  # the status is sent: report in-band, no [DONE]
                 finish()  # what was received was served: cost it
                 err = openai_error_body(
-                    f"upstream stream failed: {exc}", "upstream_error", "stream_error"
+                    f"upstream stream failed: {_stream_failure(exc)}",
+                    "upstream_error",
+                    "stream_error",
                 )
                 yield sse_event(err, event="error")
                 return
@@ -666,9 +716,8 @@ class Service:
                 raise
             finish()
             text = "".join(parts)
-            if p.prompt is not None and text and not tool_calls:
-                with contextlib.suppress(Exception):
-                    await self.backend.cache.aset(p.prompt, text, partition=p.partition)
+            if text and _completed(p, ending.reason, ending.tool_calls):
+                await self._store(p, text)
             yield b"data: [DONE]\n\n"
 
         hdrs = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers}
@@ -703,7 +752,7 @@ class Service:
                 "model": p.model,
                 "usage": usage,
                 "cost": cost,
-                "upstream": None if up is None else self.settings.upstreams[up],
+                "upstream": None if up is None else self.labels[up],
             }
         else:
             body = {
@@ -724,11 +773,28 @@ class Service:
         return JSONResponse(body, headers=headers)
 
 
-def _has_tool_calls(event: dict[str, Any]) -> bool:
-    return any(
-        (c.get("delta") or {}).get("tool_calls") or (c.get("delta") or {}).get("function_call")
-        for c in event.get("choices") or ()
-    )
+def _stream_failure(exc: Exception) -> str:
+    """A stream's failure for the client: the upstream's label and the kind,
+    not the error's own text (which may carry an address); that is logged."""
+    log.warning("upstream stream failed: %r", exc)
+    return describe(exc) if isinstance(exc, llmedge.UpstreamError) else "stream failed"
+
+
+class _Ending:
+    """How a streamed answer ended, from its events: whether it called a
+    tool, and its finish reason."""
+
+    def __init__(self) -> None:
+        self.tool_calls = False
+        self.reason: Any = None
+
+    def see(self, event: dict[str, Any]) -> None:
+        for c in event.get("choices") or ():
+            delta = c.get("delta") or {}
+            if delta.get("tool_calls") or delta.get("function_call"):
+                self.tool_calls = True
+            if c.get("finish_reason"):
+                self.reason = c["finish_reason"]
 
 
 class _Passthrough(Exception):
@@ -777,13 +843,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await service.router.aclose()
+        close_embedder = getattr(service.embedder, "close", None)
+        if close_embedder is not None:
+            close_embedder()
         if service.store is not None:
             service.store.close()
 
     app = FastAPI(title="llmedge reference chat service", lifespan=lifespan)
     app.state.service = service
+    # the embeddings service's breaker too: while it is open the semantic tier is off
+    embedder_breaker = getattr(service.embedder, "breaker", None)
     monitor = Monitor(
-        breakers=service.router.breakers,
+        breakers=[*service.router.breakers, *([embedder_breaker] if embedder_breaker else [])],
         caches={"chat": service.backend.cache},
         costs={
             "spent": service.costs,
@@ -795,6 +866,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stores={"redis": service.store} if service.store else None,
     )
     app.state.monitor = monitor
+    # inside the monitor's middleware, so that its 4xx are counted too
+    app.add_middleware(LimitsMiddleware, limits=settings.limits())
     monitor.install(app)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(_Passthrough, _on_passthrough)
@@ -827,6 +900,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await service.respond(p, "openai")
 
     return app
-
-
-app = create_app()

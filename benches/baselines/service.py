@@ -1,27 +1,12 @@
-"""The two backends of the reference service behind one small interface.
+"""The gateway's backend made of the pure-Python baselines, for the load tests.
 
-``LlmedgeBackend`` uses llmedge (SemanticCache, CircuitBreaker, RateLimiter,
-PromptOptimizer, CostTracker). ``BaselineBackend`` uses the pure-Python
-baselines of ``benches/baselines/`` (numpy brute-force cache with the
-pure-Python hashing embedder, a lock-around-bookkeeping breaker, token
-buckets, the OpenAI cookbook's token counting with tiktoken) through thin
-adapters with the same methods, so ``app.py``'s request logic is literally
-shared. Select with ``LLMEDGE_SERVICE_BACKEND=llmedge|baseline``.
-
-The interface (what ``app.py`` calls):
-
-* ``cache``: ``await get(prompt, partition) -> (response, kind) | None``,
-  ``await aset(prompt, text, partition=...)``, ``stats()``;
-* ``breaker(name, exclude=...)``: a circuit breaker for ``llmedge.Router``
-  (the permit protocol ``_acquire()``, ``_on_success``, ``_on_error``,
-  ``_release``), with ``name``, ``state``, ``metrics()``,
-  ``add_listener(fn)``; an open breaker raises ``llmedge.CircuitOpenError``
-  (``.retry_after``);
-* ``limiter(requests=(rate, per, burst), tokens=...)``: for
-  ``llmedge.fastapi.RateLimit(limiter=...)``; with a ``store`` (llmedge
-  only), breakers and limiter share their state through Redis;
-* ``fit(model, messages, max_tokens)``, ``count_messages(model, messages)``,
-  ``count_tokens(model, text)``, ``cost_tracker()``.
+The same interface as ``llmedge.gateway.backends.LlmedgeBackend`` (numpy
+brute-force cache with the pure-Python hashing embedder, a
+lock-around-bookkeeping breaker, token buckets, the OpenAI cookbook's token
+counting with tiktoken) through thin adapters, so the gateway's request logic
+is literally shared. The gateway loads it with
+``LLMEDGE_SERVICE_BACKEND=baseline`` when this repository's ``benches/`` is on
+``PYTHONPATH``.
 """
 
 from __future__ import annotations
@@ -29,127 +14,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import sys
 import threading
 import time
+import types
+from collections import OrderedDict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import llmedge
+from llmedge.gateway.backends import HISTORY_LIMIT, prompt_budget
 
-HISTORY_LIMIT = 4
+from . import cache, embed, messages, resilience
 
-
-class LlmedgeBackend:
-    name = "llmedge"
-
-    def __init__(
-        self,
-        *,
-        threshold: float = 0.85,
-        ttl: float = 3600.0,
-        max_entries: int = 10_000,
-        store: llmedge.RedisStore | None = None,
-        local_share: int = 1,
-    ):
-        self.store = store
-        self.local_share = local_share
-        self.cache = _LlmedgeCache(
-            llmedge.SemanticCache(threshold=threshold, ttl=ttl, max_entries=max_entries)
-        )
-        self._optimizers: dict[str, llmedge.PromptOptimizer] = {}
-        self._lock = threading.Lock()
-
-    def breaker(self, name: str, *, exclude: tuple[type[BaseException], ...], **config: Any) -> Any:
-        if self.store is not None:
-            config["store"] = self.store
-        return llmedge.CircuitBreaker(name, exclude=exclude, **config)
-
-    def limiter(self, **limits: Any) -> Any:
-        if self.store is None:
-            return llmedge.RateLimiter.multi(limits)
-        return llmedge.MultiRateLimiter(
-            limits, store=self.store, name="chat", local_share=self.local_share
-        )
-
-    def _optimizer(self, model: str) -> llmedge.PromptOptimizer:
-        opt = self._optimizers.get(model)  # one per known model: bounded by the model table
-        if opt is None:
-            opt = llmedge.PromptOptimizer(model, history_limit=HISTORY_LIMIT)
-            with self._lock:
-                self._optimizers[model] = opt
-        return opt
-
-    def fit(self, model: str, messages: list[dict[str, Any]], reserve: int) -> list[dict[str, Any]]:
-        opt = self._optimizer(model)
-        budget = _budget(opt.max_context_tokens, reserve)
-        return opt.fit_messages(messages, max_tokens=budget)
-
-    def count_messages(self, model: str, messages: list[dict[str, Any]]) -> int:
-        return llmedge.count_messages(messages, model)
-
-    def count_tokens(self, model: str, text: str) -> int:
-        return llmedge.count_tokens(text, model)
-
-    def cost_tracker(self) -> Any:
-        return llmedge.CostTracker()
-
-
-def _budget(context_window: int, reserve: int) -> int:
-    budget = context_window - reserve
-    if budget <= 0:
-        raise llmedge.ContextOverflowError(
-            f"max_tokens {reserve} leaves no room for the prompt in a context window of "
-            f"{context_window} tokens",
-            required=reserve,
-            available=context_window,
-        )
-    return budget
-
-
-class _LlmedgeCache:
-    def __init__(self, cache: llmedge.SemanticCache) -> None:
-        self.inner = cache
-
-    async def get(self, prompt: str, partition: str) -> tuple[Any, str] | None:
-        hit = await self.inner.aget(prompt, partition=partition)
-        return None if hit is None else (hit.response, hit.kind)
-
-    async def aset(self, prompt: str, text: Any, *, partition: Any = None, **_: Any) -> None:
-        await self.inner.aset(prompt, text, partition=partition)
-
-    def stats(self) -> dict[str, Any]:
-        return self.inner.stats()
-
-
-# ---------------------------------------------------------------------------
-# The pure-Python baselines
-# ---------------------------------------------------------------------------
-
-
-def _import_baselines() -> Any:
-    benches = Path(__file__).resolve().parents[2] / "benches"
-    if not (benches / "baselines").is_dir():
-        raise RuntimeError(
-            f"LLMEDGE_SERVICE_BACKEND=baseline needs the repository's benches/baselines "
-            f"(looked in {benches})"
-        )
-    if str(benches) not in sys.path:
-        sys.path.insert(0, str(benches))
-    import baselines.cache
-    import baselines.embed
-    import baselines.messages
-    import baselines.resilience
-
-    return baselines
+_BASELINES = types.SimpleNamespace(
+    cache=cache, embed=embed, messages=messages, resilience=resilience
+)
 
 
 class BaselineBackend:
     name = "baseline"
 
     def __init__(self, *, threshold: float = 0.85, ttl: float = 3600.0, max_entries: int = 10_000):
-        b = _import_baselines()
+        b = _BASELINES
         self._b = b
         if b.messages.offline_tiktoken() is None:
             raise RuntimeError("the baseline backend needs tiktoken and its vocabularies offline")
@@ -167,8 +53,8 @@ class BaselineBackend:
             exclude,
         )
 
-    def limiter(self, **limits: Any) -> Any:
-        return _BaselineLimits(self._b.resilience.TokenBucket, limits)
+    def limiter(self, *, max_keys: int = 100_000, **limits: Any) -> Any:
+        return _BaselineLimits(self._b.resilience.TokenBucket, limits, max_keys)
 
     def _rules_for(self, model: str) -> Any:
         rules = self._rules.get(model)
@@ -189,7 +75,7 @@ class BaselineBackend:
         """Pinned system messages, the last user message, then the newest
         history while it fits, at most HISTORY_LIMIT messages besides system."""
         rules = self._rules_for(model)
-        budget = _budget(llmedge.model_info(model)["context_window"], reserve)
+        budget = prompt_budget(llmedge.model_info(model)["context_window"], reserve)
         system = [m for m in messages if m.get("role") in ("system", "developer")]
         rest = [m for m in messages if m.get("role") not in ("system", "developer")]
         used = 3 + sum(rules.message(m) for m in system)
@@ -221,7 +107,12 @@ class BaselineBackend:
 
 
 class _BaselineCache:
-    """One PyCache per partition; embedding and search off the event loop."""
+    """One PyCache per partition; embedding and search off the event loop.
+
+    Bounded as llmedge's cache is: ``max_entries`` in all partitions
+    together; at the bound the partition used longest ago gives up its
+    least recently used entry, and an emptied partition is dropped (a
+    lookup creates none)."""
 
     def __init__(self, b: Any, *, threshold: float, ttl: float, max_entries: int) -> None:
         self._b = b
@@ -229,26 +120,28 @@ class _BaselineCache:
         self.threshold = threshold
         self.ttl = ttl
         self.max_entries = max_entries
-        self.parts: dict[str, Any] = {}
+        self.parts: OrderedDict[str, Any] = OrderedDict()  # least recently used first
+        self.entries = 0
         self.lock = threading.Lock()
         self.counts = {"exact_hits": 0, "semantic_hits": 0, "misses": 0, "inserts": 0}
-
-    def _part(self, partition: str) -> Any:
-        c = self.parts.get(partition)
-        if c is None:
-            c = self.parts[partition] = self._b.cache.PyCache(
-                384, threshold=self.threshold, ttl=self.ttl, max_entries=self.max_entries
-            )
-        return c
+        self.counts.update(evictions=0)
 
     def _get(self, prompt: str, partition: str) -> tuple[Any, str] | None:
         norm = self._b.cache._normalize(prompt)
         with self.lock:
-            c = self._part(partition)
-            exact = norm in c.exact
-        vec = None if exact else self.embedder.embed(prompt)
+            c = self.parts.get(partition)
+            exact = c is not None and norm in c.exact
+        vec = None if exact or c is None else self.embedder.embed(prompt)
         with self.lock:
-            found = c.get(prompt, vec if vec is not None else [1.0] * 384)
+            c = self.parts.get(partition)
+            found = None
+            if c is not None:
+                before = len(c)
+                found = c.get(prompt, vec if vec is not None else [1.0] * 384)
+                self.entries -= before - len(c)  # expired on the way
+                self.parts.move_to_end(partition)
+                if not len(c):
+                    del self.parts[partition]
             if found is None:
                 self.counts["misses"] += 1
                 return None
@@ -262,8 +155,23 @@ class _BaselineCache:
     def _set(self, prompt: str, text: Any, partition: str) -> None:
         vec = self.embedder.embed(prompt)
         with self.lock:
-            self._part(partition).set(prompt, text, vec)
+            c = self.parts.get(partition)
+            if c is None:
+                c = self.parts[partition] = self._b.cache.PyCache(
+                    384, threshold=self.threshold, ttl=self.ttl, max_entries=self.max_entries
+                )
+            self.parts.move_to_end(partition)
+            before = len(c)
+            c.set(prompt, text, vec)
+            self.entries += len(c) - before
             self.counts["inserts"] += 1
+            while self.entries > self.max_entries:
+                name, oldest = next(iter(self.parts.items()))
+                oldest._remove(next(iter(oldest.lru)))
+                self.entries -= 1
+                self.counts["evictions"] += 1
+                if not len(oldest):
+                    del self.parts[name]
 
     async def aset(self, prompt: str, text: Any, *, partition: Any = None, **_: Any) -> None:
         await asyncio.to_thread(self._set, prompt, text, str(partition))
@@ -271,7 +179,7 @@ class _BaselineCache:
     def stats(self) -> dict[str, Any]:
         with self.lock:
             c = dict(self.counts)
-            entries = sum(len(p) for p in self.parts.values())
+            entries = self.entries
         hits = c["exact_hits"] + c["semantic_hits"]
         lookups = hits + c["misses"]
         return {
@@ -320,7 +228,7 @@ class _BaselineBreaker:
         return probe
 
     def _b_open(self) -> type[BaseException]:
-        return sys.modules["baselines.resilience"].BreakerOpen
+        return resilience.BreakerOpen
 
     def _record(self, probe: bool, exc: BaseException | None) -> None:
         failed = exc is not None and not isinstance(exc, self.exclude)
@@ -375,22 +283,20 @@ class _BaselineBreaker:
 class _BaselineLimits:
     """Token buckets for requests and tokens, charged together or not at all."""
 
-    def __init__(self, bucket: Any, limits: dict[str, tuple[Any, ...]]) -> None:
+    def __init__(
+        self, bucket: Any, limits: dict[str, tuple[Any, ...]], max_keys: int = 100_000
+    ) -> None:
         self.buckets = {}
         self.limits = {}
         for name, spec in limits.items():
             rate, per, *rest = spec
             burst = rest[0] if rest else None
-            self.buckets[name] = bucket(rate, per=per, burst=burst)
+            self.buckets[name] = bucket(rate, per=per, burst=burst, max_keys=max_keys)
             self.limits[name] = (float(rate), float(per), int(self.buckets[name].burst))
         self.lock = threading.Lock()
 
     def _levels(self, key: str, now: float) -> dict[str, float]:
-        out = {}
-        for name, b in self.buckets.items():
-            tokens, last = b.buckets.get(key, (b.burst, now))
-            out[name] = min(b.burst, tokens + (now - last) * b.fill)
-        return out
+        return {name: b.level(key, now) for name, b in self.buckets.items()}
 
     def try_acquire(self, key: str = "", **costs: int) -> bool:
         now = time.monotonic()
@@ -398,8 +304,7 @@ class _BaselineLimits:
             levels = self._levels(key, now)
             ok = all(levels[n] >= costs.get(n, 0) for n in self.buckets)
             for name, b in self.buckets.items():
-                left = levels[name] - (costs.get(name, 0) if ok else 0)
-                b.buckets[key] = (left, now)
+                b.store(key, levels[name] - (costs.get(name, 0) if ok else 0), now)
             return ok
 
     def retry_after(self, key: str = "", **costs: int) -> float:
@@ -412,6 +317,10 @@ class _BaselineLimits:
             if need > 0:
                 wait = max(wait, need / b.fill)
         return wait
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(set().union(*(b.buckets for b in self.buckets.values())))
 
     def available(self, key: str = "") -> dict[str, int]:
         with self.lock:
@@ -465,11 +374,3 @@ class _BaselineCosts:
     def reset(self) -> None:
         with self.lock:
             self.models.clear()
-
-
-def make_backend(name: str, **config: Any) -> Any:
-    if name == "llmedge":
-        return LlmedgeBackend(**config)
-    if name == "baseline":
-        return BaselineBackend(**config)
-    raise ValueError(f"LLMEDGE_SERVICE_BACKEND must be 'llmedge' or 'baseline', got {name!r}")

@@ -1,4 +1,6 @@
-"""Runs the benches/ suites and prints ratio tables (``python -m llmedge bench``).
+"""Runs the benches/ suites and prints ratio tables.
+
+    python benches/run.py [COMPONENT ...] [--full] [--json FILE] [--data DIR]
 
 Conventions every suite in benches/ follows, so that this report can read it:
 
@@ -14,27 +16,18 @@ Conventions every suite in benches/ follows, so that this report can read it:
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def find_benches(explicit: str | None) -> Path | None:
-    candidates = []
-    if explicit:
-        candidates.append(Path(explicit))
-    candidates.append(Path.cwd() / "benches")
-    # editable installs: python/llmedge/_bench.py -> repository root
-    candidates.append(Path(__file__).resolve().parents[2] / "benches")
-    for c in candidates:
-        if (c / "conftest.py").is_file():
-            return c
-    return None
+BENCHES = Path(__file__).resolve().parent
 
 
 def format_report(data: dict[str, Any]) -> str:
@@ -102,25 +95,17 @@ def run(
     *,
     components: list[str],
     full: bool,
-    benches_dir: str | None,
     json_path: str | None,
     data_dir: str | None,
 ) -> int:
-    benches = find_benches(benches_dir)
-    if benches is None:
-        print(
-            "llmedge bench: no benches/ directory found; run from a source checkout or "
-            "pass --benches DIR",
-            file=sys.stderr,
-        )
-        return 2
+    benches = BENCHES
     targets = []
     for c in components:
         f = benches / f"bench_{c}.py"
         if not f.is_file():
             known = sorted(p.stem.removeprefix("bench_") for p in benches.glob("bench_*.py"))
             print(
-                f"llmedge bench: unknown component {c!r}; known: {', '.join(known)}",
+                f"benches/run.py: unknown component {c!r}; known: {', '.join(known)}",
                 file=sys.stderr,
             )
             return 2
@@ -158,3 +143,34 @@ def run(
         data = json.loads(out.read_text())
     print(format_report(data))
     return proc.returncode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python benches/run.py",
+        description=(
+            "Runs the pytest-benchmark suites in benches/ (quick mode unless --full) and "
+            "prints, per component, each implementation's median time relative to "
+            "llmedge, with a check that their results agreed."
+        ),
+    )
+    parser.add_argument(
+        "components",
+        nargs="*",
+        metavar="COMPONENT",
+        help="only these components (the bench_<component>.py files), e.g. tokens cache",
+    )
+    parser.add_argument("--full", action="store_true", help="full sizes instead of quick mode")
+    parser.add_argument("--json", metavar="FILE", help="also write pytest-benchmark's JSON here")
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        help="evaluation data directory (default: $LLMEDGE_DATA or ../shared/data)",
+    )
+    args = parser.parse_args(argv)
+    return run(components=args.components, full=args.full, json_path=args.json,
+               data_dir=args.data)  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())
