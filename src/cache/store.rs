@@ -8,9 +8,9 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::guard::GuardReason;
+use super::index::AUTO_FLAT_MAX;
 use super::index::{HnswIndex, HnswParams, Index, IndexKind, VectorIndex};
 use super::partition::{normalize_prompt, prompt_hash};
-use super::index::AUTO_FLAT_MAX;
 use super::stats::Stats;
 
 const NIL: u32 = u32::MAX;
@@ -821,7 +821,11 @@ impl Store {
     /// to catch up (see [`JOURNAL_MAX`]).
     pub fn must_wait(&self, partition: &str) -> bool {
         self.building(partition).is_some_and(|b| {
-            let limit = if b.replays >= 3 { FINISH_AT } else { JOURNAL_MAX };
+            let limit = if b.replays >= 3 {
+                FINISH_AT
+            } else {
+                JOURNAL_MAX
+            };
             b.journal.len() >= limit
         })
     }

@@ -99,7 +99,7 @@ fn an_auto_partition_switches_without_losing_concurrent_changes() {
     wait_for_builds(&c);
     let st = c.stats();
     assert_eq!((st.flat_indexes, st.hnsw_indexes), (0, 1));
-    let removed = |i: usize| i % 3 == 0 && i + 3 < n;
+    let removed = |i: usize| i.is_multiple_of(3) && i + 3 < n;
     assert_eq!(c.len(), (0..n).filter(|&i| !removed(i)).count());
     for i in 0..n {
         let got = found_id(&nearest(&c, i));
@@ -117,7 +117,10 @@ fn a_bulk_insert_returns_with_the_graph_built() {
     let n = 5 * AUTO_HNSW_MIN;
     c.insert((0..n).map(item).collect(), 0.0).unwrap();
     let st = c.stats();
-    assert_eq!((st.flat_indexes, st.hnsw_indexes, st.index_builds), (0, 1, 0));
+    assert_eq!(
+        (st.flat_indexes, st.hnsw_indexes, st.index_builds),
+        (0, 1, 0)
+    );
     let hits = (0..n)
         .step_by(11)
         .filter(|&i| found_id(&nearest(&c, i)) == Some(i))
@@ -141,8 +144,20 @@ fn a_mostly_dead_graph_is_compacted_and_keeps_its_entries() {
     assert_eq!(st.hnsw_indexes, 1);
     // The slots of removed entries are given back, and memory_bytes, which
     // counts them while they are held, falls with the entries.
-    assert!(st.index_slack_bytes < full.memory_bytes / 20, "{} {} {}", st.index_slack_bytes, st.memory_bytes, full.memory_bytes);
-    assert!(st.memory_bytes < full.memory_bytes / 5, "{} {} {}", st.index_slack_bytes, st.memory_bytes, full.memory_bytes);
+    assert!(
+        st.index_slack_bytes < full.memory_bytes / 20,
+        "{} {} {}",
+        st.index_slack_bytes,
+        st.memory_bytes,
+        full.memory_bytes
+    );
+    assert!(
+        st.memory_bytes < full.memory_bytes / 5,
+        "{} {} {}",
+        st.index_slack_bytes,
+        st.memory_bytes,
+        full.memory_bytes
+    );
     for i in 0..n {
         let got = found_id(&nearest(&c, i));
         assert_eq!(got == Some(i), i % 10 == 0, "entry {i}");

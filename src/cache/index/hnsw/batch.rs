@@ -94,7 +94,9 @@ impl HnswIndex {
             let this = &*self;
             slots
                 .par_iter()
-                .map_init(Visited::default, |seen, &s| this.neighbours(seen, s, &slots))
+                .map_init(Visited::default, |seen, &s| {
+                    this.neighbours(seen, s, &slots)
+                })
                 .collect()
         };
         for (&s, lists) in slots.iter().zip(&chosen) {
@@ -114,9 +116,8 @@ impl HnswIndex {
             })
             .collect();
         back.sort_unstable();
-        let groups: Vec<&[(u32, usize, u32)]> = back
-            .chunk_by(|a, b| a.0 == b.0 && a.1 == b.1)
-            .collect();
+        let groups: Vec<&[(u32, usize, u32)]> =
+            back.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1).collect();
         let lists: Vec<(u32, usize, Vec<u32>)> = {
             let this = &*self;
             groups
