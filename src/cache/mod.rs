@@ -14,6 +14,7 @@ pub mod hashing;
 pub mod index;
 pub mod partition;
 pub mod payload;
+pub mod rebuild;
 pub mod semantic;
 pub mod shared;
 pub mod snapshot;

@@ -12,11 +12,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
 use super::config::{check_prompt, normalized, CacheConfig, CacheError};
 use super::guard::{Analysis, GuardReason};
 use super::partition::{normalize_prompt, prompt_hash, scoped_key, unscoped};
+use super::rebuild::SharedStore;
 use super::snapshot::{self, SnapshotError};
 use super::stats::CacheStats;
 use super::store::{choose, Candidate, Found, GuardFn, NewEntry, Store, StoreError};
@@ -49,7 +48,7 @@ pub struct Cache {
     /// The embedder's identity: part of every partition key, so vectors of
     /// different embedders never meet, and checked by snapshots.
     identity: String,
-    store: Mutex<Store>,
+    store: SharedStore,
 }
 
 /// A batch of lookups after the exact tier.
@@ -96,7 +95,7 @@ impl Cache {
     pub fn new(cfg: CacheConfig, identity: impl Into<String>) -> Result<Cache, CacheError> {
         cfg.validate()?;
         Ok(Cache {
-            store: Mutex::new(Store::new(cfg.store())),
+            store: SharedStore::new(Store::new(cfg.store())),
             cfg,
             identity: identity.into(),
         })
@@ -261,7 +260,10 @@ impl Cache {
 
     /// Inserts every item or none: each is checked against the store's
     /// dimension and memory bound before the first is inserted. The number
-    /// inserted.
+    /// inserted. A single item waits (the lock released) while its
+    /// partition's graph build has fallen behind; many items (a bulk load)
+    /// let waiting threads in between any two and return once the graphs
+    /// of the partitions they filled are built.
     pub fn insert(&self, items: Vec<NewItem>, now: f64) -> Result<usize, CacheError> {
         let n = items.len();
         let entries: Vec<NewEntry> = items
@@ -292,8 +294,24 @@ impl Cache {
                 return Err(StoreError::TooLarge { bytes, limit }.into());
             }
         }
-        for e in entries {
+        let mut filled: Vec<String> = Vec::new();
+        for (k, e) in entries.into_iter().enumerate() {
+            if n == 1 {
+                while store.must_wait(&e.partition) {
+                    store.wait();
+                }
+            } else {
+                if k > 0 {
+                    store.bump();
+                }
+                if !filled.contains(&e.partition) {
+                    filled.push(e.partition.clone());
+                }
+            }
             store.insert(e, now)?;
+        }
+        while filled.iter().any(|p| store.is_building(p)) {
+            store.wait();
         }
         Ok(n)
     }
@@ -342,6 +360,7 @@ impl Cache {
             index_slack_bytes: store.index_slack_bytes(),
             flat_indexes: count("flat"),
             hnsw_indexes: count("hnsw"),
+            index_builds: store.builds_running(),
         }
     }
 

@@ -75,6 +75,8 @@ pub struct CacheStats {
     /// Partitions searched by a flat index and by an HNSW graph.
     pub flat_indexes: usize,
     pub hnsw_indexes: usize,
+    /// Partitions whose graph is being built off the lock.
+    pub index_builds: usize,
 }
 
 #[cfg(test)]

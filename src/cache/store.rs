@@ -8,7 +8,8 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use super::guard::GuardReason;
-use super::index::{HnswParams, Index, IndexKind, VectorIndex};
+use super::index::AUTO_FLAT_MAX;
+use super::index::{HnswIndex, HnswParams, Index, IndexKind, VectorIndex};
 use super::partition::{normalize_prompt, prompt_hash};
 use super::stats::Stats;
 
@@ -156,6 +157,55 @@ struct Partition {
     key: Box<str>,
     exact: HashMap<u64, u32>,
     index: Index,
+    /// The graph being built for this partition off the lock, if any.
+    build: Option<Build>,
+    /// Bytes the index holds beyond what its entries are accounted for.
+    extra: usize,
+}
+
+/// A partition's graph in the making (see `cache::rebuild`): `index` keeps
+/// answering and changing; every change since the build started is in
+/// `journal` for the builder to replay.
+struct Build {
+    epoch: u64,
+    /// Ids added (or given a new vector: true) or removed (false), in order.
+    journal: Vec<(u32, bool)>,
+    /// Journals the builder has taken so far.
+    replays: u32,
+}
+
+/// Journal length up to which the builder finishes under the lock: the
+/// last few entries go into the graph, which then replaces the index.
+pub const FINISH_AT: usize = 4;
+/// Journal length at which a single insert waits for the builder (bulk
+/// inserts never wait); from the builder's third replay on, [`FINISH_AT`],
+/// so that a steady stream of inserts cannot keep the build from finishing.
+const JOURNAL_MAX: usize = 2048;
+
+/// Build epochs, unique in the process (a partition slot and a store are
+/// reused; an epoch is not).
+static EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// A build to run: the store's partition `pid` gets a graph of `dim`-dim
+/// vectors with `params`; `epoch` tells whether the build still stands.
+#[derive(Clone)]
+pub struct BuildTicket {
+    pub pid: u32,
+    pub epoch: u64,
+    pub dim: usize,
+    pub params: HnswParams,
+}
+
+/// What the builder does next.
+pub enum BuildStep {
+    /// The partition is gone or no longer wants this graph.
+    Cancelled,
+    /// The graph replaced the partition's index.
+    Done,
+    /// Ids to replay off the lock: removed ones (false) and those whose
+    /// vectors to fetch with [`Store::build_vectors`] and add (true); each
+    /// id once, with its last change.
+    Replay(Vec<(u32, bool)>),
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -188,6 +238,12 @@ pub struct Store {
     tags: HashMap<Box<str>, HashSet<u32>>,
     expiry: BinaryHeap<Reverse<(Deadline, u32, u64)>>,
     live_bytes: usize,
+    /// Sum of the partitions' `extra`: slots of removed entries awaiting
+    /// reuse, reserved capacity and each index's fixed part (the visited
+    /// sets of the graph walks), so that the memory bound covers them.
+    index_extra: usize,
+    /// Builds started and not yet handed to a thread.
+    tickets: Vec<BuildTicket>,
     pub stats: Stats,
 }
 
@@ -207,6 +263,8 @@ impl Store {
             tags: HashMap::new(),
             expiry: BinaryHeap::new(),
             live_bytes: 0,
+            index_extra: 0,
+            tickets: Vec::new(),
             stats: Stats::default(),
         }
     }
@@ -339,6 +397,8 @@ impl Store {
             key: key.into(),
             exact: HashMap::new(),
             index: Index::new(self.cfg.index, self.cfg.dim, self.cfg.hnsw),
+            build: None,
+            extra: 0,
         };
         let pid = match self.partition_free.pop() {
             Some(pid) => {
@@ -375,18 +435,28 @@ impl Store {
                 }
             }
         }
-        let (kind, dim, params) = (self.cfg.index, self.cfg.dim, self.cfg.hnsw);
+        let (kind, dim) = (self.cfg.index, self.cfg.dim);
         let mut drop_partition = false;
         if let Some(p) = self.partition_mut(e.partition) {
             if p.exact.get(&e.hash) == Some(&slot) {
                 p.exact.remove(&e.hash);
             }
             p.index.remove(slot);
+            if let Some(b) = &mut p.build {
+                b.journal.push((slot, false));
+            }
             if p.exact.is_empty() && p.index.is_empty() {
                 drop_partition = true;
             } else {
-                p.index.adapt(kind, dim, params, p.exact.values());
+                let small = kind == IndexKind::Auto && p.index.len() <= AUTO_FLAT_MAX;
+                if p.index.shrink(kind, dim, p.exact.values()) || small {
+                    p.build = None;
+                }
             }
+        }
+        if !drop_partition {
+            self.reaccount(e.partition);
+            self.start_build(e.partition);
         }
         if drop_partition {
             if let Some(p) = self
@@ -396,6 +466,7 @@ impl Store {
             {
                 self.partition_ids.remove(&p.key);
                 self.live_bytes -= PARTITION_OVERHEAD + 2 * p.key.len();
+                self.index_extra -= p.extra;
                 self.partition_free.push(e.partition);
             }
         }
@@ -434,7 +505,7 @@ impl Store {
     }
 
     fn evict_to_bounds(&mut self, keep: u32) {
-        while self.len > self.cfg.max_entries || self.live_bytes > self.cfg.max_memory_bytes {
+        while self.len > self.cfg.max_entries || self.memory_bytes() > self.cfg.max_memory_bytes {
             let victim = self.tail;
             if victim == NIL || victim == keep {
                 break;
@@ -659,12 +730,15 @@ impl Store {
             self.expiry
                 .push(Reverse((Deadline(expires), slot, self.seq)));
         }
-        let (kind, dim, params) = (self.cfg.index, self.cfg.dim, self.cfg.hnsw);
         if let Some(p) = self.partition_mut(pid) {
             p.exact.insert(hash, slot);
             p.index.add(slot, &entry.vector);
-            p.index.adapt(kind, dim, params, p.exact.values());
+            if let Some(b) = &mut p.build {
+                b.journal.push((slot, true));
+            }
         }
+        self.reaccount(pid);
+        self.start_build(pid);
         self.stats.inserts += 1;
         if expires <= now {
             // Restored already expired: never visible.
@@ -721,6 +795,145 @@ impl Store {
         self.stats = stats;
     }
 
+    /// Starts a graph build for partition `pid` if its index wants one and
+    /// none runs: the journal starts with every id the partition holds.
+    fn start_build(&mut self, pid: u32) {
+        let kind = self.cfg.index;
+        let Some(p) = self.partition_mut(pid) else {
+            return;
+        };
+        if p.build.is_some() || !p.index.wants_graph(kind) {
+            return;
+        }
+        let mut ids: Vec<u32> = p.exact.values().copied().collect();
+        ids.sort_unstable();
+        let epoch = EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        p.build = Some(Build {
+            epoch,
+            journal: ids.into_iter().map(|id| (id, true)).collect(),
+            replays: 0,
+        });
+        self.tickets.push(BuildTicket {
+            pid,
+            epoch,
+            dim: self.cfg.dim,
+            params: self.cfg.hnsw,
+        });
+    }
+
+    /// Brings partition `pid`'s share of `index_extra` up to date.
+    fn reaccount(&mut self, pid: u32) {
+        let per = self.index_bytes_per_entry();
+        let Some(p) = self.partition_mut(pid) else {
+            return;
+        };
+        let extra = p.index.memory_bytes().saturating_sub(p.index.len() * per);
+        let old = std::mem::replace(&mut p.extra, extra);
+        self.index_extra = self.index_extra + extra - old;
+    }
+
+    /// Builds started since the last call, for the caller to run once it
+    /// has released the lock.
+    pub fn take_tickets(&mut self) -> Vec<BuildTicket> {
+        std::mem::take(&mut self.tickets)
+    }
+
+    fn build_of(&mut self, pid: u32, epoch: u64) -> Option<&mut Partition> {
+        self.partition_mut(pid)
+            .filter(|p| p.build.as_ref().is_some_and(|b| b.epoch == epoch))
+    }
+
+    /// The builder's next step for build `epoch` of partition `pid`. When
+    /// few changes remain they go into `graph`, which replaces the index
+    /// (the switch is atomic under the lock); otherwise the journal is
+    /// handed over to replay off the lock.
+    pub fn build_step(&mut self, pid: u32, epoch: u64, graph: &mut HnswIndex) -> BuildStep {
+        let (dim, params) = (self.cfg.dim, self.cfg.hnsw);
+        let Some(p) = self.build_of(pid, epoch) else {
+            return BuildStep::Cancelled;
+        };
+        let Some(b) = p.build.as_mut() else {
+            return BuildStep::Cancelled;
+        };
+        let journal = coalesce(std::mem::take(&mut b.journal));
+        if journal.len() > FINISH_AT {
+            b.replays += 1;
+            return BuildStep::Replay(journal);
+        }
+        for (id, added) in journal {
+            match p.index.vector(id).filter(|_| added) {
+                Some(v) => graph.add(id, &v),
+                None => {
+                    graph.remove(id);
+                }
+            }
+        }
+        let done = std::mem::replace(graph, HnswIndex::new(dim, params));
+        p.index = Index::Hnsw(Box::new(done));
+        p.build = None;
+        self.reaccount(pid);
+        // Removals during the build may have left the new graph mostly free.
+        self.start_build(pid);
+        BuildStep::Done
+    }
+
+    /// Ends build `epoch` of partition `pid` if it still runs (its builder
+    /// stopped without finishing).
+    pub fn cancel_build(&mut self, pid: u32, epoch: u64) {
+        if let Some(p) = self.build_of(pid, epoch) {
+            p.build = None;
+        }
+    }
+
+    /// The vectors of `ids` for build `epoch` of partition `pid`, skipping
+    /// ids removed since (the journal holds their removal); None when the
+    /// build was cancelled.
+    pub fn build_vectors(
+        &mut self,
+        pid: u32,
+        epoch: u64,
+        ids: &[u32],
+    ) -> Option<Vec<(u32, Vec<f32>)>> {
+        let p = self.build_of(pid, epoch)?;
+        Some(
+            ids.iter()
+                .filter_map(|&id| Some((id, p.index.vector(id)?)))
+                .collect(),
+        )
+    }
+
+    /// Whether a single insert into `partition` must wait for its build
+    /// to catch up (see [`JOURNAL_MAX`]).
+    pub fn must_wait(&self, partition: &str) -> bool {
+        self.building(partition).is_some_and(|b| {
+            let limit = if b.replays >= 3 {
+                FINISH_AT
+            } else {
+                JOURNAL_MAX
+            };
+            b.journal.len() >= limit
+        })
+    }
+
+    fn building(&self, partition: &str) -> Option<&Build> {
+        let pid = self.partition_id(partition)?;
+        self.partitions.get(pid as usize)?.as_ref()?.build.as_ref()
+    }
+
+    /// Whether a graph is being built for `partition`.
+    pub fn is_building(&self, partition: &str) -> bool {
+        self.building(partition).is_some()
+    }
+
+    /// Partitions whose graph is being built.
+    pub fn builds_running(&self) -> usize {
+        self.partitions
+            .iter()
+            .flatten()
+            .filter(|p| p.build.is_some())
+            .count()
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }
@@ -729,9 +942,26 @@ impl Store {
         self.len == 0
     }
 
+    /// Bytes accounted: every entry (its share of its index included) and
+    /// what the indexes hold beyond their entries' shares.
     pub fn memory_bytes(&self) -> usize {
-        self.live_bytes
+        self.live_bytes + self.index_extra
     }
+}
+
+/// Each id of `journal` once, with its last change, in the order of those
+/// last changes.
+fn coalesce(journal: Vec<(u32, bool)>) -> Vec<(u32, bool)> {
+    let mut last: HashMap<u32, usize> = HashMap::with_capacity(journal.len());
+    for (k, &(id, _)) in journal.iter().enumerate() {
+        last.insert(id, k);
+    }
+    journal
+        .into_iter()
+        .enumerate()
+        .filter(|(k, (id, _))| last.get(id) == Some(k))
+        .map(|(_, op)| op)
+        .collect()
 }
 
 #[cfg(test)]

@@ -621,6 +621,7 @@ impl SemanticCache {
         idx.set_item("flat", st.flat_indexes)?;
         idx.set_item("hnsw", st.hnsw_indexes)?;
         d.set_item("indexes", idx)?;
+        d.set_item("index_builds", st.index_builds)?;
         d.set_item("lookup_p50_us", s.latency_quantile(0.5))?;
         d.set_item("lookup_p99_us", s.latency_quantile(0.99))?;
         if let Some(shared) = &self.shared {

@@ -29,6 +29,7 @@ use super::simd::has_popcnt;
 use super::simd::{prefetch, Kernels};
 use super::VectorIndex;
 
+mod batch;
 mod memory;
 
 /// Graph parameters.
@@ -102,6 +103,8 @@ pub struct HnswIndex {
     /// Links on levels 1..=level for the slots that have upper levels,
     /// `m + 1` per level, laid out like `links0`.
     upper: HashMap<u32, Box<[u32]>>,
+    /// Bytes `upper` holds (kept so `memory_bytes` is O(1)).
+    upper_bytes: usize,
     levels: Vec<u8>,
     /// Id stored in each slot, `FREE` when removed.
     ids: Vec<u32>,
@@ -134,6 +137,7 @@ impl HnswIndex {
             links0: LineVec::new(),
             degree0: Vec::new(),
             upper: HashMap::new(),
+            upper_bytes: 0,
             levels: Vec::new(),
             ids: Vec::new(),
             slot_of: HashMap::new(),
@@ -152,7 +156,8 @@ impl HnswIndex {
         self.params.rerank = rerank.max(1);
     }
 
-    fn slots(&self) -> usize {
+    /// Slots held: live entries and those of removed ones awaiting reuse.
+    pub fn slots(&self) -> usize {
         self.ids.len()
     }
 
@@ -227,8 +232,9 @@ impl HnswIndex {
         self.links0.grow_zeroed(self.m0);
         self.degree0.push(0);
         if level > 0 {
-            self.upper
-                .insert(s, vec![0u32; level * (self.m + 1)].into_boxed_slice());
+            let words = level * (self.m + 1);
+            self.upper.insert(s, vec![0u32; words].into_boxed_slice());
+            self.upper_bytes += words * 4 + UPPER_MAP_BYTES;
         }
         s
     }
@@ -404,6 +410,27 @@ impl HnswIndex {
         } else {
             &mut self.seen
         });
+        let found = self.walk_with(&mut seen, q, start, ef, level, skip);
+        if adding {
+            self.seen_add = seen;
+        } else {
+            self.seen = seen;
+        }
+        found
+    }
+
+    /// `walk` with the caller's visited set (parallel insertions each bring
+    /// their own).
+    #[inline(always)]
+    fn walk_with(
+        &self,
+        seen: &mut Visited,
+        q: &[u64],
+        start: (u32, u32),
+        ef: usize,
+        level: usize,
+        skip: Option<u32>,
+    ) -> Vec<(u32, u32)> {
         seen.clear(ef, self.slots());
         let skip = skip.unwrap_or(FREE);
         // (distance, slot) packed in one u64 so the heaps compare once.
@@ -456,11 +483,6 @@ impl HnswIndex {
                     prefetch(self.links0[at..].as_ptr() as *const u8, self.m0 * 4);
                 }
             }
-        }
-        if adding {
-            self.seen_add = seen;
-        } else {
-            self.seen = seen;
         }
         best.into_iter()
             .map(|k| ((k >> 32) as u32, k as u32))
@@ -561,11 +583,7 @@ impl VectorIndex for HnswIndex {
             + self.rows.capacity() * 2
             + self.links0.bytes()
             + self.degree0.capacity()
-            + self
-                .upper
-                .values()
-                .map(|u| u.len() * 4 + UPPER_MAP_BYTES)
-                .sum::<usize>()
+            + self.upper_bytes
             + self.levels.capacity()
             + self.ids.capacity() * 4
             + (self.seen.table.capacity() + self.seen_add.table.capacity()) * 4

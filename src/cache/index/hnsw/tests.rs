@@ -96,6 +96,42 @@ fn recall_on_clustered_vectors() {
     }
 }
 
+#[test]
+fn add_many_matches_one_by_one_recall_and_is_deterministic() {
+    let (stored, qs) = clustered(6000, 96, 100, 11);
+    let items: Vec<(u32, Vec<f32>)> = stored
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (i as u32, v.clone()))
+        .collect();
+    let mut a = HnswIndex::new(96, HnswParams::default());
+    a.add_many(&items);
+    assert_eq!(a.len(), stored.len());
+    let hits = qs
+        .iter()
+        .filter(|q| a.search(q, 4, 0.0).first().map(|x| x.0) == Some(exact_best(&stored, q)))
+        .count();
+    assert!(hits >= 99, "{hits}/100");
+    // The same entries in the same order give the same graph, on any pool.
+    let mut b = HnswIndex::new(96, HnswParams::default());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| b.add_many(&items));
+    for q in &qs {
+        assert_eq!(a.search(q, 4, 0.0), b.search(q, 4, 0.0));
+    }
+    // Replacing and repeating ids: the last vector of each id stays.
+    let mut again: Vec<(u32, Vec<f32>)> = items[..3000].iter().rev().cloned().collect();
+    again.push((5, stored[7].clone()));
+    a.add_many(&again);
+    assert_eq!(a.len(), stored.len());
+    assert_eq!(a.search(&stored[7], 2, 0.0).len(), 2);
+    let v5 = a.vector(5).unwrap();
+    assert!(dot(&v5, &stored[7]) > 0.999);
+}
+
 /// Timing and recall at a given size: `N=100000 cargo test --release
 /// --lib hnsw_timing -- --ignored --nocapture`.
 #[test]
@@ -126,13 +162,21 @@ fn hnsw_timing() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    for j in 0..n {
-        let i = if seed == 0 {
+    let order = (0..n).map(|j| {
+        if seed == 0 {
             j
         } else {
             (j * 7919 + seed * 104_729) % n
-        };
-        h.add(i as u32, &stored[i]);
+        }
+    });
+    // BATCH=1 builds with `add_many` (all cores).
+    if std::env::var("BATCH").is_ok_and(|b| b == "1") {
+        let items: Vec<(u32, Vec<f32>)> = order.map(|i| (i as u32, stored[i].clone())).collect();
+        h.add_many(&items);
+    } else {
+        for i in order {
+            h.add(i as u32, &stored[i]);
+        }
     }
     eprintln!(
         "{p:?} build {:?} ({:.0}/s)",
