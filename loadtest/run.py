@@ -373,7 +373,7 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        "# Load test: the reference chat service under gunicorn (2 uvicorn workers)",
+        f"# Load test: the gateway under gunicorn ({report.get('workers', 2)} uvicorn workers)",
         "",
         f"`{report['command']}` at {report['finished']} UTC; {report['machine']}.",
         f"Requests: {report['mix']['corpus']}; mix {report['mix']['weights']}, "
@@ -655,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "finished": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "machine": _machine(),
         "users": args.users,
+        "workers": args.workers,
         "mix": {
             "corpus": corpus.describe(),
             "weights": {k: round(v, 3) for k, v in mix.items()},
