@@ -203,15 +203,13 @@ def embedder_from_spec(spec: str, url: str | None = None) -> Embed:
             raise ValueError(f"hashing:DIM needs an integer dimension, got {arg!r}") from None
         return HashingEmbedder(dim)
     if name == "sentence-transformers" and arg:
+        from llmedge.embedders import SentenceTransformerEmbedder
+
         try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            raise ValueError(
-                "--embedder sentence-transformers:MODEL needs "
-                "pip install 'llmedge[sentence-transformers]'"
-            ) from None
-        model = SentenceTransformer(arg)
-        return lambda texts: model.encode(list(texts), normalize_embeddings=True).tolist()
+            model = SentenceTransformerEmbedder(arg)
+        except ImportError as exc:
+            raise ValueError(f"--embedder {spec}: {exc}") from None
+        return lambda texts: model(list(texts)).tolist()
     raise ValueError(
         "--embedder must be hashing, hashing:DIM, sentence-transformers:MODEL or "
         f"openai:MODEL, got {spec!r}"
