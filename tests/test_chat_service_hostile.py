@@ -279,6 +279,48 @@ def test_a_slow_loris_client_times_out_and_others_are_served(gateway, where):
     assert sent[0] < len(rest)  # cut off before the client was done
 
 
+def read_response(s: socket.socket) -> tuple[int, dict]:
+    """One response on a kept-alive connection (its Content-Length bytes)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"the server closed the connection after {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += s.recv(65536)
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_an_idle_kept_alive_connection_gets_no_unsolicited_408(gateway):
+    """Between requests the header deadline does not run: a client that reuses a
+    connection after longer than LLMEDGE_HEADER_TIMEOUT (within uvicorn's
+    keep-alive of 5 s) gets its answer, not a 408 written while it was idle."""
+    payload = json.dumps({"question": "Again?"}).encode()
+    with raw(gateway.port, headers("/chat", len(payload)) + payload) as s:
+        assert read_response(s)[0] == 200
+        time.sleep(TIMEOUT * 1.5)
+        s.sendall(headers("/chat", len(payload)) + payload)
+        assert read_response(s)[0] == 200
+
+
+def test_slow_headers_on_a_kept_alive_connection_time_out(gateway):
+    """The deadline starts again at the next request's first byte."""
+    payload = json.dumps({"question": "Again?"}).encode()
+    with raw(gateway.port, headers("/chat", len(payload)) + payload) as s:
+        assert read_response(s)[0] == 200
+        s.sendall(b"POST /chat HTTP/1.1\r\nHost: gateway\r\n")  # and no more
+        start = time.monotonic()
+        status, body = status_and_body(read_all(s))
+        assert status == 408 and body["error"]["code"] == "request_timeout"
+        assert TIMEOUT * 0.9 <= time.monotonic() - start
+
+
 # -- many keys ------------------------------------------------------------------
 
 
@@ -290,7 +332,8 @@ def test_10000_api_keys_keep_limiter_state_and_metric_labels_bounded(gateway):
         return {line.rsplit(" ", 1)[0] for line in text.splitlines() if not line.startswith("#")}
 
     async def flood() -> float:
-        limits = httpx.Limits(max_connections=32)
+        # connections idle longer than the server's keep-alive (5 s) are not reused
+        limits = httpx.Limits(max_connections=32, keepalive_expiry=2)
         async with httpx.AsyncClient(base_url=gateway.url, limits=limits, timeout=60) as c:
             # warm up: every status and route this test produces, once
             for key in ("warm-1", "warm-2", "warm-2"):  # a miss, a hit, a 429
