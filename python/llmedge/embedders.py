@@ -82,9 +82,9 @@ class SentenceTransformerEmbedder:
         # threads at once; the cache may embed from many.
         self._lock = threading.Lock()
         # newer sentence-transformers renamed the method (the old name warns)
-        probe = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension"
-        )
+        probe = getattr(self._model, "get_embedding_dimension", None)
+        if probe is None:
+            probe = self._model.get_sentence_embedding_dimension
         dim = probe()
         if dim is None:
             dim = int(self._encode(["dimension probe"]).shape[1])
