@@ -10,10 +10,12 @@
 //! ([`Replica::fetch_exact`]).
 //!
 //! Ordering: every event has a number. A write carries the number of the
-//! last event its process had applied when it made the change; Redis refuses
-//! it when another process's invalidation newer than that covers it (see
-//! `protocol`), so a write delayed by a Redis outage never brings back an
-//! entry invalidated meanwhile. A follower that sees the numbers jump (the
+//! last event its process had applied when it made the change, and that
+//! event's epoch; Redis refuses it when another process's invalidation newer
+//! than that covers it (see `protocol`), or any invalidation when the epoch
+//! is not the namespace's any more (Redis restarted empty, or a failover
+//! lost the namespace), so a write delayed by a Redis outage never brings
+//! back an entry invalidated meanwhile. A follower that sees the numbers jump (the
 //! stream was trimmed past it) clears its copy and reloads the namespace; a
 //! new epoch (Redis restarted empty) makes it read the new stream from its
 //! start.
@@ -157,9 +159,9 @@ struct Outgoing {
 struct Op {
     change: Change,
     /// The event this process had applied when it made the change, and the
-    /// epoch it belongs to.
+    /// epoch (of the namespace in Redis) it belongs to.
     observed: u64,
-    epoch: u64,
+    epoch: Arc<str>,
     wall_us: u64,
 }
 
@@ -215,10 +217,9 @@ pub(crate) struct Inner {
     wake: tokio::sync::Notify,
     /// Sending an op right now (for `flush`).
     sending: AtomicBool,
-    /// The last event applied (the `observed` of new changes).
-    applied: AtomicU64,
-    /// Bumped when the namespace's epoch changes.
-    epoch: AtomicU64,
+    /// The namespace's epoch and the last event of it applied (the
+    /// `observed` of new changes); one lock, so that both are of one epoch.
+    applied: Mutex<(Arc<str>, u64)>,
     /// The store's connection generation of the sender's last join.
     joined: AtomicU64,
     loaded: AtomicBool,
@@ -290,8 +291,7 @@ impl Replica {
             queue: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
             sending: AtomicBool::new(false),
-            applied: AtomicU64::new(0),
-            epoch: AtomicU64::new(0),
+            applied: Mutex::new((Arc::from(""), 0)),
             joined: AtomicU64::new(u64::MAX),
             loaded: AtomicBool::new(false),
             counters: Counters::default(),
@@ -509,16 +509,25 @@ impl Inner {
         self.store.timeout().max(BACKGROUND_TIMEOUT)
     }
 
+    fn set_applied(&self, epoch: &str, seq: u64) {
+        let mut applied = self.applied.lock();
+        if &*applied.0 != epoch {
+            applied.0 = Arc::from(epoch);
+        }
+        applied.1 = seq;
+    }
+
     fn record_error(&self, e: &StoreError) {
         self.counters.errors.fetch_add(1, Relaxed);
         *self.last_error.lock() = Some(e.to_string());
     }
 
     fn enqueue(&self, change: Change) {
+        let (epoch, observed) = self.applied.lock().clone();
         let op = Op {
             change,
-            observed: self.applied.load(Relaxed),
-            epoch: self.epoch.load(Relaxed),
+            observed,
+            epoch,
             wall_us: wall_us(),
         };
         let mut q = self.queue.lock();
@@ -701,7 +710,7 @@ impl Inner {
                 break;
             }
         }
-        self.applied.store(at.seq, Relaxed);
+        self.set_applied(&at.epoch, at.seq);
         self.loaded.store(true, Relaxed);
         Ok(())
     }
