@@ -384,7 +384,12 @@ async fn step(
                 continue;
             };
             if s <= seq {
-                continue; // already applied (or loaded)
+                // Read after the last event applied, yet numbered as if
+                // before it: the stream's history was rewritten (a failover
+                // lost the last writes and the counter went back), so events
+                // with these numbers may be new ones.
+                drift = Some(Drift::Gap);
+                break;
             }
             if s > seq + 1 {
                 drift = Some(Drift::Gap);
