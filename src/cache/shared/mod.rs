@@ -531,11 +531,19 @@ impl Inner {
             wall_us: wall_us(),
         };
         let mut q = self.queue.lock();
+        self.make_room(&mut q, op.entries());
+        q.push_back(op);
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// Drops queued changes until `room` more entries fit in `max_pending`:
+    /// the oldest entries first; invalidations are kept while entries can
+    /// make room (a lost invalidation leaves stale answers elsewhere, a lost
+    /// entry only a miss).
+    fn make_room(&self, q: &mut VecDeque<Op>, room: usize) {
         let mut depth: usize = q.iter().map(Op::entries).sum();
-        // Full: drop the oldest entries first; invalidations are kept while
-        // entries can make room (a lost invalidation leaves stale answers
-        // elsewhere, a lost entry only a miss).
-        while depth + op.entries() > self.cfg.max_pending && !q.is_empty() {
+        while depth + room > self.cfg.max_pending && !q.is_empty() {
             let victim = q
                 .iter()
                 .position(|o| matches!(o.change, Change::Set(_)))
@@ -545,9 +553,6 @@ impl Inner {
                 self.counters.dropped.fetch_add(o.entries() as u64, Relaxed);
             }
         }
-        q.push_back(op);
-        drop(q);
-        self.wake.notify_one();
     }
 
     /// Reads (creating if needed) the namespace's metadata and checks it

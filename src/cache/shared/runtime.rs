@@ -117,6 +117,8 @@ async fn send_some(inner: &Arc<Inner>) -> Result<(), StoreError> {
             for op in batch.into_iter().rev() {
                 q.push_front(op);
             }
+            // Changes queued while these were out: the bound holds again.
+            inner.make_room(&mut q, 0);
         } else {
             let n: usize = batch.iter().map(Op::entries).sum();
             inner.counters.dropped.fetch_add(n as u64, Relaxed);
