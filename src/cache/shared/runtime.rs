@@ -102,9 +102,7 @@ async fn send_some(inner: &Arc<Inner>) -> Result<(), StoreError> {
                 break;
             }
         }
-        if !batch.is_empty() {
-            inner.sending.store(true, Relaxed);
-        }
+        inner.sending.store(n, Relaxed);
         batch
     };
     if batch.is_empty() {
@@ -117,14 +115,15 @@ async fn send_some(inner: &Arc<Inner>) -> Result<(), StoreError> {
             for op in batch.into_iter().rev() {
                 q.push_front(op);
             }
-            // Changes queued while these were out: the bound holds again.
+            inner.sending.store(0, Relaxed);
+            // Whatever happened meanwhile, the bound holds again.
             inner.make_room(&mut q, 0);
         } else {
             let n: usize = batch.iter().map(Op::entries).sum();
             inner.counters.dropped.fetch_add(n as u64, Relaxed);
         }
     }
-    inner.sending.store(false, Relaxed);
+    inner.sending.store(0, Relaxed);
     result
 }
 
