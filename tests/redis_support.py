@@ -502,6 +502,10 @@ class RedisCluster:
                             str(node_timeout),
                             "--cluster-replica-validity-factor",
                             "0",
+                            # replicas copy their master at once (the default
+                            # waits 5 s): a failover soon after a write keeps it
+                            "--repl-diskless-sync-delay",
+                            "0",
                         ],  # fmt: skip
                     )
                 )
@@ -636,11 +640,22 @@ class RedisCluster:
                 return False
             if sum("slave" in n["flags"] for n in nodes) != len(self.servers) // 2:
                 return False
-        return True
+        return all(self.replicas_in_sync())
+
+    def replicas_in_sync(self) -> list[bool]:
+        """Per replica: its link to its master is up (it holds the master's data)."""
+        out = []
+        for node in self.replicas():
+            try:
+                info = node.server.cli("INFO", "replication", timeout=5.0)
+            except (RuntimeError, subprocess.SubprocessError):
+                info = ""
+            out.append("master_link_status:up" in info)
+        return out
 
     def heal(self, timeout: float = 60.0) -> None:
         """Restart killed nodes (they rejoin, as replicas) and wait until the
-        cluster is healthy again."""
+        cluster is healthy again, every replica in sync with its master."""
         for s in self.servers:
             if not s.running:
                 s.start()
