@@ -153,6 +153,7 @@ def test_paraphrases_are_accepted(a, b):
         ),
         ("Is the WD Element drive reliable?", "Is the WD Elements drive reliable?"),
         ("how do I delete my google account", "How do I delete my Google account"),
+        ("What do Wyoming statutes say?", "What do Wyoming's statutes say?"),
         # trailing noise
         ("How does Open Assistant work?", "How does Open Assistant work?s"),
         ("What can you do?", "What can you do?!1"),

@@ -293,20 +293,30 @@ fn affix_counterparts(x: &str) -> Vec<String> {
 }
 
 /// A proper noun one side names and the other does not mention, on each side.
-/// Names are compared by their stem ([`stem`], after lowercasing and dropping
-/// apostrophes): "India's" meets "India", "WD Elements" meets "WD Element".
+/// Names are compared after folding case, the possessive and the plural
+/// ([`name_key`]): "India's" meets "India", "WD Elements" meets "WD Element".
 fn entity_swap(a: &Analysis, b: &Analysis) -> bool {
     if a.proper.is_empty() || b.proper.is_empty() {
         return false;
     }
-    fn stems(w: &Words) -> Vec<&str> {
-        let mut v: Vec<&str> = w.iter().map(stem).collect();
+    fn keys(w: &Words) -> Vec<&str> {
+        let mut v: Vec<&str> = w.iter().map(name_key).collect();
         v.sort_unstable();
         v
     }
     let new_in =
-        |p: &Words, other: &[&str]| p.iter().any(|w| other.binary_search(&stem(w)).is_err());
-    new_in(&a.proper, &stems(&b.words)) && new_in(&b.proper, &stems(&a.words))
+        |p: &Words, other: &[&str]| p.iter().any(|w| other.binary_search(&name_key(w)).is_err());
+    new_in(&a.proper, &keys(&b.words)) && new_in(&b.proper, &keys(&a.words))
+}
+
+/// A lowercased word (apostrophes already dropped) without its possessive or
+/// plural "s": "indias" and "elements" become "india" and "element". Not the
+/// verb stemmer: "wyoming" stays whole.
+fn name_key(w: &str) -> &str {
+    match w.strip_suffix('s') {
+        Some(base) if base.chars().count() >= 3 && !base.ends_with('s') => base,
+        _ => w,
+    }
 }
 
 /// Everything identical but one word, and that word's swap changes the
