@@ -322,11 +322,27 @@ def _raise():
 
 
 def _opens_the_other(a, b) -> None:
-    """Shared state: failures through `a` open `b` too."""
-    for _ in range(3):
-        with pytest.raises(Boom):
-            a(_raise)()
-    wait_for(lambda: b.state == "open", "b opens after a's failures")
+    """Shared state: failures through `a` open `b` too.
+
+    An outcome recorded while `a` is briefly on its local fallback (a report
+    past the 50 ms timeout on a loaded machine) or under a state the store
+    has just replaced counts locally only, as documented; so `a` keeps
+    failing until `b` opens, and `b` must open within the deadline."""
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        for _ in range(3):
+            try:
+                a(_raise)()
+            except Boom:
+                pass
+            except llmedge.CircuitOpenError:
+                break
+        t = time.monotonic() + 1.0
+        while time.monotonic() < t:
+            if b.state == "open":
+                return
+            time.sleep(0.02)
+    raise AssertionError(f"b did not open after a's failures: a: {a.metrics()}; b: {b.metrics()}")
 
 
 def test_breaker_falls_back_locally_when_redis_dies_and_converges_when_it_returns(redis_server):
