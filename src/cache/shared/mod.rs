@@ -15,10 +15,10 @@
 //! than that covers it (see `protocol`), or any invalidation when the epoch
 //! is not the namespace's any more (Redis restarted empty, or a failover
 //! lost the namespace), so a write delayed by a Redis outage never brings
-//! back an entry invalidated meanwhile. A follower that sees the numbers
-//! jump (the stream was trimmed past it) or go back (a failover lost the
-//! last writes) clears its copy and reloads the namespace; a new epoch
-//! (Redis restarted empty) makes it read the new stream from its start.
+//! back an entry invalidated meanwhile. A follower that sees the numbers jump (the
+//! stream was trimmed past it) clears its copy and reloads the namespace; a
+//! new epoch (Redis restarted empty) makes it read the new stream from its
+//! start.
 //!
 //! Redis loss: the sender keeps up to `max_pending` changes and counts what
 //! it drops beyond; every call is bounded by the store's timeout, and
@@ -30,7 +30,7 @@ mod runtime;
 mod tests;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -215,9 +215,8 @@ pub(crate) struct Inner {
     scripts: Scripts,
     queue: Mutex<VecDeque<Op>>,
     wake: tokio::sync::Notify,
-    /// Entries of the batch being sent right now (for `flush`, and the
-    /// queue's bound counts them).
-    sending: AtomicUsize,
+    /// Sending an op right now (for `flush`).
+    sending: AtomicBool,
     /// The namespace's epoch and the last event of it applied (the
     /// `observed` of new changes); one lock, so that both are of one epoch.
     applied: Mutex<(Arc<str>, u64)>,
@@ -291,7 +290,7 @@ impl Replica {
             },
             queue: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
-            sending: AtomicUsize::new(0),
+            sending: AtomicBool::new(false),
             applied: Mutex::new((Arc::from(""), 0)),
             joined: AtomicU64::new(u64::MAX),
             loaded: AtomicBool::new(false),
@@ -458,7 +457,7 @@ impl Replica {
     pub fn flush(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if self.inner.queue.lock().is_empty() && self.inner.sending.load(Relaxed) == 0 {
+            if self.inner.queue.lock().is_empty() && !self.inner.sending.load(Relaxed) {
                 return true;
             }
             if std::time::Instant::now() >= deadline {
@@ -494,7 +493,7 @@ impl Replica {
             loaded_entries: c.loaded_entries.load(Relaxed),
             remote_hits: c.remote_hits.load(Relaxed),
             errors: c.errors.load(Relaxed),
-            queue_depth: inner.pending(&inner.queue.lock()),
+            queue_depth: inner.queue.lock().iter().map(Op::entries).sum(),
             lag_p50_ms: p50,
             lag_p99_ms: p99,
             last_error: inner.last_error.lock().clone(),
@@ -538,17 +537,12 @@ impl Inner {
         self.wake.notify_one();
     }
 
-    /// Entries not yet written: queued (`q`, the locked queue) or being sent.
-    fn pending(&self, q: &VecDeque<Op>) -> usize {
-        q.iter().map(Op::entries).sum::<usize>() + self.sending.load(Relaxed)
-    }
-
     /// Drops queued changes until `room` more entries fit in `max_pending`:
     /// the oldest entries first; invalidations are kept while entries can
     /// make room (a lost invalidation leaves stale answers elsewhere, a lost
     /// entry only a miss).
     fn make_room(&self, q: &mut VecDeque<Op>, room: usize) {
-        let mut depth = self.pending(q);
+        let mut depth: usize = q.iter().map(Op::entries).sum();
         while depth + room > self.cfg.max_pending && !q.is_empty() {
             let victim = q
                 .iter()

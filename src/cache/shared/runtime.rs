@@ -102,7 +102,9 @@ async fn send_some(inner: &Arc<Inner>) -> Result<(), StoreError> {
                 break;
             }
         }
-        inner.sending.store(n, Relaxed);
+        if !batch.is_empty() {
+            inner.sending.store(true, Relaxed);
+        }
         batch
     };
     if batch.is_empty() {
@@ -115,15 +117,14 @@ async fn send_some(inner: &Arc<Inner>) -> Result<(), StoreError> {
             for op in batch.into_iter().rev() {
                 q.push_front(op);
             }
-            inner.sending.store(0, Relaxed);
-            // Whatever happened meanwhile, the bound holds again.
+            // Changes queued while these were out: the bound holds again.
             inner.make_room(&mut q, 0);
         } else {
             let n: usize = batch.iter().map(Op::entries).sum();
             inner.counters.dropped.fetch_add(n as u64, Relaxed);
         }
     }
-    inner.sending.store(0, Relaxed);
+    inner.sending.store(false, Relaxed);
     result
 }
 
