@@ -59,6 +59,11 @@ def test_redis_killed_and_restarted_empty_mid_load(redis_server):
     assert c.get("after the restart") is not None
 
 
+def _queued_and_dropped(cache) -> tuple[int, int]:
+    st = cache.stats()["shared"]
+    return st["queue_depth"], st["dropped"]
+
+
 def test_writes_queue_while_redis_is_down_then_drop_and_count(redis_server):
     a = shared(redis_server.url, max_pending_writes=3)
     b = shared(redis_server.url)
@@ -66,8 +71,8 @@ def test_writes_queue_while_redis_is_down_then_drop_and_count(redis_server):
     for i in range(5):
         a.set(f"while down {i}", i)  # never raises, never waits for Redis
         assert a.get(f"while down {i}") is not None
-    st = a.stats()["shared"]
-    assert st["queue_depth"] == 3 and st["dropped"] == 2
+    assert a.stats()["shared"]["queue_depth"] <= 3
+    eventually("3 queued and 2 dropped", lambda: _queued_and_dropped(a) == (3, 2))
     redis_server.start()
     assert a.flush(30)
     for i in (2, 3, 4):
@@ -341,8 +346,10 @@ def test_cluster_down_bounds_the_queue_then_comes_back_empty(redis_cluster):
             assert a.get(f"while down {i}") is not None
             took.append(time.monotonic() - t)
         assert max(took) <= TIMEOUT + MARGIN, took
-        st = a.stats()["shared"]
-        assert st["queue_depth"] == 3 and st["dropped"] == 2, st
+        # the queue holds 3 entries beside a retry in flight; between retries
+        # the oldest has gone back and been dropped
+        assert a.stats()["shared"]["queue_depth"] <= 3
+        eventually("3 queued and 2 dropped", lambda: _queued_and_dropped(a) == (3, 2))
         p.call("set", "known before", "stale")
         p.suspend()
         redis_cluster.heal()  # every node back, empty
