@@ -266,19 +266,7 @@ impl Cache {
     /// of the partitions they filled are built.
     pub fn insert(&self, items: Vec<NewItem>, now: f64) -> Result<usize, CacheError> {
         let n = items.len();
-        let entries: Vec<NewEntry> = items
-            .into_iter()
-            .map(|i| NewEntry {
-                partition: self.scoped(&i.partition),
-                prompt: i.prompt,
-                vector: i.vector,
-                response: Arc::from(i.response),
-                metadata: i.metadata.map(Arc::from),
-                tags: i.tags,
-                ttl: i.ttl,
-                age: 0.0,
-            })
-            .collect();
+        let entries = self.entries(items);
         let mut store = self.store.lock();
         for e in &entries {
             if e.vector.len() != self.cfg.dim {
@@ -314,6 +302,41 @@ impl Cache {
             store.wait();
         }
         Ok(n)
+    }
+
+    /// Inserts entries loaded from elsewhere (a shared namespace), in
+    /// order: an entry this cache refuses (too large for its memory bound,
+    /// wrong dimension) is skipped, not the batch. Waiting threads get the
+    /// lock between any two entries, and it returns without waiting for
+    /// graph builds: until a partition's graph is in place its exact scan
+    /// answers. The number inserted.
+    pub fn load(&self, items: Vec<NewItem>, now: f64) -> usize {
+        let entries = self.entries(items);
+        let mut store = self.store.lock();
+        let mut n = 0;
+        for (k, e) in entries.into_iter().enumerate() {
+            if k > 0 {
+                store.bump();
+            }
+            n += usize::from(store.insert(e, now).is_ok());
+        }
+        n
+    }
+
+    fn entries(&self, items: Vec<NewItem>) -> Vec<NewEntry> {
+        items
+            .into_iter()
+            .map(|i| NewEntry {
+                partition: self.scoped(&i.partition),
+                prompt: i.prompt,
+                vector: i.vector,
+                response: Arc::from(i.response),
+                metadata: i.metadata.map(Arc::from),
+                tags: i.tags,
+                ttl: i.ttl,
+                age: 0.0,
+            })
+            .collect()
     }
 
     /// Removes the entry of `prompt` (compared as the exact tier does).
