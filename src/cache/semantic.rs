@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::config::{check_prompt, normalized, CacheConfig, CacheError};
 use super::guard::{Analysis, GuardReason};
 use super::partition::{normalize_prompt, prompt_hash, scoped_key, unscoped};
-use super::rebuild::SharedStore;
+use super::rebuild::{Bulk, SharedStore};
 use super::snapshot::{self, SnapshotError};
 use super::stats::CacheStats;
 use super::store::{choose, Candidate, Found, GuardFn, NewEntry, Store, StoreError};
@@ -267,6 +267,8 @@ impl Cache {
     pub fn insert(&self, items: Vec<NewItem>, now: f64) -> Result<usize, CacheError> {
         let n = items.len();
         let entries = self.entries(items);
+        // Declared before the lock: on an early return it ends after it.
+        let bulk = (n > 1).then(|| self.store.bulk());
         let mut store = self.store.lock();
         for e in &entries {
             if e.vector.len() != self.cfg.dim {
@@ -298,10 +300,20 @@ impl Cache {
             }
             store.insert(e, now)?;
         }
+        if let Some(b) = bulk {
+            b.end(&mut store);
+        }
         while filled.iter().any(|p| store.is_building(p)) {
             store.wait();
         }
         Ok(n)
+    }
+
+    /// Marks a bulk load of many `load` calls: until the guard is dropped,
+    /// graph builds go on absorbing inserts rather than finishing (see
+    /// `Store::begin_bulk`).
+    pub fn bulk(&self) -> Bulk<'_> {
+        self.store.bulk()
     }
 
     /// Inserts entries loaded from elsewhere (a shared namespace), in

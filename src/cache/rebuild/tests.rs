@@ -182,6 +182,31 @@ fn a_load_answers_exactly_while_its_graph_builds() {
 }
 
 #[test]
+fn a_build_finishes_only_once_the_bulk_load_ends() {
+    let c = Cache::new(config(IndexKind::Auto), "e").unwrap();
+    let n = 4 * AUTO_HNSW_MIN;
+    let bulk = c.bulk();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(AUTO_HNSW_MIN) {
+        assert_eq!(
+            c.load(chunk.iter().map(|&i| item(i)).collect(), 0.0),
+            chunk.len()
+        );
+        // Between the pages of a load, the partition stays on its scan.
+        let st = c.stats();
+        assert_eq!((st.flat_indexes, st.hnsw_indexes), (1, 0));
+    }
+    drop(bulk);
+    wait_for_builds(&c);
+    let st = c.stats();
+    assert_eq!((st.flat_indexes, st.hnsw_indexes), (0, 1));
+    let hits = (0..n)
+        .step_by(5)
+        .filter(|&i| found_id(&nearest(&c, i)) == Some(i))
+        .count();
+    assert_eq!(hits, n.div_ceil(5));
+}
+
+#[test]
 fn a_mostly_dead_graph_is_compacted_and_keeps_its_entries() {
     let c = Cache::new(config(IndexKind::Hnsw), "e").unwrap();
     let n = 4000;

@@ -659,6 +659,7 @@ impl Inner {
     /// wins), and returns once every entry is in the local cache, without
     /// waiting for graph builds (see `Cache::load`).
     async fn load_all(self: &Arc<Self>, at: &Position) -> Result<(), StoreError> {
+        let _bulk = self.cache.bulk();
         let mut after = "0".to_owned();
         let mut page = LOAD_PAGE;
         let mut inserting: Option<tokio::task::JoinHandle<()>> = None;
