@@ -197,12 +197,13 @@ def _join(url, **options):
 def test_cold_start(benchmark, populated):
     """Timed: the constructor, until it returns with every entry loaded and
     answerable (the exact scan answers until the graph is built). Untimed,
-    after each round: the answers right then (they must be the exact ones),
-    the time until the graph is in place, and the answers then (recall of
-    the exact answer). Then a join with index="flat": Redis fetch and decode
-    with O(1) local inserts, the part of the time that is not the index."""
+    after each round: the answers right then (they must be the exact ones)
+    and their mean latency, then the time until the graph is in place. At
+    the end: the recall of the exact answers with the graph, and a join with
+    index="flat" (Redis fetch and decode with O(1) local inserts: the part
+    of the time that is not the index)."""
     queries, exact = populated["queries"], populated["exact"]
-    made, ready_s, at_ready, graph_s = [], [], [], []
+    made, ready_s, at_ready, ready_lookup_ms, graph_s = [], [], [], [], []
 
     def join():
         t0 = time.perf_counter()
@@ -213,6 +214,7 @@ def test_cold_start(benchmark, populated):
         cache = made[-1]
         t0 = time.perf_counter()
         at_ready.append(_answers(cache, queries[:50]) == exact[:50])
+        ready_lookup_ms.append((time.perf_counter() - t0) * 1000 / 50)
         while cache.stats()["index_builds"]:
             time.sleep(0.005)
         graph_s.append(time.perf_counter() - t0)
@@ -230,6 +232,7 @@ def test_cold_start(benchmark, populated):
         ready_s=[round(s, 2) for s in ready_s],
         graph_built_after_ready_s=[round(g, 2) for g in graph_s],
         exact_answers_at_ready=at_ready,
+        lookup_ms_at_ready=[round(ms, 1) for ms in ready_lookup_ms],
         recall_after_graph=recall,
         flat_join_s=round(flat_s, 2),
         flat_exact=flat_exact,
