@@ -169,7 +169,7 @@ fn a_load_answers_exactly_while_its_graph_builds() {
     wait_for_builds(&c);
     let st = c.stats();
     assert_eq!((st.flat_indexes, st.hnsw_indexes), (0, 1));
-    let gone = |i: usize| i % 7 == 0 || i == 10 || i == 20;
+    let gone = |i: usize| i.is_multiple_of(7) || i == 10 || i == 20;
     assert_eq!(c.len(), (0..n).filter(|&i| !gone(i)).count());
     for i in 0..n {
         let got = found_id(&nearest(&c, i));
