@@ -21,6 +21,8 @@ use super::store::{BuildStep, BuildTicket, Store};
 
 /// Vectors copied per hold of the lock.
 const COPY_CHUNK: usize = 256;
+/// How often a builder that has caught up with a bulk insert looks for more.
+const BULK_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Runs `ticket` on a new thread. `done` is notified whenever the builder
 /// takes a journal or stops, for the inserts and bulk loads that wait.
@@ -69,6 +71,11 @@ fn run(store: &Weak<Mutex<Store>>, done: &Arc<Condvar>, t: &BuildTicket) {
             BuildStep::Replay(journal) => journal,
         };
         done.notify_all();
+        if journal.is_empty() {
+            // A bulk insert runs (see `Store::begin_bulk`): wait for more.
+            std::thread::sleep(BULK_POLL);
+            continue;
+        }
         let mut added = Vec::new();
         for (id, add) in journal {
             if add {
@@ -110,6 +117,38 @@ impl SharedStore {
             shared: self,
             held: guard.memory_bytes(),
             guard,
+        }
+    }
+
+    /// Marks a bulk insert (see `Store::begin_bulk`) until the returned
+    /// guard ends or is dropped, a panic included.
+    pub fn bulk(&self) -> Bulk<'_> {
+        self.store.lock().begin_bulk();
+        Bulk {
+            shared: self,
+            active: true,
+        }
+    }
+}
+
+/// A bulk insert in progress (see [`SharedStore::bulk`]).
+pub struct Bulk<'a> {
+    shared: &'a SharedStore,
+    active: bool,
+}
+
+impl Bulk<'_> {
+    /// Ends the bulk insert with the store already locked.
+    pub fn end(mut self, store: &mut Store) {
+        self.active = false;
+        store.end_bulk();
+    }
+}
+
+impl Drop for Bulk<'_> {
+    fn drop(&mut self) {
+        if self.active {
+            self.shared.store.lock().end_bulk();
         }
     }
 }

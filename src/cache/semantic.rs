@@ -15,7 +15,7 @@ use std::time::Instant;
 use super::config::{check_prompt, normalized, CacheConfig, CacheError};
 use super::guard::{Analysis, GuardReason};
 use super::partition::{normalize_prompt, prompt_hash, scoped_key, unscoped};
-use super::rebuild::SharedStore;
+use super::rebuild::{Bulk, SharedStore};
 use super::snapshot::{self, SnapshotError};
 use super::stats::CacheStats;
 use super::store::{choose, Candidate, Found, GuardFn, NewEntry, Store, StoreError};
@@ -267,19 +267,9 @@ impl Cache {
     /// of the partitions they filled are built.
     pub fn insert(&self, items: Vec<NewItem>, now: f64) -> Result<usize, CacheError> {
         let n = items.len();
-        let entries: Vec<NewEntry> = items
-            .into_iter()
-            .map(|i| NewEntry {
-                partition: self.scoped(&i.partition),
-                prompt: i.prompt,
-                vector: i.vector,
-                response: Arc::from(i.response),
-                metadata: i.metadata.map(Arc::from),
-                tags: i.tags,
-                ttl: i.ttl,
-                age: 0.0,
-            })
-            .collect();
+        let entries = self.entries(items);
+        // Declared before the lock: on an early return it ends after it.
+        let bulk = (n > 1).then(|| self.store.bulk());
         let mut store = self.store.lock();
         for e in &entries {
             if e.vector.len() != self.cfg.dim {
@@ -311,10 +301,55 @@ impl Cache {
             }
             store.insert(e, now)?;
         }
+        if let Some(b) = bulk {
+            b.end(&mut store);
+        }
         while filled.iter().any(|p| store.is_building(p)) {
             store.wait();
         }
         Ok(n)
+    }
+
+    /// Marks a bulk load of many `load` calls: until the guard is dropped,
+    /// graph builds go on absorbing inserts rather than finishing (see
+    /// `Store::begin_bulk`).
+    pub fn bulk(&self) -> Bulk<'_> {
+        self.store.bulk()
+    }
+
+    /// Inserts entries loaded from elsewhere (a shared namespace), in
+    /// order: an entry this cache refuses (too large for its memory bound,
+    /// wrong dimension) is skipped, not the batch. Waiting threads get the
+    /// lock between any two entries, and it returns without waiting for
+    /// graph builds: until a partition's graph is in place its exact scan
+    /// answers. The number inserted.
+    pub fn load(&self, items: Vec<NewItem>, now: f64) -> usize {
+        let entries = self.entries(items);
+        let mut store = self.store.lock();
+        let mut n = 0;
+        for (k, e) in entries.into_iter().enumerate() {
+            if k > 0 {
+                store.bump();
+            }
+            n += usize::from(store.insert(e, now).is_ok());
+        }
+        n
+    }
+
+    fn entries(&self, items: Vec<NewItem>) -> Vec<NewEntry> {
+        items
+            .into_iter()
+            .map(|i| NewEntry {
+                partition: self.scoped(&i.partition),
+                prompt: i.prompt,
+                vector: i.vector,
+                response: Arc::from(i.response),
+                metadata: i.metadata.map(Arc::from),
+                tags: i.tags,
+                ttl: i.ttl,
+                age: 0.0,
+            })
+            .collect()
     }
 
     /// Removes the entry of `prompt` (compared as the exact tier does).

@@ -245,6 +245,8 @@ pub struct Store {
     index_extra: usize,
     /// Builds started and not yet handed to a thread.
     tickets: Vec<BuildTicket>,
+    /// Bulk inserts running (`begin_bulk`): builds do not finish meanwhile.
+    bulk: usize,
     pub stats: Stats,
 }
 
@@ -266,6 +268,7 @@ impl Store {
             live_bytes: 0,
             index_extra: 0,
             tickets: Vec::new(),
+            bulk: 0,
             stats: Stats::default(),
         }
     }
@@ -792,8 +795,23 @@ impl Store {
 
     pub fn clear(&mut self) {
         let stats = std::mem::take(&mut self.stats);
+        let bulk = self.bulk;
         *self = Store::new(self.cfg.clone());
         self.stats = stats;
+        self.bulk = bulk;
+    }
+
+    /// A bulk insert starts: until it ends, a build replays what changed
+    /// rather than finishing, so that the partitions being filled stay on
+    /// their flat index (an insert into it costs a copy) and the builder
+    /// adds their entries to the graph in parallel batches; once a graph
+    /// was in place each insert would go into it one at a time.
+    pub fn begin_bulk(&mut self) {
+        self.bulk += 1;
+    }
+
+    pub fn end_bulk(&mut self) {
+        self.bulk = self.bulk.saturating_sub(1);
     }
 
     /// Starts a graph build for partition `pid` if its index wants one and
@@ -849,7 +867,7 @@ impl Store {
     /// (the switch is atomic under the lock); otherwise the journal is
     /// handed over to replay off the lock.
     pub fn build_step(&mut self, pid: u32, epoch: u64, graph: &mut HnswIndex) -> BuildStep {
-        let (dim, params) = (self.cfg.dim, self.cfg.hnsw);
+        let (dim, params, bulk) = (self.cfg.dim, self.cfg.hnsw, self.bulk > 0);
         let Some(p) = self.build_of(pid, epoch) else {
             return BuildStep::Cancelled;
         };
@@ -859,6 +877,9 @@ impl Store {
         let journal = coalesce(std::mem::take(&mut b.journal));
         if journal.len() > FINISH_AT {
             b.replays += 1;
+            return BuildStep::Replay(journal);
+        }
+        if bulk {
             return BuildStep::Replay(journal);
         }
         for (id, added) in journal {

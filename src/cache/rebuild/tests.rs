@@ -129,6 +129,84 @@ fn a_bulk_insert_returns_with_the_graph_built() {
 }
 
 #[test]
+fn a_load_answers_exactly_while_its_graph_builds() {
+    let c = Cache::new(
+        CacheConfig {
+            max_memory_mb: 16.0,
+            ..config(IndexKind::Auto)
+        },
+        "e",
+    )
+    .unwrap();
+    let n = 6 * AUTO_HNSW_MIN;
+    let mut items: Vec<NewItem> = (0..n).map(item).collect();
+    // Refused one by one, not the batch: a wrong dimension, and an entry
+    // larger than the memory bound.
+    items[10].vector = vec![1.0; DIM + 1];
+    items[20].response = vec![b'x'; 17 << 20];
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Lookups during the load and the build: an entry is either not
+        // loaded yet or found by its own vector, never another.
+        s.spawn(|| {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let k = i % n;
+                let got = found_id(&nearest(&c, k));
+                assert!(got.is_none() || got == Some(k), "{k} answered by {got:?}");
+                i += 13;
+            }
+        });
+        assert_eq!(c.load(items, 0.0), n - 2);
+        // Returned with every entry answerable, whether or not the graph
+        // is built yet; removals during the build reach the graph.
+        for i in (0..n).step_by(7).filter(|&i| i != 10 && i != 20) {
+            assert_eq!(found_id(&nearest(&c, i)), Some(i));
+            assert!(c.invalidate(&format!("prompt {i}"), "p"));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    wait_for_builds(&c);
+    let st = c.stats();
+    assert_eq!((st.flat_indexes, st.hnsw_indexes), (0, 1));
+    let gone = |i: usize| i.is_multiple_of(7) || i == 10 || i == 20;
+    assert_eq!(c.len(), (0..n).filter(|&i| !gone(i)).count());
+    for i in 0..n {
+        let got = found_id(&nearest(&c, i));
+        if gone(i) {
+            assert_ne!(got, Some(i), "{i} is not in the cache");
+        } else {
+            assert_eq!(got, Some(i), "{i} lost");
+        }
+    }
+}
+
+#[test]
+fn a_build_finishes_only_once_the_bulk_load_ends() {
+    let c = Cache::new(config(IndexKind::Auto), "e").unwrap();
+    let n = 4 * AUTO_HNSW_MIN;
+    let bulk = c.bulk();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(AUTO_HNSW_MIN) {
+        assert_eq!(
+            c.load(chunk.iter().map(|&i| item(i)).collect(), 0.0),
+            chunk.len()
+        );
+        // Between the pages of a load, the partition stays on its scan.
+        let st = c.stats();
+        assert_eq!((st.flat_indexes, st.hnsw_indexes), (1, 0));
+    }
+    drop(bulk);
+    wait_for_builds(&c);
+    let st = c.stats();
+    assert_eq!((st.flat_indexes, st.hnsw_indexes), (0, 1));
+    let hits = (0..n)
+        .step_by(5)
+        .filter(|&i| found_id(&nearest(&c, i)) == Some(i))
+        .count();
+    assert_eq!(hits, n.div_ceil(5));
+}
+
+#[test]
 fn a_mostly_dead_graph_is_compacted_and_keeps_its_entries() {
     let c = Cache::new(config(IndexKind::Hnsw), "e").unwrap();
     let n = 4000;

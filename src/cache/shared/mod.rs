@@ -47,7 +47,7 @@ pub const POLL: Duration = Duration::from_millis(500);
 /// Events read per call.
 const READ_COUNT: usize = 512;
 /// Entries per loading call (halved after a timeout).
-const LOAD_PAGE: usize = 256;
+const LOAD_PAGE: usize = 1024;
 /// Entries per write call.
 const WRITE_BATCH: usize = 64;
 const LAG_WINDOW: usize = 1024;
@@ -668,10 +668,15 @@ impl Inner {
 
     /// Loads every live entry of the namespace (epoch `at.epoch`) into the
     /// local cache, page by page; the follower then applies the stream from
-    /// `at`.
+    /// `at`. A page is decoded and inserted on the blocking pool while the
+    /// next one is fetched (pages go in in order: a later write of a prompt
+    /// wins), and returns once every entry is in the local cache, without
+    /// waiting for graph builds (see `Cache::load`).
     async fn load_all(self: &Arc<Self>, at: &Position) -> Result<(), StoreError> {
+        let _bulk = self.cache.bulk();
         let mut after = "0".to_owned();
         let mut page = LOAD_PAGE;
+        let mut inserting: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let reply = match self.load_page(&after, page, false).await {
                 Ok(v) => v,
@@ -691,33 +696,43 @@ impl Inner {
             let scanned = p.get(2).and_then(protocol::int_of).unwrap_or(0);
             let bad = p.get(3).and_then(protocol::int_of).unwrap_or(0);
             self.counters.invalid.fetch_add(bad.unsigned_abs(), Relaxed);
-            let blobs = p.get(5).map(protocol::items).unwrap_or_default();
-            let items: Vec<NewItem> = blobs
-                .chunks_exact(2)
-                .filter_map(|c| {
-                    let blob = protocol::bytes_of(&c[0]);
-                    if blob.is_none() {
-                        self.counters.invalid.fetch_add(1, Relaxed);
-                    }
-                    self.decode(blob?, protocol::int_of(&c[1]).unwrap_or(-2), None)
-                })
-                .collect();
-            let this = Arc::clone(self);
-            let n = tokio::task::spawn_blocking(move || this.insert_each(items))
-                .await
-                .unwrap_or(0);
-            self.counters.loaded_entries.fetch_add(n, Relaxed);
-            match p.get(1).and_then(protocol::string_of) {
-                Some(last) => after = last,
-                None => return Err(reply_error("the load script", &reply)),
+            let Some(last) = p.get(1).and_then(protocol::string_of) else {
+                return Err(reply_error("the load script", &reply));
+            };
+            if let Some(previous) = inserting.take() {
+                let _ = previous.await;
             }
+            let this = Arc::clone(self);
+            inserting = Some(tokio::task::spawn_blocking(move || this.load_reply(&reply)));
+            after = last;
             if scanned < page as i64 {
                 break;
             }
         }
+        if let Some(previous) = inserting {
+            let _ = previous.await;
+        }
         self.set_applied(&at.epoch, at.seq);
         self.loaded.store(true, Relaxed);
         Ok(())
+    }
+
+    /// Decodes the entries of one page of the load script and inserts them.
+    fn load_reply(&self, reply: &Value) {
+        let p = protocol::items(reply);
+        let blobs = p.get(5).map(protocol::items).unwrap_or_default();
+        let items: Vec<NewItem> = blobs
+            .chunks_exact(2)
+            .filter_map(|c| {
+                let blob = protocol::bytes_of(&c[0]);
+                if blob.is_none() {
+                    self.counters.invalid.fetch_add(1, Relaxed);
+                }
+                self.decode(blob?, protocol::int_of(&c[1]).unwrap_or(-2), None)
+            })
+            .collect();
+        let n = self.cache.load(items, (self.now)());
+        self.counters.loaded_entries.fetch_add(n as u64, Relaxed);
     }
 
     /// One page of the load script: up to `count` index members after score

@@ -157,41 +157,30 @@ impl HnswIndex {
             } else {
                 Vec::new()
             };
-            found.extend(
-                mates
-                    .iter()
-                    .filter(|&&m| m != s && self.levels[m as usize] as usize >= l)
-                    .map(|&m| (ham(&q, self.code(m)), m)),
-            );
+            // The next level's walk starts from the graph's best (a mate is
+            // not linked in yet).
+            if let Some(&best) = found.iter().min() {
+                ep = best;
+            }
+            let mut near: Vec<(u32, u32)> = mates
+                .iter()
+                .filter(|&&m| m != s && self.levels[m as usize] as usize >= l)
+                .map(|&m| (ham(&q, self.code(m)), m))
+                .collect();
+            // Only the best `ef` of all candidates are offered to `select`,
+            // as for one insertion: selecting from all of a large batch cost
+            // more than the walk.
+            if near.len() > ef {
+                near.select_nth_unstable(ef);
+                near.truncate(ef);
+            }
+            found.extend(near);
             found.sort_unstable();
             found.dedup_by_key(|x| x.1);
-            if l <= self.top {
-                if let Some(&best) = found.iter().find(|x| !mates.contains(&x.1)) {
-                    ep = best;
-                }
-            }
+            found.truncate(ef);
             let cap = if l == 0 { self.m0 } else { self.m };
             out.push((l, self.select(&found, cap)));
         }
         out
-    }
-
-    /// The links of `n` on `level` once `new` nodes link to it: appended
-    /// while there is room, else pruned as `add_link` does.
-    fn joined(&self, n: u32, level: usize, new: impl Iterator<Item = u32>) -> Vec<u32> {
-        let cap = if level == 0 { self.m0 } else { self.m };
-        let mut cur: Vec<u32> = self.links(n, level).to_vec();
-        for s in new {
-            if !cur.contains(&s) {
-                cur.push(s);
-            }
-        }
-        if cur.len() <= cap {
-            return cur;
-        }
-        let q = self.code(n);
-        let mut cands: Vec<(u32, u32)> = cur.iter().map(|&c| (ham(q, self.code(c)), c)).collect();
-        cands.sort_unstable();
-        self.select(&cands, cap)
     }
 }
