@@ -55,7 +55,12 @@ pub fn wilson(errors: u64, n: u64) -> (f64, f64) {
     let z2 = Z * Z;
     let centre = (p + z2 / (2.0 * n)) / (1.0 + z2 / n);
     let half = Z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt() / (1.0 + z2 / n);
-    ((centre - half).max(0.0), (centre + half).min(1.0))
+    let lo = if errors == 0 {
+        0.0
+    } else {
+        (centre - half).max(0.0)
+    };
+    (lo, (centre + half).min(1.0))
 }
 
 /// The least number of observations, all correct, whose upper bound is

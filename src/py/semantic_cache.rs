@@ -165,7 +165,7 @@ impl SemanticCache {
         hit: &Bound<'_, PyAny>,
         correct: &Bound<'_, PyAny>,
         source: Source,
-    ) -> PyResult<()> {
+    ) -> PyResult<bool> {
         let hit = hit.cast::<CacheHit>().map_err(|_| {
             type_error(format!(
                 "hit must be a llmedge.CacheHit returned by this cache's get/aget, got {}",
@@ -207,12 +207,8 @@ impl SemanticCache {
         });
         if !recorded {
             hit.release_judgement();
-            return Err(value_error(
-                "the entry of this hit is no longer cached (evicted, expired, replaced or \
-                 invalidated): nothing to learn from",
-            ));
         }
-        Ok(())
+        Ok(recorded)
     }
 
     /// An entry to insert, its vector still to come.
@@ -426,12 +422,20 @@ impl SemanticCache {
         hit: &Bound<'_, PyAny>,
         correct: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        self.judge(py, hit, correct, Source::Feedback)
+        if self.judge(py, hit, correct, Source::Feedback)? {
+            Ok(())
+        } else {
+            Err(value_error(
+                "the entry of this hit is no longer cached (evicted, expired, replaced or \
+                 invalidated): nothing to learn from",
+            ))
+        }
     }
 
     /// The Python layer's report of a verification: `hit` was a served hit
     /// drawn for verification (`probe=False`) or a refused candidate
-    /// (`probe=True`), and `matched` says whether the fresh answer matched.
+    /// (`probe=True`), and `matched` says whether the fresh answer matched;
+    /// whether it was recorded (False: the entry is gone since).
     #[pyo3(signature = (hit, matched, *, probe))]
     fn _verified(
         &self,
@@ -439,7 +443,7 @@ impl SemanticCache {
         hit: &Bound<'_, PyAny>,
         matched: &Bound<'_, PyAny>,
         probe: bool,
-    ) -> PyResult<()> {
+    ) -> PyResult<bool> {
         let source = if probe {
             Source::Probe
         } else {
