@@ -486,6 +486,7 @@ def note(phase):
     global peak_rss, peak_mem
     while c.stats()["index_builds"]:
         time.sleep(0.01)
+    time.sleep(0.5)  # a removal's trim runs 0.1 s after it (llmedge's trim thread)
     s = c.stats()
     r = rss() - base
     peak_rss, peak_mem = max(peak_rss, r), max(peak_mem, s["memory_bytes"])

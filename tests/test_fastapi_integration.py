@@ -128,6 +128,28 @@ async def test_tokens_per_minute_charged_with_estimate_and_too_large_is_413():
 
 
 @pytest.mark.asyncio
+async def test_limits_on_a_store_decide_in_redis_with_the_binding_limit(redis_server):
+    store = llmedge.RedisStore(redis_server.url, timeout=0.5)
+    multi = llmedge.MultiRateLimiter(
+        {"requests": (100, 1.0), "tokens": (100, 60.0, 100)}, store=store, name="api"
+    )
+    limit = RateLimit(limiter=multi, estimate=lambda b, m: b["n"])
+    single = RateLimit(limiter=llmedge.RateLimiter(1, 3600.0, store=store, name="one"))
+    async with client_for(limited_app(limit)) as c, client_for(limited_app(single)) as d:
+        assert (await c.post("/chat", json={"n": 60})).status_code == 200
+        r = await c.post("/chat", json={"n": 50})
+        assert r.status_code == 429 and r.json()["error"]["type"] == "tokens"
+        assert r.headers["Retry-After"] in {"5", "6"}  # 10 tokens missing at 100 per 60 s
+        assert (await c.post("/chat", json={"n": 40})).status_code == 200  # not charged before
+        assert (await d.post("/chat", json={})).status_code == 200
+        r = await d.post("/chat", json={})
+        assert r.status_code == 429 and r.json()["error"]["type"] == "requests"
+        assert 3590 <= int(r.headers["Retry-After"]) <= 3600
+    assert limit.rejections == {"requests": 0, "tokens": 1}
+    assert multi.shared and store.health()["connected"]
+
+
+@pytest.mark.asyncio
 async def test_concurrent_requests_get_exactly_the_burst():
     limit = RateLimit(requests=(1, 3600.0, 10), clock=FakeClock())  # no refill in the test
     async with client_for(limited_app(limit)) as c:

@@ -81,7 +81,11 @@ class SentenceTransformerEmbedder:
         # torch modules are not documented as safe to call from several
         # threads at once; the cache may embed from many.
         self._lock = threading.Lock()
-        dim = self._model.get_sentence_embedding_dimension()
+        # newer sentence-transformers renamed the method (the old name warns)
+        probe = getattr(self._model, "get_embedding_dimension", None)
+        if probe is None:
+            probe = self._model.get_sentence_embedding_dimension
+        dim = probe()
         if dim is None:
             dim = int(self._encode(["dimension probe"]).shape[1])
         self._dim = int(dim)

@@ -6,7 +6,8 @@
 //! `store` keeps entries, partitions, LRU order, expiry and memory
 //! accounting; `index` searches vectors; `guard` rejects false semantic
 //! hits; `snapshot` is the file format and `payload` what a response and
-//! metadata are as bytes; `shared` shares a cache through a Redis namespace.
+//! metadata are as bytes; `shared` shares a cache through a Redis namespace;
+//! `trim` gives the memory of removed entries back to the system.
 
 pub mod config;
 pub mod guard;
@@ -21,6 +22,7 @@ pub mod shared;
 pub mod snapshot;
 pub mod stats;
 pub mod store;
+pub mod trim;
 
 pub use config::{CacheConfig, CacheError};
 pub use semantic::{Cache, ExactPhase, NewItem, Query};

@@ -61,7 +61,11 @@ fn run(store: &Weak<Mutex<Store>>, done: &Arc<Condvar>, t: &BuildTicket) {
             spawn(Arc::downgrade(&shared), done.clone(), n);
         }
         let journal = match step {
-            BuildStep::Cancelled | BuildStep::Done => return,
+            BuildStep::Cancelled => return,
+            BuildStep::Done => {
+                super::trim::request(); // the index the graph replaced is gone
+                return;
+            }
             BuildStep::Replay(journal) => journal,
         };
         done.notify_all();
@@ -101,9 +105,11 @@ impl SharedStore {
     }
 
     pub fn lock(&self) -> Locked<'_> {
+        let guard = self.store.lock();
         Locked {
             shared: self,
-            guard: self.store.lock(),
+            held: guard.memory_bytes(),
+            guard,
         }
     }
 }
@@ -111,6 +117,8 @@ impl SharedStore {
 /// The locked store. The builds it started run once it is unlocked.
 pub struct Locked<'a> {
     shared: &'a SharedStore,
+    /// Accounted bytes when the lock was taken.
+    held: usize,
     guard: MutexGuard<'a, Store>,
 }
 
@@ -157,6 +165,9 @@ impl std::ops::DerefMut for Locked<'_> {
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
         self.start_builds();
+        if self.held.saturating_sub(self.guard.memory_bytes()) >= super::trim::TRIM_AFTER {
+            super::trim::request();
+        }
     }
 }
 

@@ -201,9 +201,8 @@ class RateLimit:
                 type="tokens",
                 code="request_too_large",
             )
-        # a limiter on a store makes a round trip to Redis: off the event loop
-        if getattr(self.limiter, "shared", False):
-            denied = await asyncio.to_thread(self._decide, key, costs)
+        if getattr(self.limiter, "shared", False) and hasattr(self.limiter, "acquire_async"):
+            denied = await self._decide_shared(key, costs)
         else:
             denied = self._decide(key, costs)
         if denied is None:
@@ -220,6 +219,22 @@ class RateLimit:
             code="rate_limit_exceeded",
             headers={"Retry-After": str(seconds)},
         )
+
+    async def _decide_shared(self, key: str, costs: dict[str, int]) -> tuple[str, float] | None:
+        """:meth:`_decide` for a limiter on a store: the Redis round trip is
+        awaited on the loop (``acquire_async`` without waiting), never run on
+        it; only a denial's binding limit, which reads ``available``, takes a
+        worker thread."""
+        try:
+            if self._single:
+                await self.limiter.acquire_async(key, costs["requests"], timeout=0)
+            else:
+                await self.limiter.acquire_async(key, timeout=0, **costs)
+            return None
+        except llmedge.RateLimitExceeded as exc:
+            if self._single:
+                return "requests", exc.retry_after
+            return await asyncio.to_thread(self._binding, key, costs), exc.retry_after
 
     def _decide(self, key: str, costs: dict[str, int]) -> tuple[str, float] | None:
         """None when granted, else (the binding limit, seconds to wait)."""
