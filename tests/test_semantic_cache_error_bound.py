@@ -48,7 +48,7 @@ def teach(cache: SemanticCache, n: int, differ: bool = False) -> list[int]:
         made = []
         cache.get_or_set(
             f"question {i}",
-            lambda: made.append(1) or (f"B{i}" if differ else "A"),
+            lambda made=made, i=i: made.append(1) or (f"B{i}" if differ else "A"),
             embedding=unit(1.0, 0.3 + i * 1e-3),
         )
         calls.append(len(made))
