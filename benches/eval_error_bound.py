@@ -1,8 +1,9 @@
 """Simulation of the error-bounded cache mode against static thresholds.
 
 Run: ``python benches/eval_error_bound.py`` (reads ``$LLMEDGE_DATA``, default
-``../shared/data``; exits with a message when the data is absent). Prints a
-markdown table per data set.
+``../shared/data``; exits with a message when the data is absent;
+``$LLMEDGE_EVAL_SEED`` shuffles the stream and seeds the cache, default 20).
+Prints a markdown table per data set.
 
 A stream of prompts from labelled pairs with real all-MiniLM-L6-v2 vectors:
 every pair's first prompt is cached with its answer, then the second prompts
@@ -41,7 +42,7 @@ from llmedge import SemanticCache
 STATIC = [round(0.80 + 0.01 * k, 2) for k in range(20)]  # 0.80 .. 0.99
 BOUNDS = (0.01, 0.02, 0.05, 0.10, 0.20)
 FLOOR = 0.75  # the error-bounded mode's threshold: no candidate below it
-SEED = 20
+SEED = int(os.environ.get("LLMEDGE_EVAL_SEED", "20"))  # stream order and draws
 
 
 def wilson_upper(errors: int, n: int, z: float = 1.959964) -> float:
