@@ -7,7 +7,15 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from redis_support import RedisCluster, RedisServer, require_redis
+from redis_support import (
+    RedisCluster,
+    RedisServer,
+    cli_binary,
+    missing_binaries,
+    require_redis,
+    server_binary,
+    server_name,
+)
 
 from llmedge import CircuitBreaker
 from llmedge.testing import FakeClock, MockLLM  # noqa: F401 - FakeClock: the tests import it from here
@@ -16,6 +24,13 @@ pytest_plugins = ["pytester"]
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = FIXTURES.parents[1]
+
+
+def pytest_report_header() -> str:
+    """Which server the Redis tests start (CI runs them on several)."""
+    if missing_binaries():
+        return f"redis: {' and '.join(missing_binaries())} not found"
+    return f"redis: {server_name()} ({server_binary()}), cli {cli_binary()}"
 
 
 def load_script(relative: str, name: str) -> ModuleType:

@@ -13,6 +13,12 @@ The fixtures ``redis_server`` and ``redis_cluster`` in ``conftest.py`` wrap
 them; ``require_redis()`` skips a test when the binaries are missing, or fails
 it when the ``CI`` environment variable is set (CI must run the Redis tests).
 
+The binaries are ``redis-server`` and ``redis-cli`` on PATH unless the
+environment names others: ``LLMEDGE_TEST_REDIS_SERVER`` and
+``LLMEDGE_TEST_REDIS_CLI`` (a path or a command name), which is how CI runs
+the Redis tests against Redis 6.2 and Valkey as well (``redis-cli`` drives
+Valkey too). ``server_version()`` and ``server_name()`` say what runs.
+
 Fault injection: ``kill()`` (SIGKILL), ``restart()`` (same port, empty: no
 data, no scripts), ``pause(seconds)`` (``CLIENT PAUSE``: connections stay up,
 answers wait), ``debug_sleep(seconds)`` (``DEBUG SLEEP``: the whole server
@@ -57,8 +63,22 @@ class RedisUnavailable(RuntimeError):
     """``redis-server`` or ``redis-cli`` is not installed."""
 
 
+SERVER_ENV = "LLMEDGE_TEST_REDIS_SERVER"
+CLI_ENV = "LLMEDGE_TEST_REDIS_CLI"
+
+
+def server_binary() -> str:
+    """The server the tests start: $LLMEDGE_TEST_REDIS_SERVER, else redis-server."""
+    return os.environ.get(SERVER_ENV) or "redis-server"
+
+
+def cli_binary() -> str:
+    """The client the tests drive servers with: $LLMEDGE_TEST_REDIS_CLI, else redis-cli."""
+    return os.environ.get(CLI_ENV) or "redis-cli"
+
+
 def missing_binaries() -> list[str]:
-    return [name for name in ("redis-server", "redis-cli") if shutil.which(name) is None]
+    return [name for name in (server_binary(), cli_binary()) if shutil.which(name) is None]
 
 
 def require_redis() -> None:
@@ -70,7 +90,8 @@ def require_redis() -> None:
         return
     message = (
         f"{' and '.join(missing)} not found on PATH: the Redis tests need a local Redis "
-        "(Debian/Ubuntu: apt-get install redis-server)"
+        f"(Debian/Ubuntu: apt-get install redis-server), or ${SERVER_ENV} and ${CLI_ENV} "
+        "naming a server and a redis-cli"
     )
     if os.environ.get("CI"):
         pytest.fail(f"{message}; CI is set, so the Redis tests must run", pytrace=False)
@@ -78,14 +99,50 @@ def require_redis() -> None:
 
 
 @functools.cache
-def server_version() -> tuple[int, ...]:
-    out = subprocess.run(
-        ["redis-server", "--version"], capture_output=True, text=True, check=True
-    ).stdout
-    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+def _server_identity(binary: str) -> tuple[str, tuple[int, ...], bool]:
+    """`binary`'s name and version ("Valkey 9.1.2"), version, and whether it
+    was built with TLS (the Redis 6.2 build CI tests with is not)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
+    match = re.match(r"(\w+) server v=(\d+)\.(\d+)\.(\d+)", out)
     if match is None:
-        raise RedisUnavailable(f"cannot read the redis-server version from {out!r}")
-    return tuple(int(g) for g in match.groups())
+        raise RedisUnavailable(f"cannot read the version of {binary} from {out!r}")
+    # A TLS port with certificate files that do not exist makes the server
+    # exit at once: a TLS build fails to load them, a build without TLS says
+    # it lacks TLS (Valkey) or does not know the option (Redis 6.2).
+    missing = tempfile.gettempdir() + "/llmedge-no-such-file.pem"
+    probe = subprocess.run(
+        [binary, "--port", "0", "--bind", HOST, "--save", "", "--tls-port", str(free_port()),
+         "--tls-cert-file", missing, "--tls-key-file", missing, "--tls-ca-cert-file", missing],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )  # fmt: skip
+    log = probe.stdout + probe.stderr
+    tls = "'tls-port" not in log and "TLS support" not in log
+    version = tuple(int(g) for g in match.groups()[1:])
+    return f"{match.group(1)} {'.'.join(map(str, version))}", version, tls
+
+
+def server_version() -> tuple[int, ...]:
+    """The version of the server the tests start (Valkey 9.1.2 is (9, 1, 2))."""
+    return _server_identity(server_binary())[1]
+
+
+def server_name() -> str:
+    """What the tests start, for the report header: "Valkey 9.1.2"."""
+    label, _, tls = _server_identity(server_binary())
+    return label if tls else f"{label}, built without TLS"
+
+
+def require_tls() -> None:
+    """Skip the calling test when the server was built without TLS: the
+    Redis 6.2 build CI tests with is (the default server has it)."""
+    import pytest
+
+    require_redis()
+    label, _, tls = _server_identity(server_binary())
+    if not tls:
+        pytest.skip(f"{server_binary()} ({label}) was built without TLS")
 
 
 def free_port() -> int:
@@ -214,7 +271,7 @@ class RedisServer:
     # -- lifecycle -------------------------------------------------------------
 
     def _command_line(self) -> list[str]:
-        cmd = ["redis-server", "--bind", HOST, "--save", "", "--appendonly", "no",
+        cmd = [server_binary(), "--bind", HOST, "--save", "", "--appendonly", "no",
                "--dir", str(self.dir), "--daemonize", "no", "--logfile", str(self.log_file),
                "--dbfilename", f"dump-{self.port}.rdb"]  # fmt: skip
         if server_version() >= (7, 0, 0):
@@ -332,7 +389,7 @@ class RedisServer:
 
     def cli(self, *args: str | int | float, timeout: float = 10.0) -> str:
         """Run one command with ``redis-cli``; returns its output, raises on an error reply."""
-        cmd = ["redis-cli", "-h", HOST, "-p", str(self.port)]
+        cmd = [cli_binary(), "-h", HOST, "-p", str(self.port)]
         if self.password:
             cmd += ["--no-auth-warning", "-a", self.password]
         if self._tls_files is not None:
@@ -445,12 +502,16 @@ class RedisCluster:
                             str(node_timeout),
                             "--cluster-replica-validity-factor",
                             "0",
+                            # replicas copy their master at once (the default
+                            # waits 5 s): a failover soon after a write keeps it
+                            "--repl-diskless-sync-delay",
+                            "0",
                         ],  # fmt: skip
                     )
                 )
             subprocess.run(
                 [
-                    "redis-cli",
+                    cli_binary(),
                     "--cluster",
                     "create",
                     *(f"{HOST}:{s.port}" for s in self.servers),
@@ -579,11 +640,22 @@ class RedisCluster:
                 return False
             if sum("slave" in n["flags"] for n in nodes) != len(self.servers) // 2:
                 return False
-        return True
+        return all(self.replicas_in_sync())
+
+    def replicas_in_sync(self) -> list[bool]:
+        """Per replica: its link to its master is up (it holds the master's data)."""
+        out = []
+        for node in self.replicas():
+            try:
+                info = node.server.cli("INFO", "replication", timeout=5.0)
+            except (RuntimeError, subprocess.SubprocessError):
+                info = ""
+            out.append("master_link_status:up" in info)
+        return out
 
     def heal(self, timeout: float = 60.0) -> None:
         """Restart killed nodes (they rejoin, as replicas) and wait until the
-        cluster is healthy again."""
+        cluster is healthy again, every replica in sync with its master."""
         for s in self.servers:
             if not s.running:
                 s.start()

@@ -108,6 +108,31 @@ def test_numbers_match_a_direct_count():
     assert "| 0.80 | 5 | 40.0% | 66.7% |" in text and "numbers:" in text
 
 
+def test_the_guard_effect_at_the_rejection_threshold():
+    pairs = [
+        Pair("How do I add a photo?", "How do I upload a photo?", True),
+        Pair("Take 5 mg daily", "Take 5 g daily", False),
+        Pair("Is it safe to fly?", "Is it not safe to fly?", False),
+        Pair("Tell me about cats", "Tell me something about cats", True),
+        Pair("Reset my password", "How do I reset my password", True),
+    ]
+    sims = [0.87, 0.97, 0.96, 0.91, 0.86]
+    report = evaluate(pairs, similarities=sims, thresholds=[0.85])
+    e = report.effect
+    # the guard is given each pair's cosine: add/upload at 0.87 is below the
+    # level that vouches for a near-synonym, so it is rejected
+    assert guard_check(pairs[0].prompt_a, pairs[0].prompt_b, 0.87) == "substitution"
+    assert (e.threshold, e.recall, e.guard_recall) == (0.85, 1.0, 2 / 3)
+    assert e.recall_cost == pytest.approx(100 / 3)
+    assert e.guard_precision == 1.0
+    # the plain threshold with recall 2/3 at the highest threshold: the second
+    # most similar positive, 0.87, where 4 pairs hit and 2 are positives
+    assert e.plain_threshold == 0.87 and e.plain_precision == 0.5
+    assert e.precision_gain == pytest.approx(50.0)
+    text = report.format()
+    assert "a cost of 33.3 points" in text and "(+50.0 points)" in text
+
+
 def test_embedding_path_and_identical_pairs():
     pairs = [Pair("same text here", "same text here", True), Pair("alpha beta", "gamma", False)]
     report = evaluate(pairs, embed=HashingEmbedder(64), thresholds=[0.99])

@@ -139,6 +139,79 @@ def test_paraphrases_are_accepted(a, b):
     assert check(a, b) is None
 
 
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        # a function word swapped
+        ("software engineer at Google", "software engineer of Google"),
+        ("how to make a webcam work", "how to make your webcam work"),
+        ("what happens after you die", "what happens when you die"),
+        # the same name in another form
+        (
+            "What was India's GDP growth rate in 2020?",
+            "What was the GDP growth rate for India in 2020?",
+        ),
+        ("Is the WD Element drive reliable?", "Is the WD Elements drive reliable?"),
+        ("how do I delete my google account", "How do I delete my Google account"),
+        ("What do Wyoming statutes say?", "What do Wyoming's statutes say?"),
+        # trailing noise
+        ("How does Open Assistant work?", "How does Open Assistant work?s"),
+        ("What can you do?", "What can you do?!1"),
+    ],
+)
+def test_function_words_name_forms_and_trailing_noise_are_not_changes(a, b):
+    assert check(a, b) is None
+    assert guard_check(a, b, 0.86) is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "reason"),
+    [
+        ("software engineer at Google", "software engineer at Apple", "entity"),
+        ("cheap flights to Paris", "cheap flights from Paris", "substitution"),
+        ("why did the colony fail", "when did the colony fail", "substitution"),
+        ("who is the president of the club", "who was the president of the club", "substitution"),
+        (
+            "What was India's GDP growth rate in 2020?",
+            "What was the GDP growth rate for China in 2020?",
+            "entity",
+        ),
+        ("Is Python 3.9 faster?", "Is Python 3.8 faster?", "numbers"),
+    ],
+)
+def test_what_still_flips_beside_those_classes(a, b, reason):
+    assert check(a, b) == reason
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("List the top five flight simulators", "List the best five flight simulators"),
+        ("How do I add a photo to my album?", "How do I upload a photo to my album?"),
+        ("Can you recommend a good book?", "Can you recommend a great book?"),
+    ],
+)
+def test_near_synonyms_count_only_when_the_similarity_does_not_vouch(a, b):
+    assert check(a, b) is None  # no similarity given: accepted, as before
+    assert guard_check(a, b, 0.95) is None
+    assert guard_check(a, b, similarity=0.9) is None
+    assert guard_check(a, b, 0.86) == guard_check(b, a, 0.86) == "substitution"
+
+
+def test_a_similarity_never_excuses_another_content_word():
+    a, b = "Write an outline about Gatsby", "Write an essay about Gatsby"
+    assert guard_check(a, b, 0.99) == "substitution"
+    assert guard_check("Take 5 mg daily", "Take 5 g daily", 1.0) == "units"
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1.5, -2.0])
+def test_a_similarity_must_be_a_cosine(bad):
+    with pytest.raises(ValueError, match="similarity must be a cosine similarity in"):
+        guard_check("a", "b", bad)
+    with pytest.raises(TypeError):
+        guard_check("a", "b", "0.9")  # type: ignore[arg-type]
+
+
 def test_rewordings_that_express_a_negation_differently_are_accepted():
     # below the lexical-similarity gate, a different count of negation cues is
     # a rewording, not a flipped question

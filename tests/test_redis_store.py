@@ -6,7 +6,7 @@ import asyncio
 import threading
 
 import pytest
-from redis_support import RedisServer, require_redis
+from redis_support import RedisServer, require_redis, require_tls
 from store_support import answers, wait_for
 
 import llmedge
@@ -187,7 +187,7 @@ def test_scripts_reload_after_script_flush(redis_server):
 
 
 def test_tls_with_the_servers_ca(monkeypatch):
-    require_redis()
+    require_tls()
     with RedisServer(tls=True) as server:
         # rustls reads extra trust roots from SSL_CERT_FILE at each connect.
         monkeypatch.setenv("SSL_CERT_FILE", str(server.ca_file))

@@ -9,7 +9,15 @@ import threading
 import pytest
 import redis
 import redis.cluster
-from redis_support import RedisServer, RedisUnavailable, require_redis
+from redis_support import (
+    CLI_ENV,
+    SERVER_ENV,
+    RedisServer,
+    RedisUnavailable,
+    require_redis,
+    require_tls,
+    server_version,
+)
 
 
 def _client(server, **kw) -> redis.Redis:
@@ -92,7 +100,7 @@ def test_cli_raises_on_error_replies(redis_server):
         redis_server.cli("LPUSH", "s", "x")
 
 
-def test_password_unixsocket_and_tls_servers():
+def test_password_and_unixsocket_server():
     require_redis()
     with RedisServer(password="s3cret", unixsocket=True) as server:
         assert server.url == f"redis://:s3cret@127.0.0.1:{server.port}/0"
@@ -100,6 +108,10 @@ def test_password_unixsocket_and_tls_servers():
         assert redis.Redis.from_url(server.unix_url).ping()
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(host="127.0.0.1", port=server.port, password="wrong").ping()
+
+
+def test_tls_server():
+    require_tls()
     with RedisServer(tls=True) as server:
         assert server.url.startswith("rediss://")
         r = redis.Redis.from_url(server.url, ssl_ca_certs=str(server.ca_file))
@@ -162,6 +174,8 @@ def test_cluster_is_healthy_and_empty_for_the_next_test(redis_cluster):
 
 def test_require_redis_skips_without_the_binary_but_fails_under_ci(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    monkeypatch.delenv(CLI_ENV, raising=False)
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="redis-server and redis-cli not found"):
         require_redis()
@@ -170,6 +184,22 @@ def test_require_redis_skips_without_the_binary_but_fails_under_ci(tmp_path, mon
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI is set"):
         require_redis()
+
+
+def test_the_environment_names_the_binaries(tmp_path, monkeypatch):
+    require_redis()
+    # the server in use (the default, or CI's matrix) answers with its own version
+    with RedisServer() as server:
+        info = redis.Redis(port=server.port).info("server")
+        version = info.get("valkey_version") or info["redis_version"]
+        assert tuple(map(int, version.split("."))) == server_version()
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setenv(SERVER_ENV, str(tmp_path / "valkey-server"))
+    with pytest.raises(pytest.skip.Exception, match=r"valkey-server not found .*LLMEDGE_TEST"):
+        require_redis()
+    monkeypatch.setenv(SERVER_ENV, str(tmp_path / "no-server"))
+    with pytest.raises(RedisUnavailable, match="no-server"):
+        RedisServer()
 
 
 def test_servers_started_in_threads_get_distinct_ports():

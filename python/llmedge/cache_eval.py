@@ -4,8 +4,11 @@
 labelled by whether one answer serves both (``prompt_a,prompt_b,same_answer``),
 embeds them, and prints, per similarity threshold, the precision and recall
 of a plain threshold cache and of the same cache with the guard
-(``llmedge.guard_check``); the guard's rejections by reason with examples;
-and the lowest threshold that reaches a target precision. ``--plot FILE.png``
+(``llmedge.guard_check``, given each pair's cosine as the cache gives it);
+the guard's cost and gain at one threshold (``--at``, 0.85): the recall it
+loses, and its precision against a plain threshold's at the same recall; the
+guard's rejections by reason with examples; and the lowest threshold that
+reaches a target precision. ``--plot FILE.png``
 draws the precision-recall curves (matplotlib, ``pip install 'llmedge[plot]'``).
 
 A pair counts as a hit when the cosine similarity of its two embeddings
@@ -66,12 +69,30 @@ class Row:
 
 
 @dataclasses.dataclass(frozen=True)
+class GuardEffect:
+    """The guard at one threshold: what it costs and what it buys."""
+
+    threshold: float
+    recall: float
+    guard_recall: float
+    # recall - guard_recall, in points (0-100)
+    recall_cost: float
+    guard_precision: float | None
+    # the highest plain threshold whose recall reaches guard_recall, and its
+    # precision; gain = guard_precision - plain_precision, in points
+    plain_threshold: float | None
+    plain_precision: float | None
+    precision_gain: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Report:
     pairs: int
     positives: int
     rows: list[Row]
     rejections: dict[str, dict[str, Any]]
     rejections_at: float
+    effect: GuardEffect
     target_precision: float
     target: dict[str, dict[str, float] | None]
     curve: dict[str, list[tuple[float, float, float | None]]]
@@ -94,6 +115,20 @@ class Report:
                 f"| {r.threshold:.2f} | {r.hits} | {pct(r.precision)} | {pct(r.recall)} "
                 f"| {r.guard_hits} | {pct(r.guard_precision)} | {pct(r.guard_recall)} "
                 f"| {pct(r.plain_precision_at_guard_recall)} |"
+            )
+        e = self.effect
+        lines += [
+            "",
+            f"The guard at threshold {e.threshold:.2f}: recall {pct(e.recall)} -> "
+            f"{pct(e.guard_recall)}, a cost of {e.recall_cost:.1f} points.",
+        ]
+        if e.precision_gain is None or e.plain_threshold is None:
+            lines.append("At equal recall: no plain threshold to compare with.")
+        else:
+            lines.append(
+                f"At equal recall: precision {pct(e.guard_precision)} with the guard against "
+                f"{pct(e.plain_precision)} for a plain threshold of {e.plain_threshold:.4f} "
+                f"({e.precision_gain:+.1f} points)."
             )
         lines += ["", f"Target precision {self.target_precision:.1%}:"]
         for name, label in (("plain", "plain threshold"), ("guard", "threshold + guard")):
@@ -316,7 +351,11 @@ def evaluate(
             raise ValueError(f"{len(sims)} similarities for {len(pairs)} pairs")
     labels = [p.same_answer for p in pairs]
     positives = sum(labels)
-    reasons = [guard_check(p.prompt_a, p.prompt_b) for p in pairs]
+    # the cache hands the guard its lookup's cosine: so does the evaluation
+    reasons = [
+        guard_check(p.prompt_a, p.prompt_b, max(-1.0, min(1.0, s)))
+        for p, s in zip(pairs, sims, strict=True)
+    ]
 
     # a fine grid for the target and the curves; the printed rows use `thresholds`
     grid = sorted({round(0.3 + i / 100, 2) for i in range(70)} | {float(t) for t in thresholds})
@@ -328,20 +367,12 @@ def evaluate(
         curve["plain"].append((t, r0, p0))
         curve["guard"].append((t, r1, p1))
 
-    def plain_at_recall(recall: float) -> float | None:
-        # the highest threshold whose plain recall reaches `recall`
-        best = None
-        for _, r, p in curve["plain"]:
-            if r >= recall:
-                best = p
-        return best
-
     rows = []
     for t in sorted(float(x) for x in thresholds):
         h0, p0, r0 = _precision_recall((s >= t for s in sims), labels, positives)
         hits = (s >= t and r is None for s, r in zip(sims, reasons, strict=True))
         h1, p1, r1 = _precision_recall(hits, labels, positives)
-        rows.append(Row(t, h0, p0, r0, h1, p1, r1, plain_at_recall(r1)))
+        rows.append(Row(t, h0, p0, r0, h1, p1, r1, _plain_at_recall(sims, labels, r1)[1]))
 
     target: dict[str, dict[str, float] | None] = {}
     for name in ("plain", "guard"):
@@ -369,10 +400,42 @@ def evaluate(
         rows=rows,
         rejections=rejections,
         rejections_at=rejections_at,
+        effect=_effect(sims, labels, reasons, rejections_at),
         target_precision=target_precision,
         target=target,
         curve=curve,
     )
+
+
+def _plain_at_recall(
+    sims: Sequence[float], labels: Sequence[bool], recall: float
+) -> tuple[float | None, float | None]:
+    """The highest plain threshold whose recall reaches `recall`, and its precision.
+
+    Exact, not on a grid: the threshold is the similarity of the k-th most
+    similar pair labelled same answer, k the fewest such pairs that reach `recall`.
+    """
+    positives = sorted((s for s, same in zip(sims, labels, strict=True) if same), reverse=True)
+    if not positives:
+        return None, None
+    k = max(1, math.ceil(recall * len(positives) - 1e-9))
+    if k > len(positives):
+        return None, None
+    t = positives[k - 1]
+    _, precision, _ = _precision_recall((s >= t for s in sims), labels, len(positives))
+    return t, precision
+
+
+def _effect(
+    sims: Sequence[float], labels: Sequence[bool], reasons: Sequence[str | None], at: float
+) -> GuardEffect:
+    positives = sum(labels)
+    _, _, r0 = _precision_recall((s >= at for s in sims), labels, positives)
+    hits = (s >= at and r is None for s, r in zip(sims, reasons, strict=True))
+    _, p1, r1 = _precision_recall(hits, labels, positives)
+    t, p0 = _plain_at_recall(sims, labels, r1)
+    gain = None if p1 is None or p0 is None else 100 * (p1 - p0)
+    return GuardEffect(at, r0, r1, 100 * (r0 - r1), p1, t, p0, gain)
 
 
 def plot(report: Report, path: str | Path) -> None:

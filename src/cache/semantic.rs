@@ -247,10 +247,11 @@ impl Cache {
                 let t = Instant::now();
                 let q = &queries[i];
                 let mut analysed: Option<Analysis> = None;
-                let mut guard = |candidate: &str| -> Option<GuardReason> {
+                // the lookup's cosine vouches (or not) for a near-synonym swap
+                let mut guard = |candidate: &str, similarity: f32| -> Option<GuardReason> {
                     analysed
                         .get_or_insert_with(|| Analysis::new(&q.prompt))
-                        .check(candidate)
+                        .check_with_similarity(candidate, Some(similarity))
                 };
                 let guard: Option<&mut GuardFn<'_>> = if self.cfg.guard {
                     Some(&mut guard)

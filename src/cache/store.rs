@@ -16,8 +16,9 @@ use super::stats::Stats;
 
 const NIL: u32 = u32::MAX;
 
-/// The guard of one lookup: `Some(reason)` rejects a candidate (by its prompt).
-pub type GuardFn<'a> = dyn FnMut(&str) -> Option<GuardReason> + 'a;
+/// The guard of one lookup: `Some(reason)` rejects a candidate, given its
+/// prompt and its similarity to the query.
+pub type GuardFn<'a> = dyn FnMut(&str, f32) -> Option<GuardReason> + 'a;
 /// Semantic candidates above the threshold tried, best first, before a
 /// lookup whose candidates the guard rejected is declared a miss.
 pub const SEMANTIC_CANDIDATES: usize = 4;
@@ -114,7 +115,7 @@ pub fn choose(
     let mut rejected = Vec::new();
     for c in candidates {
         if let Some(check) = guard.as_mut() {
-            if let Some(reason) = check(&c.prompt) {
+            if let Some(reason) = check(&c.prompt, c.score.clamp(-1.0, 1.0)) {
                 rejected.push(reason);
                 continue;
             }

@@ -84,6 +84,7 @@ struct Context {
 impl Analysis {
     /// The guard's reading of `text`, in one pass over it.
     pub fn new(text: &str) -> Analysis {
+        let text = without_trailing_noise(text);
         let mut a = Analysis::default();
         let mut cx = Context::default();
         let mut chars = text.char_indices().peekable();
@@ -227,7 +228,17 @@ impl Analysis {
 
     /// `Some(reason)` when `candidate` must not answer this prompt.
     pub fn check(&self, candidate: &str) -> Option<GuardReason> {
-        rules::compare(self, &Analysis::new(candidate))
+        self.check_with_similarity(candidate, None)
+    }
+
+    /// [`Analysis::check`] given the prompts' embedding similarity
+    /// ([`super::check_with_similarity`]).
+    pub fn check_with_similarity(
+        &self,
+        candidate: &str,
+        similarity: Option<f32>,
+    ) -> Option<GuardReason> {
+        rules::compare(self, &Analysis::new(candidate), similarity)
     }
 
     /// The words keyed by a 64-bit hash and sorted by it: the rules compare
@@ -237,6 +248,30 @@ impl Analysis {
             .iter()
             .map(|&(k, i)| (k, self.words.get(i)))
             .collect()
+    }
+}
+
+/// `text` without a single stray character after its last sentence's end
+/// ("Why?s", "Thanks! 1", "Done.~"): a slip of the finger, not a word. A
+/// digit counts only after '?' or '!' ("3.9" keeps its 9).
+fn without_trailing_noise(text: &str) -> &str {
+    let trimmed = text.trim_end();
+    let Some((at, last)) = trimmed.char_indices().next_back() else {
+        return text;
+    };
+    let head = trimmed[..at].trim_end();
+    let ends = |set: &[char]| head.ends_with(set);
+    let noise = if last.is_ascii_digit() {
+        ends(&['?', '!'])
+    } else if last.is_alphanumeric() {
+        ends(&['?', '!', '.'])
+    } else {
+        !last.is_whitespace() && !matches!(last, '.' | '?' | '!') && ends(&['?', '!', '.'])
+    };
+    if noise {
+        head
+    } else {
+        text
     }
 }
 

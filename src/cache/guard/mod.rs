@@ -18,7 +18,13 @@
 //! * no antonym or comparison swap (safe/unsafe, more/less, before/after,
 //!   hyper-/hypo-, -less/-ful, ...) between words only one side uses;
 //! * no proper noun that only one side names on each side (France/Germany);
-//! * no single content word substituted when everything else is identical.
+//! * no single content word substituted when everything else is identical
+//!   (function words swapped for one another never count; near-synonyms count
+//!   only when the prompts' embedding similarity, if given, is below
+//!   [`VOUCH`]).
+//!
+//! Names are compared by their stem (case, possessive and plural folded), and
+//! a single stray character after the last sentence's end is ignored.
 //!
 //! The lexical-similarity gates keep real paraphrases (which reword freely and
 //! express a negation differently) from being rejected; see
@@ -86,11 +92,27 @@ pub const NEAR_DUPLICATE: f32 = 0.8;
 /// the same negation in different ways ("no pain" / "does not hurt").
 pub const SIMILAR: f32 = 0.6;
 
+/// The embedding similarity at which the prompts' embeddings vouch for a
+/// near-synonym swap ("best"/"top", "add"/"upload"): a sentence embedding
+/// scores a one-word synonym swap well above it, while a swap that changes
+/// the request lowers it.
+pub const VOUCH: f32 = 0.9;
+
 /// `Some(reason)` when `query` and `candidate` must not share an answer.
 ///
 /// Symmetric (`check(a, b) == check(b, a)`), and `check(x, x)` is `None`.
 pub fn check(query: &str, candidate: &str) -> Option<GuardReason> {
-    Analysis::new(query).check(candidate)
+    check_with_similarity(query, candidate, None)
+}
+
+/// [`check`] given the prompts' embedding similarity (the cosine of the cache's
+/// lookup): a near-synonym swap counts as a change only below [`VOUCH`].
+pub fn check_with_similarity(
+    query: &str,
+    candidate: &str,
+    similarity: Option<f32>,
+) -> Option<GuardReason> {
+    Analysis::new(query).check_with_similarity(candidate, similarity)
 }
 
 /// The lexical similarity the guard gates on: the share of word tokens (not

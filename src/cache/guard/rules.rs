@@ -2,10 +2,11 @@
 //! difference flips the answer.
 
 use super::analysis::{Analysis, Number, Words};
-use super::words::tables;
-use super::{GuardReason, NEAR_DUPLICATE, SIMILAR};
+use super::words::{tables, OPPOSITE_FUNCTION_WORDS};
+use super::{GuardReason, NEAR_DUPLICATE, SIMILAR, VOUCH};
 
-pub(super) fn compare(a: &Analysis, b: &Analysis) -> Option<GuardReason> {
+/// `similarity`: the prompts' embedding similarity, when the caller has it.
+pub(super) fn compare(a: &Analysis, b: &Analysis, similarity: Option<f32>) -> Option<GuardReason> {
     let wa = a.sorted_words();
     let wb = b.sorted_words();
     let ov = overlap(&wa, &wb);
@@ -23,11 +24,11 @@ pub(super) fn compare(a: &Analysis, b: &Analysis) -> Option<GuardReason> {
         if let Some(r) = antonym_swap(&wa, &wb) {
             return Some(r);
         }
-        if entity_swap(a, b, &wa, &wb) {
+        if entity_swap(a, b) {
             return Some(GuardReason::Entity);
         }
     }
-    if single_substitution(a, b) {
+    if single_substitution(a, b, similarity) {
         return Some(GuardReason::Substitution);
     }
     None
@@ -42,10 +43,6 @@ pub(super) fn word_key(w: &str) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
-}
-
-fn contains(sorted: &Keyed<'_>, key: u64) -> bool {
-    sorted.binary_search_by_key(&key, |(k, _)| *k).is_ok()
 }
 
 /// Multiset intersection of two sorted lists over the longer one's length.
@@ -295,12 +292,37 @@ fn affix_counterparts(x: &str) -> Vec<String> {
     out
 }
 
-fn entity_swap(a: &Analysis, b: &Analysis, wa: &Keyed<'_>, wb: &Keyed<'_>) -> bool {
-    let new_in = |p: &Words, other: &Keyed<'_>| p.iter().any(|w| !contains(other, word_key(w)));
-    new_in(&a.proper, wb) && new_in(&b.proper, wa)
+/// A proper noun one side names and the other does not mention, on each side.
+/// Names are compared after folding case, the possessive and the plural
+/// ([`name_key`]): "India's" meets "India", "WD Elements" meets "WD Element".
+fn entity_swap(a: &Analysis, b: &Analysis) -> bool {
+    if a.proper.is_empty() || b.proper.is_empty() {
+        return false;
+    }
+    fn keys(w: &Words) -> Vec<&str> {
+        let mut v: Vec<&str> = w.iter().map(name_key).collect();
+        v.sort_unstable();
+        v
+    }
+    let new_in =
+        |p: &Words, other: &[&str]| p.iter().any(|w| other.binary_search(&name_key(w)).is_err());
+    new_in(&a.proper, &keys(&b.words)) && new_in(&b.proper, &keys(&a.words))
 }
 
-fn single_substitution(a: &Analysis, b: &Analysis) -> bool {
+/// A lowercased word (apostrophes already dropped) without its possessive or
+/// plural "s": "indias" and "elements" become "india" and "element". Not the
+/// verb stemmer: "wyoming" stays whole.
+fn name_key(w: &str) -> &str {
+    match w.strip_suffix('s') {
+        Some(base) if base.chars().count() >= 3 && !base.ends_with('s') => base,
+        _ => w,
+    }
+}
+
+/// Everything identical but one word, and that word's swap changes the
+/// request: not two function words, not an inflection or typo, not two
+/// near-synonyms unless the embedding similarity is below [`VOUCH`].
+fn single_substitution(a: &Analysis, b: &Analysis, similarity: Option<f32>) -> bool {
     if a.words.len() != b.words.len() || a.words.is_empty() {
         return false;
     }
@@ -316,11 +338,25 @@ fn single_substitution(a: &Analysis, b: &Analysis) -> bool {
     let Some(i) = diff else { return false };
     let (x, y) = (a.words.get(i), b.words.get(i));
     let t = tables();
-    let (gx, gy) = (t.interchangeable.get(x), t.interchangeable.get(y));
-    if gx.is_some() && gx == gy {
+    let (sx, sy) = (stem(x), stem(y));
+    // antonyms checked here too: in a short prompt the antonym rule's
+    // overlap gate may not be reached ("before dinner" / "after dinner")
+    let opposite = |p: &(&str, &str)| *p == (x, y) || *p == (y, x);
+    if OPPOSITE_FUNCTION_WORDS.iter().any(opposite)
+        || t.antonyms
+            .get(sx)
+            .is_some_and(|p| p.iter().any(|(w, _)| *w == sy))
+    {
+        return true;
+    }
+    if t.function_words.contains(x) && t.function_words.contains(y) {
         return false;
     }
-    if stem(x) == stem(y) || is_typo(x, y) {
+    let (gx, gy) = (t.near_synonyms.get(x), t.near_synonyms.get(y));
+    if gx.is_some() && gx == gy {
+        return similarity.is_some_and(|s| s < VOUCH);
+    }
+    if sx == sy || is_typo(x, y) {
         return false;
     }
     true

@@ -1,9 +1,10 @@
 //! The guard's word tables: number words, months, negation cues,
-//! contractions, units, comparisons, antonyms and interchangeable words.
+//! contractions, units, comparisons, antonyms, function words and
+//! near-synonyms.
 
 use std::sync::OnceLock;
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 
 use super::rules::stem;
 use super::GuardReason;
@@ -35,8 +36,9 @@ pub(super) struct Tables {
     pub(super) lexicon: AHashMap<&'static str, Lexeme>,
     /// stem -> its opposites' stems
     pub(super) antonyms: AHashMap<&'static str, Vec<(&'static str, GuardReason)>>,
-    /// word -> its group in INTERCHANGEABLE
-    pub(super) interchangeable: AHashMap<&'static str, usize>,
+    pub(super) function_words: AHashSet<&'static str>,
+    /// word -> its group in NEAR_SYNONYMS
+    pub(super) near_synonyms: AHashMap<&'static str, usize>,
 }
 
 const UNITS: [&str; 20] = [
@@ -454,20 +456,104 @@ const ANTONYMS: &[(&str, &str)] = &[
     ("iphone", "android"),
 ];
 
-/// Groups of words whose swap leaves the request the same (articles, modal
-/// hedges, politeness, a few request verbs and near-synonyms common in
-/// prompts); a substitution within a group is not a change.
-const INTERCHANGEABLE: &[&[&str]] = &[
-    &[
-        "a", "an", "the", "this", "that", "can", "could", "may", "might", "should", "would",
-        "will", "please", "kindly", "some", "any", "do", "does", "is", "are", "am", "hi", "hello",
-        "hey",
-    ],
-    &["explain", "describe", "define", "whats", "what", "clarify"],
+/// Closed classes of function words: articles and determiners, prepositions
+/// of place and relation, conjunctions of time and condition, present-tense
+/// auxiliaries and modals, greetings and politeness. One of them swapped for
+/// another ("engineer at Google" / "engineer of Google", "a webcam" / "your
+/// webcam", "after you die" / "when you die") never changes what is asked;
+/// pairs that do flip it (to/from, before/after) are antonyms, checked first.
+/// Left out on purpose: personal pronouns (I/you ask different things),
+/// past-tense auxiliaries (is/was), quantifiers (all/some), particles of
+/// direction (in/out, up/down) and question words other than what/which.
+const FUNCTION_WORDS: &[&str] = &[
+    // articles, determiners, possessive determiners
+    "a",
+    "an",
+    "the",
+    "this",
+    "that",
+    "these",
+    "those",
+    "some",
+    "any",
+    "each",
+    "every",
+    "my",
+    "your",
+    "his",
+    "her",
+    "its",
+    "our",
+    "their",
+    "what",
+    "which",
+    "whats",
+    // prepositions
+    "of",
+    "in",
+    "on",
+    "at",
+    "for",
+    "to",
+    "into",
+    "onto",
+    "by",
+    "with",
+    "about",
+    "regarding",
+    "from",
+    "per",
+    "via",
+    "within",
+    "across",
+    "through",
+    "towards",
+    "toward",
+    "upon",
+    "than",
+    // conjunctions of time and condition
+    "when",
+    "whenever",
+    "after",
+    "if",
+    "as",
+    // present-tense auxiliaries and modals
+    "can",
+    "could",
+    "may",
+    "might",
+    "should",
+    "would",
+    "will",
+    "shall",
+    "do",
+    "does",
+    "is",
+    "are",
+    "am",
+    "be",
+    // greetings and politeness
+    "please",
+    "kindly",
+    "hi",
+    "hello",
+    "hey",
+];
+
+/// Function words whose swap flips the request ("flights to Paris" /
+/// "flights from Paris"). Checked only when that swap is the one difference:
+/// in a rewording the same words play other roles ("lead to hearing loss" /
+/// "hearing loss from flying").
+pub(super) const OPPOSITE_FUNCTION_WORDS: &[(&str, &str)] = &[("to", "from"), ("for", "against")];
+
+/// Groups of near-synonyms common in prompts (question frames, request verbs):
+/// a swap within a group leaves the request the same when the prompts' embedding
+/// similarity agrees ([`super::VOUCH`]); without a similarity, it is accepted.
+const NEAR_SYNONYMS: &[&[&str]] = &[
+    &["explain", "describe", "define", "clarify", "what", "whats"],
     &["give", "show", "tell", "provide", "list"],
-    &["to", "into"],
     &["ok", "okay", "alright", "fine", "safe"],
-    &["good", "great", "nice", "decent"],
+    &["good", "great", "nice", "decent", "best", "top"],
     &["big", "large", "huge"],
     &["small", "little", "tiny"],
     &["fast", "quick", "quickly", "rapid"],
@@ -477,7 +563,8 @@ const INTERCHANGEABLE: &[&[&str]] = &[
     &["make", "create", "build", "write"],
     &["use", "utilize", "utilise"],
     &["help", "assist"],
-    &["about", "on", "regarding"],
+    &["add", "upload", "attach", "insert", "put"],
+    &["get", "have", "take", "obtain"],
 ];
 
 pub(super) fn tables() -> &'static Tables {
@@ -538,7 +625,8 @@ pub(super) fn tables() -> &'static Tables {
         Tables {
             lexicon,
             antonyms,
-            interchangeable: INTERCHANGEABLE
+            function_words: FUNCTION_WORDS.iter().copied().collect(),
+            near_synonyms: NEAR_SYNONYMS
                 .iter()
                 .enumerate()
                 .flat_map(|(g, words)| words.iter().map(move |w| (*w, g)))

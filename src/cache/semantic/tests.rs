@@ -175,6 +175,35 @@ fn the_guard_rejects_a_changed_number_and_counts_it() {
 }
 
 #[test]
+fn the_guard_weighs_a_near_synonym_swap_by_the_lookups_cosine() {
+    // cosine 1.0 vouches for top/best; [1, 0.7, 0, 0] is at about 0.82, below
+    // the guard's 0.9 and above the cache's 0.8: the guard rejects there
+    for (v, hit) in [([1.0, 0.0, 0.0, 0.0], true), ([1.0, 0.7, 0.0, 0.0], false)] {
+        let c = cache(0.8, true);
+        c.insert(
+            vec![item(
+                "list the top five simulators",
+                "",
+                [1.0, 0.0, 0.0, 0.0],
+                &[],
+            )],
+            0.0,
+        )
+        .unwrap();
+        let q = "list the best five simulators";
+        let found = lookup(&c, vec![query(q, "", None)], &[(q, v)], 1.0);
+        let s = c.stats().counters;
+        if hit {
+            assert_eq!(response(&found[0]), Some("list the top five simulators"));
+            assert_eq!(s.total_rejections(), 0);
+        } else {
+            assert!(found[0].is_none());
+            assert_eq!(s.guard_rejections.get("substitution"), Some(&1));
+        }
+    }
+}
+
+#[test]
 fn the_guard_passes_an_accepted_candidate_after_rejected_ones() {
     let c = cache(0.5, true);
     c.insert(

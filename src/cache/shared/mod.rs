@@ -10,13 +10,15 @@
 //! ([`Replica::fetch_exact`]).
 //!
 //! Ordering: every event has a number. A write carries the number of the
-//! last event its process had applied when it made the change; Redis refuses
-//! it when another process's invalidation newer than that covers it (see
-//! `protocol`), so a write delayed by a Redis outage never brings back an
-//! entry invalidated meanwhile. A follower that sees the numbers jump (the
-//! stream was trimmed past it) clears its copy and reloads the namespace; a
-//! new epoch (Redis restarted empty) makes it read the new stream from its
-//! start.
+//! last event its process had applied when it made the change, and that
+//! event's epoch; Redis refuses it when another process's invalidation newer
+//! than that covers it (see `protocol`), or any invalidation when the epoch
+//! is not the namespace's any more (Redis restarted empty, or a failover
+//! lost the namespace), so a write delayed by a Redis outage never brings
+//! back an entry invalidated meanwhile. A follower that sees the numbers
+//! jump (the stream was trimmed past it) or go back (a failover lost the
+//! last writes) clears its copy and reloads the namespace; a new epoch
+//! (Redis restarted empty) makes it read the new stream from its start.
 //!
 //! Redis loss: the sender keeps up to `max_pending` changes and counts what
 //! it drops beyond; every call is bounded by the store's timeout, and
@@ -28,7 +30,7 @@ mod runtime;
 mod tests;
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -157,9 +159,9 @@ struct Outgoing {
 struct Op {
     change: Change,
     /// The event this process had applied when it made the change, and the
-    /// epoch it belongs to.
+    /// epoch (of the namespace in Redis) it belongs to.
     observed: u64,
-    epoch: u64,
+    epoch: Arc<str>,
     wall_us: u64,
 }
 
@@ -213,12 +215,12 @@ pub(crate) struct Inner {
     scripts: Scripts,
     queue: Mutex<VecDeque<Op>>,
     wake: tokio::sync::Notify,
-    /// Sending an op right now (for `flush`).
-    sending: AtomicBool,
-    /// The last event applied (the `observed` of new changes).
-    applied: AtomicU64,
-    /// Bumped when the namespace's epoch changes.
-    epoch: AtomicU64,
+    /// Entries of the batch being sent right now (for `flush`, and the
+    /// queue's bound counts them).
+    sending: AtomicUsize,
+    /// The namespace's epoch and the last event of it applied (the
+    /// `observed` of new changes); one lock, so that both are of one epoch.
+    applied: Mutex<(Arc<str>, u64)>,
     /// The store's connection generation of the sender's last join.
     joined: AtomicU64,
     loaded: AtomicBool,
@@ -289,9 +291,8 @@ impl Replica {
             },
             queue: Mutex::new(VecDeque::new()),
             wake: tokio::sync::Notify::new(),
-            sending: AtomicBool::new(false),
-            applied: AtomicU64::new(0),
-            epoch: AtomicU64::new(0),
+            sending: AtomicUsize::new(0),
+            applied: Mutex::new((Arc::from(""), 0)),
             joined: AtomicU64::new(u64::MAX),
             loaded: AtomicBool::new(false),
             counters: Counters::default(),
@@ -460,7 +461,7 @@ impl Replica {
     pub fn flush(&self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if self.inner.queue.lock().is_empty() && !self.inner.sending.load(Relaxed) {
+            if self.inner.queue.lock().is_empty() && self.inner.sending.load(Relaxed) == 0 {
                 return true;
             }
             if std::time::Instant::now() >= deadline {
@@ -496,7 +497,7 @@ impl Replica {
             loaded_entries: c.loaded_entries.load(Relaxed),
             remote_hits: c.remote_hits.load(Relaxed),
             errors: c.errors.load(Relaxed),
-            queue_depth: inner.queue.lock().iter().map(Op::entries).sum(),
+            queue_depth: inner.pending(&inner.queue.lock()),
             lag_p50_ms: p50,
             lag_p99_ms: p99,
             last_error: inner.last_error.lock().clone(),
@@ -512,24 +513,46 @@ impl Inner {
         self.store.timeout().max(BACKGROUND_TIMEOUT)
     }
 
+    fn set_applied(&self, epoch: &str, seq: u64) {
+        let mut applied = self.applied.lock();
+        if &*applied.0 != epoch {
+            applied.0 = Arc::from(epoch);
+        }
+        applied.1 = seq;
+    }
+
     fn record_error(&self, e: &StoreError) {
         self.counters.errors.fetch_add(1, Relaxed);
         *self.last_error.lock() = Some(e.to_string());
     }
 
     fn enqueue(&self, change: Change) {
+        let (epoch, observed) = self.applied.lock().clone();
         let op = Op {
             change,
-            observed: self.applied.load(Relaxed),
-            epoch: self.epoch.load(Relaxed),
+            observed,
+            epoch,
             wall_us: wall_us(),
         };
         let mut q = self.queue.lock();
-        let mut depth: usize = q.iter().map(Op::entries).sum();
-        // Full: drop the oldest entries first; invalidations are kept while
-        // entries can make room (a lost invalidation leaves stale answers
-        // elsewhere, a lost entry only a miss).
-        while depth + op.entries() > self.cfg.max_pending && !q.is_empty() {
+        self.make_room(&mut q, op.entries());
+        q.push_back(op);
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    /// Entries not yet written: queued (`q`, the locked queue) or being sent.
+    fn pending(&self, q: &VecDeque<Op>) -> usize {
+        q.iter().map(Op::entries).sum::<usize>() + self.sending.load(Relaxed)
+    }
+
+    /// Drops queued changes until `room` more entries fit in `max_pending`:
+    /// the oldest entries first; invalidations are kept while entries can
+    /// make room (a lost invalidation leaves stale answers elsewhere, a lost
+    /// entry only a miss).
+    fn make_room(&self, q: &mut VecDeque<Op>, room: usize) {
+        let mut depth = self.pending(q);
+        while depth + room > self.cfg.max_pending && !q.is_empty() {
             let victim = q
                 .iter()
                 .position(|o| matches!(o.change, Change::Set(_)))
@@ -539,9 +562,6 @@ impl Inner {
                 self.counters.dropped.fetch_add(o.entries() as u64, Relaxed);
             }
         }
-        q.push_back(op);
-        drop(q);
-        self.wake.notify_one();
     }
 
     /// Reads (creating if needed) the namespace's metadata and checks it
@@ -705,7 +725,7 @@ impl Inner {
                 break;
             }
         }
-        self.applied.store(at.seq, Relaxed);
+        self.set_applied(&at.epoch, at.seq);
         self.loaded.store(true, Relaxed);
         Ok(())
     }

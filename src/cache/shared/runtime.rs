@@ -102,9 +102,7 @@ async fn send_some(inner: &Arc<Inner>) -> Result<(), StoreError> {
                 break;
             }
         }
-        if !batch.is_empty() {
-            inner.sending.store(true, Relaxed);
-        }
+        inner.sending.store(n, Relaxed);
         batch
     };
     if batch.is_empty() {
@@ -117,24 +115,29 @@ async fn send_some(inner: &Arc<Inner>) -> Result<(), StoreError> {
             for op in batch.into_iter().rev() {
                 q.push_front(op);
             }
+            inner.sending.store(0, Relaxed);
+            // Whatever happened meanwhile, the bound holds again.
+            inner.make_room(&mut q, 0);
         } else {
             let n: usize = batch.iter().map(Op::entries).sum();
             inner.counters.dropped.fetch_add(n as u64, Relaxed);
         }
     }
-    inner.sending.store(false, Relaxed);
+    inner.sending.store(0, Relaxed);
     result
 }
 
 async fn send_batch(inner: &Arc<Inner>, batch: &[Op]) -> Result<(), StoreError> {
-    let epoch = inner.epoch.load(Relaxed);
-    // A change made in an earlier epoch saw nothing of this one.
+    // The epoch of the oldest change: one made in another epoch saw nothing
+    // of it (and the script treats the epoch the same way when it is not the
+    // namespace's own any more).
+    let epoch = batch.first().map_or("", |o| &*o.epoch);
     let observed = batch
         .iter()
-        .map(|o| if o.epoch == epoch { o.observed } else { 0 })
+        .map(|o| if &*o.epoch == epoch { o.observed } else { 0 })
         .min()
-        .unwrap_or(0)
-        .to_string();
+        .unwrap_or(0);
+    let observed = format!("{observed} {epoch}");
     // The oldest change's time: the lag measured is the batch's longest.
     let wall = batch.first().map_or(0, |o| o.wall_us).to_string();
     let base = inner.keys.base.as_str();
@@ -305,10 +308,7 @@ async fn step(
     let (pos, needs_load) = match position {
         Some(p) => p,
         None => {
-            let p = inner.join().await.map_err(|e| match e {
-                JoinError::Store(e) => e,
-                JoinError::Mismatch(m) => StoreError::Reply(m),
-            })?;
+            let p = follower_join(inner).await?;
             position.insert((p, true))
         }
     };
@@ -360,9 +360,12 @@ async fn step(
         return Err(reply_error("the read script", &reply));
     };
     let drift = if epoch.is_empty() {
-        // The metadata is gone (Redis restarted empty): join again.
-        *position = None;
-        return Ok(true);
+        // The metadata is gone (Redis restarted empty, or a failover lost
+        // it): create it again, and read the new stream from its start like
+        // any new epoch's (joining at its end would skip the invalidations
+        // other processes made since the restart).
+        let fresh = follower_join(inner).await?;
+        Some(Drift::Epoch(fresh.epoch))
     } else if epoch != pos.epoch {
         Some(Drift::Epoch(epoch))
     } else if seq_now < pos.seq || (events.is_empty() && seq_now > pos.seq) {
@@ -382,7 +385,12 @@ async fn step(
                 continue;
             };
             if s <= seq {
-                continue; // already applied (or loaded)
+                // Read after the last event applied, yet numbered as if
+                // before it: the stream's history was rewritten (a failover
+                // lost the last writes and the counter went back), so events
+                // with these numbers may be new ones.
+                drift = Some(Drift::Gap);
+                break;
             }
             if s > seq + 1 {
                 drift = Some(Drift::Gap);
@@ -407,8 +415,7 @@ async fn step(
             // Redis restarted empty (or the metadata was recreated): what
             // this process has stays valid; what is new comes from the start
             // of the new stream, numbered from 1 (a jump past that reloads).
-            inner.epoch.fetch_add(1, Relaxed);
-            inner.applied.store(0, Relaxed);
+            inner.set_applied(&e, 0);
             *pos = Position {
                 epoch: e,
                 seq: 0,
@@ -421,10 +428,7 @@ async fn step(
             // Events were trimmed before this process read them: what it has
             // may be stale. Start again from what Redis holds.
             inner.counters.resyncs.fetch_add(1, Relaxed);
-            let fresh = inner.join().await.map_err(|e| match e {
-                JoinError::Store(e) => e,
-                JoinError::Mismatch(m) => StoreError::Reply(m),
-            })?;
+            let fresh = follower_join(inner).await?;
             inner.cache.clear();
             *position = Some((fresh, true));
             return Ok(true);
@@ -438,8 +442,17 @@ async fn step(
             .await
             .map_err(|e| StoreError::Reply(format!("applying events failed: {e}")))?;
     }
-    inner.applied.store(seq, Relaxed);
+    inner.set_applied(&pos.epoch, seq);
     Ok(more)
+}
+
+/// Joins for the follower: another embedder's namespace is an error to
+/// report and retry, like any other.
+async fn follower_join(inner: &Inner) -> Result<Position, StoreError> {
+    inner.join().await.map_err(|e| match e {
+        JoinError::Store(e) => e,
+        JoinError::Mismatch(m) => StoreError::Reply(m),
+    })
 }
 
 /// Applies other processes' changes to the local cache, in order.

@@ -1,11 +1,15 @@
--- ARGV: base, instance, observed event, stream max length, max shared
+-- ARGV: base, instance, "<observed event> <its epoch>", stream max length, max shared
 -- entries (0: no bound), channel, wall microseconds, n, then n x (id, blob, partition
 -- hash, tag hashes, ttl ms (0: none)).
 -- An entry that another instance's invalidation newer than `observed`
 -- covers is refused: a write delayed in a queue cannot bring back what was
 -- invalidated elsewhere.
 local repaired = repair()
-local observed = tonumber(ARGV[3])
+-- A change made in another epoch (before Redis restarted empty, or a
+-- failover lost the namespace) saw none of this epoch's invalidations.
+local observed, epoch = string.match(ARGV[3], '^(%d+) (.*)$')
+observed = tonumber(observed) or 0
+if epoch ~= meta('epoch') then observed = 0 end
 local accepted, rejected, seq = 0, 0, 0
 for i = 0, tonumber(ARGV[8]) - 1 do
   local o = 9 + i * 5
