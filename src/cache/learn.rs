@@ -19,10 +19,10 @@
 //! similarities only, never on the outcomes, so the chance that any accepted
 //! threshold is wrong stays at the test's level without a correction for the
 //! many thresholds tried). Starting lower (at a larger share of the
-//! observations) was measured to overshoot the bound on mqp.csv: see
-//! docs/cache.md. The learned threshold is the last one that passed;
-//! with none, the candidate is refused: a young cache serves nothing
-//! semantic until it has the evidence.
+//! observations) was measured to overshoot the bound on mqp.csv. The
+//! learned threshold is the last one that passed; with none, the candidate
+//! is refused: a young cache serves nothing semantic until it has the
+//! evidence.
 //!
 //! Observations below the learned threshold come from every miss that had a
 //! candidate, those above it only from the sampled verifications: the tail
