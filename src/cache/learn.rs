@@ -379,16 +379,14 @@ mod tests {
     #[test]
     fn decisions_use_own_evidence_then_partition_with_veto() {
         let eps = 0.3;
-        let pool = Some(Tail {
+        let tail = Tail {
             threshold: 0.9,
             n: 100,
             errors: 0,
-        });
+        };
+        let pool = Some(tail);
         assert_eq!(decide(None, None, 0.99, eps), Decision::Refuse);
-        assert_eq!(
-            decide(None, pool, 0.95, eps),
-            Decision::Serve(pool.unwrap())
-        );
+        assert_eq!(decide(None, pool, 0.95, eps), Decision::Serve(tail));
         assert_eq!(decide(None, pool, 0.85, eps), Decision::Refuse);
         let mut e = EntryLearning::default();
         e.record(obs(0.96, false));

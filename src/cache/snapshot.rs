@@ -475,6 +475,7 @@ fn truncated_or_corrupted(body: &[u8], version: u32) -> SnapshotError {
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)] // one per field of the entry
     fn snap(
         partition: &str,
         prompt: &str,

@@ -36,6 +36,9 @@ use crate::py::redis_store::{store_error, RedisStore};
 /// Prompts per embedder call when warming.
 const WARM_BATCH: usize = 256;
 
+/// A lookup's hit, and the candidate the error-bounded mode refused.
+type HitAndProbe = (Option<Py<CacheHit>>, Option<Py<CacheHit>>);
+
 #[pyclass(frozen, subclass, module = "llmedge._core", name = "SemanticCache")]
 pub struct SemanticCache {
     core: Arc<Cache>,
@@ -462,7 +465,7 @@ impl SemanticCache {
         prompt: &str,
         partition: Option<&Bound<'_, PyAny>>,
         embedding: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<(Option<Py<CacheHit>>, Option<Py<CacheHit>>)> {
+    ) -> PyResult<HitAndProbe> {
         config::check_prompt(prompt).map_err(cache_error)?;
         let q = Query {
             prompt: prompt.to_owned(),
