@@ -578,7 +578,9 @@ def test_snapshot_refusals_leave_cache_unchanged(tmp_path):
     refused(data[: len(data) // 2], "truncated")
     refused(data[:-1], "truncated")
     flipped = bytearray(data)
-    flipped[len(data) - 10] ^= 0x01
+    # a byte of the last vector (before the learned state, partition
+    # section and checksum: 20 bytes)
+    flipped[len(data) - 30] ^= 0x01
     refused(bytes(flipped), "corrupted")
     refused(b"GIF89a" + data, "not an llmedge cache snapshot")
     refused(data, "dimension 4, this cache uses 8", dim=8)

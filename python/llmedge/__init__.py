@@ -25,7 +25,13 @@ from llmedge._core import (
     register_model,
     token_table_bytes,
 )
-from llmedge.cache import CacheHit, SemanticCache, partition_key
+from llmedge.cache import (
+    CacheHit,
+    SemanticCache,
+    embedding_answers_match,
+    exact_answers_match,
+    partition_key,
+)
 from llmedge.errors import (
     AllUpstreamsFailedError,
     CacheNamespaceError,
@@ -107,6 +113,8 @@ __all__ = [
     "SemanticCache",
     "CacheHit",
     "partition_key",
+    "exact_answers_match",
+    "embedding_answers_match",
     "CacheNamespaceError",
     "CacheSnapshotError",
 ]

@@ -472,7 +472,8 @@ class PromptOptimizer:
 @final
 class CacheHit:
     """A cache answer: the stored `response`, its `kind` ("exact" or "semantic"), the
-    cosine `score`, the `matched_prompt`, its `age` in seconds and `metadata`."""
+    cosine `score`, the `matched_prompt`, its `age` in seconds and `metadata`;
+    `verify`: the error-bounded mode drew this hit for verification."""
 
     @property
     def response(self) -> Any: ...
@@ -486,6 +487,8 @@ class CacheHit:
     def age(self) -> float: ...
     @property
     def metadata(self) -> Any: ...
+    @property
+    def verify(self) -> bool: ...
 
 class SemanticCache:
     def __new__(
@@ -506,7 +509,23 @@ class SemanticCache:
         background_load: bool = False,
         max_pending_writes: int = 10_000,
         stream_max_len: int = 10_000,
+        max_error_rate: float | None = None,
+        answers_match: Callable[[Any, Any], bool] | None = None,
+        seed: int | None = None,
     ) -> SemanticCache: ...
+    @property
+    def max_error_rate(self) -> float | None: ...
+    @property
+    def answers_match(self) -> Callable[[Any, Any], bool] | None: ...
+    def feedback(self, hit: CacheHit, correct: bool) -> None: ...
+    def _verified(self, hit: CacheHit, matched: bool, *, probe: bool) -> bool: ...
+    def _lookup(
+        self,
+        prompt: str,
+        *,
+        partition: Mapping[str, Any] | str | None = None,
+        embedding: Any = None,
+    ) -> tuple[CacheHit | None, CacheHit | None]: ...
     @property
     def namespace(self) -> str | None: ...
     def flush(self, timeout: float = 5.0) -> bool: ...

@@ -13,6 +13,11 @@ snapshots) and adds what is easier to get right in Python:
 * ``get_or_set``/``aget_or_set``/``cached``: single-flight per (normalised
   prompt, partition): concurrent callers of one missing prompt wait for one
   computation; an exception from it is raised in every waiter.
+* The verification of the error-bounded mode (``max_error_rate=``): the Rust
+  core decides what is served and which hits to verify; these methods call
+  the LLM for a hit drawn for verification, compare the fresh answer with
+  the cached one by ``answers_match``, and report the outcome, as they do for
+  the candidate a miss was refused (its fresh answer is computed anyway).
 """
 
 from __future__ import annotations
@@ -31,9 +36,50 @@ from llmedge import _core
 from llmedge._core import CacheHit, partition_key
 from llmedge.errors import UpstreamClientError
 
-__all__ = ["SemanticCache", "CacheHit", "partition_key"]
+__all__ = [
+    "SemanticCache",
+    "CacheHit",
+    "partition_key",
+    "exact_answers_match",
+    "embedding_answers_match",
+]
 
 _MAX_BATCH = 64
+
+
+def _normalised(answer: Any) -> Any:
+    if isinstance(answer, str):
+        return " ".join(answer.split()).casefold()
+    if isinstance(answer, bytes):
+        return b" ".join(answer.split()).lower()
+    return answer
+
+
+def exact_answers_match(cached: Any, fresh: Any) -> bool:
+    """The default ``answers_match``: equal after collapsing whitespace and
+    folding case (strings and bytes), plain equality for other values."""
+    return bool(_normalised(cached) == _normalised(fresh))
+
+
+def embedding_answers_match(
+    embedder: Callable[[list[str]], Any], min_similarity: float = 0.9
+) -> Callable[[Any, Any], bool]:
+    """An ``answers_match`` for free-text answers: the cosine similarity of
+    the two answers' embeddings (by ``embedder``, a callable on a list of
+    strings returning one vector per string) at least ``min_similarity``;
+    answers equal after normalisation match without an embedder call."""
+    if not -1.0 <= min_similarity <= 1.0:
+        raise ValueError(f"min_similarity must be in [-1, 1], got {min_similarity!r}")
+
+    def match(cached: Any, fresh: Any) -> bool:
+        if exact_answers_match(cached, fresh):
+            return True
+        a, b = (list(map(float, v)) for v in embedder([str(cached), str(fresh)]))
+        dot = sum(x * y for x, y in zip(a, b, strict=True))
+        norm = (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+        return norm > 0 and dot / norm >= min_similarity
+
+    return match
 
 
 class _Batcher:
@@ -116,6 +162,13 @@ class SemanticCache(_core.SemanticCache):
     after returning instead of before), ``max_shared_entries`` (entries Redis
     keeps, oldest dropped first), ``max_pending_writes`` (changes queued while
     Redis is away) and ``stream_max_len`` (events Redis keeps for followers).
+
+    With ``max_error_rate=`` (in (0, 1)), semantic hits are served only where
+    what the cache learned bounds the rate of wrong answers (``threshold``
+    becomes the floor); ``answers_match(cached, fresh) -> bool`` compares the
+    answers of verified hits (default ``exact_answers_match``), ``seed`` makes
+    the verification draws reproducible, and ``feedback(hit, correct)``
+    reports on a hit. See docs/cache.md.
     """
 
     def __init__(self, **_config: Any) -> None:
@@ -180,6 +233,31 @@ class SemanticCache(_core.SemanticCache):
         with self._flights_lock:
             self._flights.pop(key, None)
 
+    # ---- verification (error-bounded mode) ----------------------------
+
+    def _matches(self, cached: Any, fresh: Any) -> bool:
+        match = self.answers_match or exact_answers_match
+        try:
+            result = match(cached, fresh)
+        except Exception as e:
+            raise RuntimeError(
+                f"answers_match raised {type(e).__name__}: {e} (nothing was recorded)"
+            ) from e
+        if type(result).__name__ not in ("bool", "bool_"):
+            raise TypeError(
+                f"answers_match must return a bool, got {type(result).__name__} "
+                "(nothing was recorded)"
+            )
+        return bool(result)
+
+    def _report(self, hit: CacheHit, fresh: Any, *, probe: bool) -> None:
+        """Compares ``fresh`` with the answer of ``hit`` (served and drawn
+        for verification, or refused: ``probe``) and records the outcome."""
+        self._verified(hit, self._matches(hit.response, fresh), probe=probe)
+
+    def _verifying(self) -> bool:
+        return self.max_error_rate is not None
+
     def get_or_set(
         self,
         prompt: str,
@@ -193,17 +271,27 @@ class SemanticCache(_core.SemanticCache):
     ) -> Any:
         """The cached response for ``prompt``, or ``compute()`` stored and
         returned. Concurrent callers for one missing prompt and partition wait
-        for a single ``compute()``."""
-        hit = self.get(prompt, partition=partition, embedding=embedding)
+        for a single ``compute()``.
+
+        In the error-bounded mode, a hit drawn for verification calls
+        ``compute()`` too and returns its answer; the comparison with the
+        cached one (and, on a miss, with the refused candidate's) is what
+        the cache learns from."""
+        hit, probe = self._lookup(prompt, partition=partition, embedding=embedding)
         if hit is not None:
-            return hit.response
+            if not hit.verify:
+                return hit.response
+            fresh = compute()
+            self._report(hit, fresh, probe=False)
+            return fresh
         key = self.flight_key(prompt, partition=partition)
         flight, leader = self._join_flight(key)
         if not leader:
             return flight.result()
         try:
             # Another caller may have finished between our miss and our lead.
-            hit = self.get(prompt, partition=partition, embedding=embedding)
+            hit, later = self._lookup(prompt, partition=partition, embedding=embedding)
+            probe = later or probe
             if hit is not None:
                 value = hit.response
             else:
@@ -218,12 +306,14 @@ class SemanticCache(_core.SemanticCache):
                     tags=tags,
                 )
             flight.set_result(value)
-            return value
         except BaseException as e:
             flight.set_exception(e)
             raise
         finally:
             self._end_flight(key)
+        if hit is None and probe is not None:
+            self._report(probe, value, probe=True)
+        return value
 
     async def aget_or_set(
         self,
@@ -237,21 +327,31 @@ class SemanticCache(_core.SemanticCache):
         tags: Any = (),
     ) -> Any:
         """``get_or_set`` for asyncio: ``acompute`` is an async callable (or
-        returns an awaitable). Single-flight across tasks and threads."""
-        hit = await self.aget(prompt, partition=partition, embedding=embedding)
+        returns an awaitable). Single-flight across tasks and threads; in the
+        error-bounded mode, verification as ``get_or_set`` does it."""
+
+        async def call() -> Any:
+            result = acompute()
+            return await result if inspect.isawaitable(result) else result
+
+        hit, probe = await self._alookup(prompt, partition, embedding)
         if hit is not None:
-            return hit.response
+            if not hit.verify:
+                return hit.response
+            fresh = await call()
+            self._report(hit, fresh, probe=False)
+            return fresh
         key = self.flight_key(prompt, partition=partition)
         flight, leader = self._join_flight(key)
         if not leader:
             return await asyncio.wrap_future(flight)
         try:
-            hit = await self.aget(prompt, partition=partition, embedding=embedding)
+            hit, later = await self._alookup(prompt, partition, embedding)
+            probe = later or probe
             if hit is not None:
                 value = hit.response
             else:
-                result = acompute()
-                value = await result if inspect.isawaitable(result) else result
+                value = await call()
                 await self.aset(
                     prompt,
                     value,
@@ -262,7 +362,6 @@ class SemanticCache(_core.SemanticCache):
                     tags=tags,
                 )
             flight.set_result(value)
-            return value
         except BaseException as e:
             flight.set_exception(e)
             # A waiter that never looks would log "exception never retrieved".
@@ -270,6 +369,22 @@ class SemanticCache(_core.SemanticCache):
             raise
         finally:
             self._end_flight(key)
+        if hit is None and probe is not None:
+            self._report(probe, value, probe=True)
+        return value
+
+    async def _alookup(
+        self, prompt: str, partition: Any, embedding: Any
+    ) -> tuple[CacheHit | None, CacheHit | None]:
+        """``_lookup`` off the event loop: batched with other lookups when no
+        candidate can be refused, on its own in the error-bounded mode."""
+        if not self._verifying():
+            return await self.aget(prompt, partition=partition, embedding=embedding), None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            None,
+            functools.partial(self._lookup, prompt, partition=partition, embedding=embedding),
+        )
 
     def cached(
         self,

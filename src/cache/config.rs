@@ -24,6 +24,13 @@ pub struct CacheConfig {
     pub guard: bool,
     pub index: IndexKind,
     pub hnsw: HnswParams,
+    /// The error-bounded mode (`cache::learn`): the rate of wrong semantic
+    /// answers to stay within, in (0, 1); `None` serves every candidate at
+    /// or above `threshold`. With a bound, `threshold` is the floor below
+    /// which no candidate is considered.
+    pub max_error_rate: Option<f64>,
+    /// Seed of the verification draws (`None`: from the clock).
+    pub seed: Option<u64>,
 }
 
 impl Default for CacheConfig {
@@ -37,6 +44,8 @@ impl Default for CacheConfig {
             guard: true,
             index: IndexKind::Auto,
             hnsw: HnswParams::default(),
+            max_error_rate: None,
+            seed: None,
         }
     }
 }
@@ -92,6 +101,13 @@ impl CacheConfig {
         if self.dim == 0 {
             return Err(invalid("dim must be a positive integer, got 0".into()));
         }
+        if let Some(e) = self.max_error_rate {
+            if !(e > 0.0 && e < 1.0) {
+                return Err(invalid(format!(
+                    "max_error_rate must be a rate strictly between 0 and 1 (or None), got {e}"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -123,6 +139,8 @@ impl CacheConfig {
             max_memory_bytes: self.max_memory_bytes(),
             index: self.index,
             hnsw: self.hnsw,
+            max_error_rate: self.max_error_rate,
+            seed: self.seed,
         }
     }
 }
@@ -220,6 +238,16 @@ mod tests {
         r.unwrap_err().to_string()
     }
 
+    fn with_rate(e: f64) -> String {
+        message(
+            CacheConfig {
+                max_error_rate: Some(e),
+                ..CacheConfig::default()
+            }
+            .validate(),
+        )
+    }
+
     #[test]
     fn validate_names_the_bad_setting() {
         assert!(CacheConfig::default().validate().is_ok());
@@ -235,6 +263,15 @@ mod tests {
         assert!(with(|c| c.max_entries = 0).starts_with("max_entries"));
         assert!(with(|c| c.max_memory_mb = f64::INFINITY).starts_with("max_memory_mb"));
         assert!(with(|c| c.dim = 0).starts_with("dim"));
+        for bad in [0.0, 1.0, -0.1, f64::NAN] {
+            assert!(with_rate(bad).starts_with("max_error_rate"));
+        }
+        assert!(CacheConfig {
+            max_error_rate: Some(0.02),
+            ..CacheConfig::default()
+        }
+        .validate()
+        .is_ok());
     }
 
     #[test]

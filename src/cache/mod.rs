@@ -13,6 +13,7 @@ pub mod config;
 pub mod guard;
 pub mod hashing;
 pub mod index;
+pub mod learn;
 pub mod partition;
 pub mod payload;
 pub mod rebuild;

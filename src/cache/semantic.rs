@@ -14,11 +14,14 @@ use std::time::Instant;
 
 use super::config::{check_prompt, normalized, CacheConfig, CacheError};
 use super::guard::{Analysis, GuardReason};
+use super::learn::{EntryLearning, Source};
 use super::partition::{normalize_prompt, prompt_hash, scoped_key, unscoped};
 use super::rebuild::{Bulk, SharedStore};
 use super::snapshot::{self, SnapshotError};
 use super::stats::CacheStats;
-use super::store::{choose, Candidate, Found, GuardFn, NewEntry, Store, StoreError};
+use super::store::{
+    choose, Candidate, Found, GuardFn, HitToken, Judgement, NewEntry, Store, StoreError,
+};
 
 /// One lookup: its prompt, its partition (canonical key, see
 /// `partition::canonical_key`) and, if the caller has one, its vector
@@ -30,6 +33,7 @@ pub struct Query {
 }
 
 /// One entry to insert.
+#[derive(Clone)]
 pub struct NewItem {
     pub prompt: String,
     /// Canonical partition key.
@@ -41,10 +45,18 @@ pub struct NewItem {
     pub ttl: f64,
     /// Normalised by [`CacheConfig::normalized`].
     pub vector: Vec<f32>,
+    /// What the entry learned elsewhere (error-bounded mode).
+    pub learning: EntryLearning,
 }
+
+/// Caches made in this process, so that a hit names the cache it came from.
+static INSTANCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 pub struct Cache {
     cfg: CacheConfig,
+    /// Unique in the process: a hit of another cache is refused by
+    /// [`Cache::observe`]'s caller.
+    instance: u64,
     /// The embedder's identity: part of every partition key, so vectors of
     /// different embedders never meet, and checked by snapshots.
     identity: String,
@@ -96,6 +108,7 @@ impl Cache {
         cfg.validate()?;
         Ok(Cache {
             store: SharedStore::new(Store::new(cfg.store())),
+            instance: INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             cfg,
             identity: identity.into(),
         })
@@ -107,6 +120,10 @@ impl Cache {
 
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    pub fn instance(&self) -> u64 {
+        self.instance
     }
 
     pub fn len(&self) -> usize {
@@ -182,6 +199,17 @@ impl Cache {
         phase: ExactPhase,
         computed: Vec<Vec<f32>>,
     ) -> Vec<Option<Found>> {
+        self.lookup_semantic_probed(phase, computed).0
+    }
+
+    /// [`Cache::lookup_semantic`], and for each lookup the candidate the
+    /// error-bounded mode refused, if any (its miss's fresh answer can be
+    /// compared with it: [`Cache::observe`] with [`Source::Probe`]).
+    pub fn lookup_semantic_probed(
+        &self,
+        phase: ExactPhase,
+        computed: Vec<Vec<f32>>,
+    ) -> (Vec<Option<Found>>, Vec<Option<Found>>) {
         let ExactPhase {
             queries,
             mut found,
@@ -242,21 +270,55 @@ impl Cache {
             for r in rejected {
                 *store.stats.guard_rejections.entry(r.as_str()).or_insert(0) += 1;
             }
-            if let Some(c) = &c {
-                store.accept(c);
-                store.stats.semantic_hits += 1;
-            } else {
-                store.stats.misses += 1;
+            let judged = c.map(|c| {
+                let j = store.judge(&c);
+                (c, j)
+            });
+            match &judged {
+                Some((c, Judgement::Serve { .. })) => {
+                    store.accept(c);
+                    store.stats.semantic_hits += 1;
+                }
+                _ => store.stats.misses += 1,
             }
             micros[i] += t.elapsed().as_secs_f64() * 1e6;
             store.stats.record_latency(micros[i]);
-            answers.push((i, c));
+            answers.push((i, judged));
         }
         drop(store);
-        for (i, c) in answers {
-            found[i] = c.map(|c| c.into_found(now));
+        let mut probes: Vec<Option<Found>> = found.iter().map(|_| None).collect();
+        for (i, judged) in answers {
+            match judged {
+                Some((c, Judgement::Serve { verify })) => {
+                    found[i] = Some(c.into_found(now, verify))
+                }
+                Some((c, Judgement::Refuse)) => probes[i] = Some(c.into_found(now, false)),
+                None => {}
+            }
         }
-        found
+        (found, probes)
+    }
+
+    /// Records whether the answer of a semantic hit (or of a refused
+    /// candidate) was right; false when its entry is no longer cached.
+    pub fn observe(&self, token: &HitToken, correct: bool, source: Source) -> bool {
+        self.store.lock().observe(token, correct, source)
+    }
+
+    /// The entry of `token` as an item for another process (its partition
+    /// unscoped), with what it learned.
+    pub fn entry_for_replica(&self, token: &HitToken, now: f64) -> Option<NewItem> {
+        let e = self.store.lock().entry_for_replica(token, now)?;
+        Some(NewItem {
+            partition: unscoped(&e.partition).to_owned(),
+            prompt: e.prompt,
+            response: e.response.to_vec(),
+            metadata: e.metadata.map(|m| m.to_vec()),
+            tags: e.tags,
+            ttl: e.ttl,
+            vector: e.vector,
+            learning: e.learning,
+        })
     }
 
     /// Inserts every item or none: each is checked against the store's
@@ -348,6 +410,7 @@ impl Cache {
                 tags: i.tags,
                 ttl: i.ttl,
                 age: 0.0,
+                learning: i.learning,
             })
             .collect()
     }
@@ -384,7 +447,9 @@ impl Cache {
     }
 
     pub fn stats(&self) -> CacheStats {
-        let store = self.store.lock();
+        let mut store = self.store.lock();
+        let (partition_thresholds, entry_thresholds) = store.learned_thresholds();
+        let observations = store.partition_learning().map(|(_, p)| p.len()).sum();
         let kinds = store.index_kinds();
         let count = |kind: &str| kinds.iter().filter(|k| k.1 == kind).count();
         CacheStats {
@@ -397,6 +462,10 @@ impl Cache {
             flat_indexes: count("flat"),
             hnsw_indexes: count("hnsw"),
             index_builds: store.builds_running(),
+            max_error_rate: self.cfg.max_error_rate,
+            partition_thresholds,
+            entry_thresholds,
+            observations,
         }
     }
 
@@ -423,19 +492,29 @@ impl Cache {
     pub fn save(&self, path: &Path, now: f64) -> Result<usize, SnapshotError> {
         let mut w = snapshot::Writer::new(&self.identity, self.cfg.dim);
         let mut n = 0;
-        self.store.lock().for_each_oldest_first(now, |e| {
-            w.entry(
-                unscoped(e.partition),
-                e.prompt,
-                e.response,
-                e.metadata,
-                e.tags,
-                e.age,
-                e.remaining,
-                &e.vector,
-            );
+        let store = self.store.lock();
+        store.for_each_oldest_first(now, |e| {
+            w.entry(&snapshot::SnapEntry {
+                partition: unscoped(e.partition).to_owned(),
+                prompt: e.prompt.to_owned(),
+                response: e.response.to_vec(),
+                metadata: e.metadata.map(<[u8]>::to_vec),
+                tags: e.tags.iter().map(|t| t.to_string()).collect(),
+                age: e.age,
+                remaining: e.remaining,
+                vector: e.vector,
+                learning: e.learning.cloned().unwrap_or_default(),
+            });
             n += 1;
         });
+        // only this embedder's partitions: the identity is checked on load
+        let prefix = self.scoped("");
+        for (key, learned) in store.partition_learning() {
+            if let Some(partition) = key.strip_prefix(prefix.as_str()) {
+                w.partition(partition, learned);
+            }
+        }
+        drop(store);
         snapshot::write_atomic(path, &w.finish())?;
         Ok(n)
     }
@@ -445,9 +524,9 @@ impl Cache {
     /// than this cache's memory bound are skipped.
     pub fn load_snapshot(&self, path: &Path, now: f64) -> Result<usize, SnapshotError> {
         let data = snapshot::read_file(path)?;
-        let entries = snapshot::decode(&data, &self.identity, self.cfg.dim)?;
+        let snap = snapshot::decode(&data, &self.identity, self.cfg.dim)?;
         let mut fresh = Store::new(self.cfg.store());
-        for e in entries {
+        for e in snap.entries {
             let vector =
                 normalized(e.vector, self.cfg.dim, "").map_err(|_| SnapshotError::Corrupted)?;
             let entry = NewEntry {
@@ -459,8 +538,19 @@ impl Cache {
                 tags: e.tags,
                 ttl: e.age + e.remaining,
                 age: e.age,
+                learning: e.learning,
             };
             let _ = fresh.insert(entry, now);
+        }
+        // the saved pools hold more than the entries' own observations
+        // (those of entries evicted since): they replace what inserting fed
+        if snap.version >= 2 {
+            fresh.set_partition_learning(
+                snap.partitions
+                    .into_iter()
+                    .map(|(k, v)| (self.scoped(&k), v))
+                    .collect(),
+            );
         }
         fresh.stats.reset();
         let n = fresh.len();

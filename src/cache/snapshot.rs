@@ -4,9 +4,14 @@
 //! magic "LLMSCACH" | version u32 | identity str | dim u32 | count u64
 //! count x entry { partition str | prompt str | response bytes | has_meta u8
 //!                 [meta bytes] | ntags u32 | ntags x str | age f64 |
-//!                 remaining f64 | dim x f32 }
+//!                 remaining f64 | dim x f32 | learned }
+//! npart u32 | npart x { partition str | learned }
 //! crc32 u32 (of everything before it)
 //! ```
+//! `learned` (what the error-bounded mode learned, `cache::learn`) is
+//! `total u64 | nobs u32 | nobs x { similarity f32 | correct u8 }`. Version 1
+//! files, written before that mode, have neither `learned` nor the partition
+//! section; they load with nothing learned.
 //! Integers and floats little-endian; `str`/`bytes` are a u32 length and the
 //! bytes. Entries are written least recently used first so that loading them
 //! in order restores the LRU order. Ages and remaining lifetimes are relative,
@@ -15,10 +20,12 @@
 use std::io::Write;
 use std::path::Path;
 
+use super::learn::{EntryLearning, Observation, PartitionLearning};
 use super::payload;
 
 pub const MAGIC: &[u8; 8] = b"LLMSCACH";
-pub const VERSION: u32 = 1;
+/// The version written; every version from 1 up to it is read.
+pub const VERSION: u32 = 2;
 
 /// One entry as stored in a snapshot.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,8 +39,17 @@ pub struct SnapEntry {
     pub age: f64,
     pub remaining: f64,
     pub vector: Vec<f32>,
+    pub learning: EntryLearning,
 }
 
+/// A snapshot read back.
+#[derive(Debug, PartialEq)]
+pub struct Snapshot {
+    pub version: u32,
+    pub entries: Vec<SnapEntry>,
+    /// What each partition (key without the embedder identity) learned.
+    pub partitions: Vec<(String, PartitionLearning)>,
+}
 #[derive(Debug, PartialEq)]
 pub enum SnapshotError {
     Io(String),
@@ -57,7 +73,7 @@ impl std::fmt::Display for SnapshotError {
             SnapshotError::Version(v) => {
                 write!(
                     f,
-                    "snapshot format version {v} is not supported (expected {VERSION})"
+                    "snapshot format version {v} is not supported (expected 1 to {VERSION})"
                 )
             }
             SnapshotError::Identity { found, expected } => write!(
@@ -79,6 +95,28 @@ pub struct Writer {
     count_at: usize,
     count: u64,
     dim: usize,
+    /// The partition section, appended by `finish`.
+    partitions: Vec<u8>,
+    npartitions: u32,
+}
+
+fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    buf.extend_from_slice(b);
+}
+
+/// `total | nobs | nobs x (similarity, correct)`.
+pub fn put_learned<'a>(
+    buf: &mut Vec<u8>,
+    total: u64,
+    obs: impl ExactSizeIterator<Item = &'a Observation>,
+) {
+    buf.extend_from_slice(&total.to_le_bytes());
+    buf.extend_from_slice(&(obs.len() as u32).to_le_bytes());
+    for o in obs {
+        buf.extend_from_slice(&o.similarity.to_le_bytes());
+        buf.push(u8::from(o.correct));
+    }
 }
 
 impl Writer {
@@ -88,6 +126,8 @@ impl Writer {
             count_at: 0,
             count: 0,
             dim,
+            partitions: Vec::new(),
+            npartitions: 0,
         };
         w.buf.extend_from_slice(MAGIC);
         w.buf.extend_from_slice(&VERSION.to_le_bytes());
@@ -99,26 +139,14 @@ impl Writer {
     }
 
     fn bytes(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(b);
+        put_bytes(&mut self.buf, b);
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn entry(
-        &mut self,
-        partition: &str,
-        prompt: &str,
-        response: &[u8],
-        metadata: Option<&[u8]>,
-        tags: &[Box<str>],
-        age: f64,
-        remaining: f64,
-        vector: &[f32],
-    ) {
-        self.bytes(partition.as_bytes());
-        self.bytes(prompt.as_bytes());
-        self.bytes(response);
-        match metadata {
+    pub fn entry(&mut self, e: &SnapEntry) {
+        self.bytes(e.partition.as_bytes());
+        self.bytes(e.prompt.as_bytes());
+        self.bytes(&e.response);
+        match &e.metadata {
             Some(m) => {
                 self.buf.push(1);
                 self.bytes(m);
@@ -126,22 +154,37 @@ impl Writer {
             None => self.buf.push(0),
         }
         self.buf
-            .extend_from_slice(&(tags.len() as u32).to_le_bytes());
-        for t in tags {
+            .extend_from_slice(&(e.tags.len() as u32).to_le_bytes());
+        for t in &e.tags {
             self.bytes(t.as_bytes());
         }
-        self.buf.extend_from_slice(&age.to_le_bytes());
-        self.buf.extend_from_slice(&remaining.to_le_bytes());
-        debug_assert_eq!(vector.len(), self.dim);
-        for x in vector {
+        self.buf.extend_from_slice(&e.age.to_le_bytes());
+        self.buf.extend_from_slice(&e.remaining.to_le_bytes());
+        debug_assert_eq!(e.vector.len(), self.dim);
+        for x in &e.vector {
             self.buf.extend_from_slice(&x.to_le_bytes());
         }
+        put_learned(
+            &mut self.buf,
+            e.learning.total,
+            e.learning.observations.iter(),
+        );
         self.count += 1;
+    }
+
+    /// What partition `key` (without the embedder identity) learned.
+    pub fn partition(&mut self, key: &str, learned: &PartitionLearning) {
+        put_bytes(&mut self.partitions, key.as_bytes());
+        let obs: Vec<&Observation> = learned.observations().collect();
+        put_learned(&mut self.partitions, learned.total, obs.into_iter());
+        self.npartitions += 1;
     }
 
     pub fn finish(mut self) -> Vec<u8> {
         let at = self.count_at;
         self.buf[at..at + 8].copy_from_slice(&self.count.to_le_bytes());
+        self.buf.extend_from_slice(&self.npartitions.to_le_bytes());
+        self.buf.extend_from_slice(&self.partitions);
         let crc = crc32fast::hash(&self.buf);
         self.buf.extend_from_slice(&crc.to_le_bytes());
         self.buf
@@ -232,10 +275,47 @@ impl<'a> Reader<'a> {
     fn string(&mut self) -> Result<String, SnapshotError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| SnapshotError::Corrupted)
     }
+    /// Skips a `learned` block.
+    fn learned_raw(&mut self) -> Result<(), SnapshotError> {
+        self.u64()?;
+        let n = self.u32()? as usize;
+        self.take(n.checked_mul(5).ok_or(SnapshotError::Corrupted)?)?;
+        Ok(())
+    }
+    /// `total | nobs | observations`; similarities must be in [-1, 1].
+    fn learned(&mut self) -> Result<(u64, Vec<Observation>), SnapshotError> {
+        let total = self.u64()?;
+        let n = self.u32()? as usize;
+        let raw = self.take(n.checked_mul(5).ok_or(SnapshotError::Corrupted)?)?;
+        let obs = parse_observations(raw).ok_or(SnapshotError::Corrupted)?;
+        if (obs.len() as u64) > total {
+            return Err(SnapshotError::Corrupted);
+        }
+        Ok((total, obs))
+    }
+}
+
+/// Observations as `put_learned` writes them (5 bytes each); None for a
+/// similarity outside [-1, 1] or a flag other than 0 or 1.
+pub fn parse_observations(raw: &[u8]) -> Option<Vec<Observation>> {
+    raw.chunks_exact(5)
+        .map(|c| {
+            let similarity = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let correct = match c[4] {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            (-1.0..=1.0).contains(&similarity).then_some(Observation {
+                similarity,
+                correct,
+            })
+        })
+        .collect()
 }
 
 /// Parse and verify a snapshot made by an embedder of `identity` and `dim`.
-pub fn decode(data: &[u8], identity: &str, dim: usize) -> Result<Vec<SnapEntry>, SnapshotError> {
+pub fn decode(data: &[u8], identity: &str, dim: usize) -> Result<Snapshot, SnapshotError> {
     if data.len() < MAGIC.len() {
         return Err(if MAGIC.starts_with(data) {
             SnapshotError::Truncated
@@ -254,12 +334,12 @@ pub fn decode(data: &[u8], identity: &str, dim: usize) -> Result<Vec<SnapEntry>,
     let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     let mut r = Reader { data: body, pos: 8 };
     let version = r.u32()?;
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(SnapshotError::Version(version));
     }
     if crc32fast::hash(body) != stored {
         // A shorter file than its header promises is the common case.
-        return Err(truncated_or_corrupted(body));
+        return Err(truncated_or_corrupted(body, version));
     }
     let found = r.string()?;
     let d = r.u32()?;
@@ -305,6 +385,15 @@ pub fn decode(data: &[u8], identity: &str, dim: usize) -> Result<Vec<SnapEntry>,
         if !(age.is_finite() && age >= 0.0) || remaining.is_nan() {
             return Err(SnapshotError::Corrupted);
         }
+        let learning = if version >= 2 {
+            let (total, observations) = r.learned()?;
+            EntryLearning {
+                observations,
+                total,
+            }
+        } else {
+            EntryLearning::default()
+        };
         // what a lookup would decode: refused now, not at the first hit
         if !payload::is_response(&response)
             || metadata.as_deref().is_some_and(|m| !payload::is_json(m))
@@ -320,17 +409,30 @@ pub fn decode(data: &[u8], identity: &str, dim: usize) -> Result<Vec<SnapEntry>,
             age,
             remaining,
             vector,
+            learning,
         });
+    }
+    let mut partitions = Vec::new();
+    if version >= 2 {
+        for _ in 0..r.u32()? {
+            let key = r.string()?;
+            let (total, obs) = r.learned()?;
+            partitions.push((key, PartitionLearning::from_parts(obs, total)));
+        }
     }
     if r.pos != body.len() {
         return Err(SnapshotError::Corrupted);
     }
-    Ok(out)
+    Ok(Snapshot {
+        version,
+        entries: out,
+        partitions,
+    })
 }
 
 /// Walk the entries without checking the CRC: if the data runs out, the file
 /// was cut short; otherwise its bytes were changed.
-fn truncated_or_corrupted(body: &[u8]) -> SnapshotError {
+fn truncated_or_corrupted(body: &[u8], version: u32) -> SnapshotError {
     let mut r = Reader {
         data: body,
         pos: 12,
@@ -350,6 +452,15 @@ fn truncated_or_corrupted(body: &[u8]) -> SnapshotError {
                 r.bytes()?;
             }
             r.take(16 + dim * 4)?;
+            if version >= 2 {
+                r.learned_raw()?;
+            }
+        }
+        if version >= 2 {
+            for _ in 0..r.u32()? {
+                r.bytes()?;
+                r.learned_raw()?;
+            }
         }
         Ok(())
     })();
@@ -364,25 +475,104 @@ fn truncated_or_corrupted(body: &[u8]) -> SnapshotError {
 mod tests {
     use super::*;
 
+    #[allow(clippy::too_many_arguments)] // one per field of the entry
+    fn snap(
+        partition: &str,
+        prompt: &str,
+        response: &[u8],
+        metadata: Option<&[u8]>,
+        tags: &[&str],
+        age: f64,
+        remaining: f64,
+        vector: &[f32],
+    ) -> SnapEntry {
+        SnapEntry {
+            partition: partition.into(),
+            prompt: prompt.into(),
+            response: response.to_vec(),
+            metadata: metadata.map(<[u8]>::to_vec),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            age,
+            remaining,
+            vector: vector.to_vec(),
+            learning: EntryLearning::default(),
+        }
+    }
+
     fn sample() -> Vec<u8> {
         let mut w = Writer::new("emb", 2);
-        w.entry(
+        let mut first = snap(
             "p",
             "hello",
             b"Shi",
             Some(b"{}"),
-            &["t".into()],
+            &["t"],
             1.5,
             f64::INFINITY,
             &[0.6, 0.8],
         );
-        w.entry("", "bye", b"Bx", None, &[], 0.0, 3.0, &[1.0, 0.0]);
+        first.learning.record(Observation {
+            similarity: 0.9,
+            correct: false,
+        });
+        w.entry(&first);
+        w.entry(&snap("", "bye", b"Bx", None, &[], 0.0, 3.0, &[1.0, 0.0]));
+        let mut pool = PartitionLearning::default();
+        pool.record(Observation {
+            similarity: 0.8,
+            correct: true,
+        });
+        w.partition("p", &pool);
         w.finish()
+    }
+
+    /// A version 1 file, as written before the error-bounded mode.
+    fn version_1() -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&1u32.to_le_bytes());
+        put_bytes(&mut b, b"emb");
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        for f in ["p", "hello"] {
+            put_bytes(&mut b, f.as_bytes());
+        }
+        put_bytes(&mut b, b"Shi");
+        b.push(0);
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&1.5f64.to_le_bytes());
+        b.extend_from_slice(&3.0f64.to_le_bytes());
+        for x in [0.6f32, 0.8] {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn version_1_files_still_load() {
+        let s = decode(&version_1(), "emb", 2).unwrap();
+        assert_eq!(s.version, 1);
+        assert_eq!(s.entries[0].prompt, "hello");
+        assert_eq!(s.entries[0].learning, EntryLearning::default());
+        assert!(s.partitions.is_empty());
+        let v1 = version_1();
+        assert_eq!(
+            decode(&v1[..v1.len() - 3], "emb", 2),
+            Err(SnapshotError::Truncated)
+        );
     }
 
     #[test]
     fn roundtrip() {
-        let e = decode(&sample(), "emb", 2).unwrap();
+        let s = decode(&sample(), "emb", 2).unwrap();
+        assert_eq!(s.version, VERSION);
+        assert_eq!(s.partitions.len(), 1);
+        assert_eq!(s.partitions[0].0, "p");
+        assert_eq!(s.partitions[0].1.total, 1);
+        let e = s.entries;
+        assert_eq!(e[0].learning.total, 1);
+        assert!(!e[0].learning.observations[0].correct);
         assert_eq!(e.len(), 2);
         assert_eq!(e[0].prompt, "hello");
         assert_eq!(e[0].metadata.as_deref(), Some(&b"{}"[..]));

@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use super::learn::LearnStats;
+
 /// Lookups whose latency is kept for the percentiles.
 pub const LATENCY_WINDOW: usize = 4096;
 
@@ -15,6 +17,8 @@ pub struct Stats {
     pub expirations: u64,
     pub invalidations: u64,
     pub inserts: u64,
+    /// The error-bounded mode's counters.
+    pub learn: LearnStats,
     latencies_us: Vec<f64>,
     next: usize,
 }
@@ -77,6 +81,14 @@ pub struct CacheStats {
     pub hnsw_indexes: usize,
     /// Partitions whose graph is being built off the lock.
     pub index_builds: usize,
+    /// The bound of the error-bounded mode, if on.
+    pub max_error_rate: Option<f64>,
+    /// Each partition's learned threshold (None: not enough evidence yet).
+    pub partition_thresholds: Vec<Option<f32>>,
+    /// Entries with enough evidence of their own for a threshold.
+    pub entry_thresholds: usize,
+    /// Observations the partitions hold.
+    pub observations: usize,
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::guard::GuardReason;
 use super::index::AUTO_FLAT_MAX;
 use super::index::{HnswIndex, HnswParams, Index, IndexKind, VectorIndex};
+use super::learn::{decide, Decision, EntryLearning, Observation, PartitionLearning, Rng, Source};
 use super::partition::{normalize_prompt, prompt_hash};
 use super::stats::Stats;
 
@@ -31,6 +32,9 @@ pub struct StoreConfig {
     pub max_memory_bytes: usize,
     pub index: IndexKind,
     pub hnsw: HnswParams,
+    /// See `CacheConfig::max_error_rate`.
+    pub max_error_rate: Option<f64>,
+    pub seed: Option<u64>,
 }
 
 /// An entry to insert. `vector` must be L2-normalised and `dim` long.
@@ -46,6 +50,17 @@ pub struct NewEntry {
     pub ttl: f64,
     /// Seconds the entry has already lived (restored snapshots).
     pub age: f64,
+    /// What the entry learned elsewhere (a snapshot, another process).
+    pub learning: EntryLearning,
+}
+
+/// Which entry a semantic hit came from and at what similarity: what
+/// feedback and verification report on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HitToken {
+    slot: u32,
+    seq: u64,
+    pub similarity: f32,
 }
 
 /// A semantic candidate of a lookup: what the guard reads and the answer,
@@ -61,9 +76,16 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    /// The answer (copies the prompt: outside the lock).
-    pub fn into_found(self, now: f64) -> Found {
+    /// The answer (copies the prompt: outside the lock); `verify`: whether
+    /// the error-bounded mode drew it for verification.
+    pub fn into_found(self, now: f64, verify: bool) -> Found {
         Found {
+            token: Some(HitToken {
+                slot: self.slot,
+                seq: self.seq,
+                similarity: self.score,
+            }),
+            verify,
             response: self.response,
             metadata: self.metadata,
             prompt: self.prompt.to_string(),
@@ -72,6 +94,16 @@ impl Candidate {
             exact: false,
         }
     }
+}
+
+/// What the error-bounded mode makes of a candidate the guard accepted.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Judgement {
+    /// Served; whether it is also verified.
+    Serve { verify: bool },
+    /// Not served (a miss); the candidate is still worth comparing with the
+    /// fresh answer the miss will compute.
+    Refuse,
 }
 
 /// The first candidate (best first) that `guard` accepts, and the reasons
@@ -96,6 +128,10 @@ pub fn choose(
 /// What a lookup found.
 #[derive(Clone, Debug)]
 pub struct Found {
+    /// The entry a semantic hit came from (None for exact hits).
+    pub token: Option<HitToken>,
+    /// Whether the caller should verify this hit (error-bounded mode).
+    pub verify: bool,
     pub response: Arc<[u8]>,
     pub metadata: Option<Arc<[u8]>>,
     pub prompt: String,
@@ -136,6 +172,7 @@ pub struct EntryView<'a> {
     pub tags: &'a [Box<str>],
     pub age: f64,
     pub remaining: f64,
+    pub learning: Option<&'a EntryLearning>,
 }
 
 struct Entry {
@@ -152,6 +189,8 @@ struct Entry {
     prev: u32,
     next: u32,
     bytes: usize,
+    /// Allocated at the first observation.
+    learning: Option<Box<EntryLearning>>,
 }
 
 struct Partition {
@@ -247,13 +286,16 @@ pub struct Store {
     tickets: Vec<BuildTicket>,
     /// Bulk inserts running (`begin_bulk`): builds do not finish meanwhile.
     bulk: usize,
+    /// What each partition (scoped key) learned; kept when the partition
+    /// empties, so that a cache does not forget its domain.
+    learning: HashMap<Box<str>, PartitionLearning>,
+    rng: Rng,
     pub stats: Stats,
 }
 
 impl Store {
     pub fn new(cfg: StoreConfig) -> Self {
         Store {
-            cfg,
             slots: Vec::new(),
             free: Vec::new(),
             seq: 0,
@@ -269,7 +311,10 @@ impl Store {
             index_extra: 0,
             tickets: Vec::new(),
             bulk: 0,
+            learning: HashMap::new(),
+            rng: Rng::new(cfg.seed.unwrap_or_else(clock_seed)),
             stats: Stats::default(),
+            cfg,
         }
     }
 
@@ -525,6 +570,12 @@ impl Store {
     fn found(&self, slot: u32, score: f32, exact: bool, now: f64) -> Option<Found> {
         let e = self.entry(slot)?;
         Some(Found {
+            token: Some(HitToken {
+                slot,
+                seq: e.seq,
+                similarity: score,
+            }),
+            verify: false,
             response: e.response.clone(),
             metadata: e.metadata.clone(),
             prompt: e.prompt.to_string(),
@@ -563,6 +614,7 @@ impl Store {
                             tags: &e.tags,
                             age: (now - e.created).max(0.0),
                             remaining: e.expires - now,
+                            learning: e.learning.as_deref(),
                         });
                     }
                 }
@@ -661,7 +713,7 @@ impl Store {
         let (chosen, rejected) = choose(candidates, guard);
         let found = chosen.map(|c| {
             self.accept(&c);
-            c.into_found(now)
+            c.into_found(now, false)
         });
         (found, rejected)
     }
@@ -692,6 +744,23 @@ impl Store {
             .get(pid as usize)
             .and_then(Option::as_ref)
             .and_then(|p| p.exact.get(&hash).copied());
+        let mut learned = entry.learning;
+        let known = previous
+            .and_then(|old| self.entry(old))
+            .and_then(|e| e.learning.as_deref());
+        let fresh: Vec<Observation> = learned.newer_than(known).to_vec();
+        if !fresh.is_empty() {
+            let pool = self
+                .learning
+                .entry(entry.partition.as_str().into())
+                .or_default();
+            for o in fresh {
+                pool.record(o);
+            }
+        }
+        learned
+            .observations
+            .truncate(super::learn::ENTRY_OBSERVATIONS);
         if let Some(old) = previous {
             self.remove_slot(old);
         }
@@ -713,6 +782,7 @@ impl Store {
             prev: NIL,
             next: NIL,
             bytes,
+            learning: (learned.total > 0).then(|| Box::new(learned)),
         };
         let slot = match self.free.pop() {
             Some(s) => {
@@ -793,12 +863,17 @@ impl Store {
         n
     }
 
+    /// Removes every entry; statistics and what partitions learned stay.
     pub fn clear(&mut self) {
         let stats = std::mem::take(&mut self.stats);
         let bulk = self.bulk;
+        let learning = std::mem::take(&mut self.learning);
+        let rng = self.rng.clone();
         *self = Store::new(self.cfg.clone());
         self.stats = stats;
         self.bulk = bulk;
+        self.learning = learning;
+        self.rng = rng;
     }
 
     /// A bulk insert starts: until it ends, a build replays what changed
@@ -812,6 +887,126 @@ impl Store {
 
     pub fn end_bulk(&mut self) {
         self.bulk = self.bulk.saturating_sub(1);
+    }
+
+    /// The error-bounded mode's judgement of candidate `c` (serve
+    /// everything without a bound), counted; a served hit is drawn for
+    /// verification with the probability its evidence calls for.
+    pub fn judge(&mut self, c: &Candidate) -> Judgement {
+        let Some(eps) = self.cfg.max_error_rate else {
+            return Judgement::Serve { verify: false };
+        };
+        let Some(e) = self.entry(c.slot).filter(|e| e.seq == c.seq) else {
+            // replaced or removed since the search: nothing to learn from
+            self.stats.learn.refused += 1;
+            return Judgement::Refuse;
+        };
+        let own = e.learning.as_deref().cloned();
+        let key = self.partition_key(e.partition);
+        let tail = key
+            .and_then(|k| self.learning.get_mut(&k))
+            .and_then(|p| p.tail(eps));
+        match decide(own.as_ref(), tail, c.score, eps) {
+            Decision::Serve(t) => {
+                let verify = self.rng.next_f64() < t.verify_probability(eps);
+                Judgement::Serve { verify }
+            }
+            Decision::Refuse => {
+                self.stats.learn.refused += 1;
+                Judgement::Refuse
+            }
+        }
+    }
+
+    fn partition_key(&self, pid: u32) -> Option<Box<str>> {
+        Some(self.partitions.get(pid as usize)?.as_ref()?.key.clone())
+    }
+
+    /// Records that the answer of the hit `token` was right or wrong, for
+    /// its entry and its partition; false (nothing recorded) when that
+    /// entry is no longer in the store.
+    pub fn observe(&mut self, token: &HitToken, correct: bool, source: Source) -> bool {
+        let Some(e) = self
+            .slots
+            .get_mut(token.slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|e| e.seq == token.seq)
+        else {
+            return false;
+        };
+        let o = Observation {
+            similarity: token.similarity,
+            correct,
+        };
+        e.learning.get_or_insert_with(Box::default).record(o);
+        let pid = e.partition;
+        self.stats.learn.count(source, correct);
+        if let Some(key) = self.partition_key(pid) {
+            self.learning.entry(key).or_default().record(o);
+        }
+        // learning of partitions long gone is dropped, not kept forever
+        if self.learning.len() > 4 * self.partition_ids.len() + 1024 {
+            let live = &self.partition_ids;
+            self.learning.retain(|k, _| live.contains_key(k));
+        }
+        true
+    }
+
+    /// The entry of `token` as it would be inserted elsewhere (another
+    /// process): partition (scoped), prompt, response, metadata, tags,
+    /// seconds left, vector and what it learned.
+    pub fn entry_for_replica(&self, token: &HitToken, now: f64) -> Option<NewEntry> {
+        let e = self.entry(token.slot).filter(|e| e.seq == token.seq)?;
+        let p = self.partitions.get(e.partition as usize)?.as_ref()?;
+        Some(NewEntry {
+            partition: p.key.to_string(),
+            prompt: e.prompt.to_string(),
+            vector: p.index.vector(token.slot)?,
+            response: e.response.clone(),
+            metadata: e.metadata.clone(),
+            tags: e.tags.iter().map(|t| t.to_string()).collect(),
+            ttl: e.expires - now,
+            age: 0.0,
+            learning: e.learning.as_deref().cloned().unwrap_or_default(),
+        })
+    }
+
+    /// What each partition learned, by scoped key.
+    pub fn partition_learning(&self) -> impl Iterator<Item = (&str, &PartitionLearning)> {
+        self.learning.iter().map(|(k, v)| (&**k, v))
+    }
+
+    /// Replaces what partitions learned (a snapshot's).
+    pub fn set_partition_learning(&mut self, learned: Vec<(String, PartitionLearning)>) {
+        self.learning = learned
+            .into_iter()
+            .map(|(k, v)| (k.into_boxed_str(), v))
+            .collect();
+    }
+
+    /// Learned thresholds under the configured bound: each partition's
+    /// (None where it has too little evidence) and how many entries have
+    /// enough of their own.
+    pub fn learned_thresholds(&mut self) -> (Vec<Option<f32>>, usize) {
+        let Some(eps) = self.cfg.max_error_rate else {
+            return (Vec::new(), 0);
+        };
+        let parts = self
+            .learning
+            .values_mut()
+            .map(|p| p.tail(eps).map(|t| t.threshold))
+            .collect();
+        let own = self
+            .slots
+            .iter()
+            .flatten()
+            .filter_map(|e| e.learning.as_deref())
+            .filter(|l| {
+                l.observations.len() as u64 >= super::learn::least_evidence(eps)
+                    && super::learn::learned_threshold(&l.observations, eps).is_some()
+            })
+            .count();
+        (parts, own)
     }
 
     /// Starts a graph build for partition `pid` if its index wants one and
@@ -971,6 +1166,14 @@ impl Store {
     }
 }
 
+/// A seed for the verification draws when none was given.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x5eed, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id()).rotate_left(32)
+}
+
 /// Each id of `journal` once, with its last change, in the order of those
 /// last changes.
 fn coalesce(journal: Vec<(u32, bool)>) -> Vec<(u32, bool)> {
@@ -998,6 +1201,8 @@ mod tests {
             max_memory_bytes,
             index,
             hnsw: HnswParams::default(),
+            max_error_rate: None,
+            seed: None,
         }
     }
 
@@ -1016,6 +1221,7 @@ mod tests {
             tags: vec!["t".into()],
             ttl,
             age: 0.0,
+            learning: EntryLearning::default(),
         }
     }
 

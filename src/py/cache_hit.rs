@@ -1,9 +1,11 @@
 //! `llmedge.CacheHit`: what a semantic cache lookup returns.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use pyo3::prelude::*;
 use serde_json::Value;
 
-use crate::cache::store::Found;
+use crate::cache::store::{Found, HitToken};
 use crate::py::convert::{decode_response, from_json};
 use crate::py::errors::value_error;
 
@@ -21,11 +23,19 @@ pub struct CacheHit {
     pub age: f64,
     #[pyo3(get)]
     pub metadata: Py<PyAny>,
+    /// Whether the error-bounded mode drew this hit for verification.
+    #[pyo3(get)]
+    pub verify: bool,
+    /// The entry it came from and the cache it belongs to (feedback).
+    pub token: Option<HitToken>,
+    pub cache: u64,
+    /// Set by the first feedback on this hit: a hit is judged once.
+    judged: AtomicBool,
 }
 
 impl CacheHit {
     /// What the cache found, converted to Python values.
-    pub fn from_found(py: Python<'_>, f: Found) -> PyResult<Py<CacheHit>> {
+    pub fn from_found(py: Python<'_>, f: Found, cache: u64) -> PyResult<Py<CacheHit>> {
         let response = decode_response(py, &f.response)?.unbind();
         let metadata = match &f.metadata {
             Some(m) => {
@@ -44,8 +54,23 @@ impl CacheHit {
                 matched_prompt: f.prompt,
                 age: f.age,
                 metadata,
+                verify: f.verify,
+                token: f.token,
+                cache,
+                judged: AtomicBool::new(false),
             },
         )
+    }
+
+    /// Marks the hit judged; false if it already was (by another thread too).
+    pub fn take_judgement(&self) -> bool {
+        !self.judged.swap(true, Ordering::AcqRel)
+    }
+
+    /// Undoes [`take_judgement`](Self::take_judgement) when the judgement
+    /// could not be recorded.
+    pub fn release_judgement(&self) {
+        self.judged.store(false, Ordering::Release);
     }
 }
 

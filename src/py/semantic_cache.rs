@@ -18,9 +18,11 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::cache::index::{HnswParams, IndexKind};
+use crate::cache::learn::{wilson, Source};
 use crate::cache::partition::canonical_key;
 use crate::cache::shared::{JoinError, Replica, SharedConfig};
 use crate::cache::snapshot::SnapshotError;
+use crate::cache::store::Found;
 use crate::cache::{config, Cache, CacheConfig, CacheError, NewItem, Query};
 use crate::py::cache_hit::CacheHit;
 use crate::py::clock::{monotonic, Clock};
@@ -34,6 +36,9 @@ use crate::py::redis_store::{store_error, RedisStore};
 /// Prompts per embedder call when warming.
 const WARM_BATCH: usize = 256;
 
+/// A lookup's hit, and the candidate the error-bounded mode refused.
+type HitAndProbe = (Option<Py<CacheHit>>, Option<Py<CacheHit>>);
+
 #[pyclass(frozen, subclass, module = "llmedge._core", name = "SemanticCache")]
 pub struct SemanticCache {
     core: Arc<Cache>,
@@ -44,7 +49,14 @@ pub struct SemanticCache {
     /// The last reading of a Python clock (f64 bits), for the shared
     /// cache's background tasks, which must not call Python.
     last_now: Arc<AtomicU64>,
+    /// `answers_match=`: compares a fresh answer with a cached one (called
+    /// by the Python layer; None: its default).
+    answers_match: Option<Py<PyAny>>,
 }
+
+/// A lookup's hit (or the error that failed it) and the candidate the
+/// error-bounded mode refused, if any.
+type Looked = (PyResult<Option<Py<CacheHit>>>, Option<Found>);
 
 fn cache_error(e: CacheError) -> PyErr {
     value_error(e.to_string())
@@ -95,11 +107,7 @@ impl SemanticCache {
     /// those that missed and need a vector (no lock held), then the semantic
     /// tier. An embedder failure fails only the lookups that needed it;
     /// exact hits of the same batch are still returned (and counted).
-    fn lookup_many(
-        &self,
-        py: Python<'_>,
-        queries: Vec<Query>,
-    ) -> PyResult<Vec<PyResult<Option<Py<CacheHit>>>>> {
+    fn lookup_many(&self, py: Python<'_>, queries: Vec<Query>) -> PyResult<Vec<Looked>> {
         let now = self.now(py)?;
         let mut failed: Vec<Option<PyErr>> = queries.iter().map(|_| None).collect();
         let keys: Vec<(String, String)> = match &self.shared {
@@ -110,16 +118,17 @@ impl SemanticCache {
             None => Vec::new(),
         };
         let phase = py.detach(|| self.core.lookup_exact(queries, now));
-        let mut found = if phase.is_done() {
-            phase.into_found()
+        let n = failed.len();
+        let (mut found, probes) = if phase.is_done() {
+            (phase.into_found(), vec![None; n])
         } else {
             match self.embed_many(py, &phase.to_embed()) {
-                Ok(vectors) => py.detach(|| self.core.lookup_semantic(phase, vectors)),
+                Ok(vectors) => py.detach(|| self.core.lookup_semantic_probed(phase, vectors)),
                 Err(e) => {
                     for &i in phase.pending() {
                         failed[i] = Some(e.clone_ref(py));
                     }
-                    phase.into_found()
+                    (phase.into_found(), vec![None; n])
                 }
             }
         };
@@ -136,14 +145,73 @@ impl SemanticCache {
                 found[i] = f;
             }
         }
+        let cache = self.core.instance();
         Ok(found
             .into_iter()
             .zip(failed)
-            .map(|(f, err)| match err {
-                Some(e) => Err(e),
-                None => f.map(|f| CacheHit::from_found(py, f)).transpose(),
+            .zip(probes)
+            .map(|((f, err), probe)| {
+                let hit = match err {
+                    Some(e) => Err(e),
+                    None => f.map(|f| CacheHit::from_found(py, f, cache)).transpose(),
+                };
+                (hit, probe)
             })
             .collect())
+    }
+
+    /// Records a judgement of `hit` (one of this cache's) and shares the
+    /// entry's new state with the namespace, if any.
+    fn judge(
+        &self,
+        py: Python<'_>,
+        hit: &Bound<'_, PyAny>,
+        correct: &Bound<'_, PyAny>,
+        source: Source,
+    ) -> PyResult<bool> {
+        let hit = hit.cast::<CacheHit>().map_err(|_| {
+            type_error(format!(
+                "hit must be a llmedge.CacheHit returned by this cache's get/aget, got {}",
+                type_name(hit)
+            ))
+        })?;
+        let correct: bool = correct.extract().map_err(|_| {
+            type_error(format!(
+                "correct must be a bool, got {}",
+                type_name(correct)
+            ))
+        })?;
+        let hit = hit.get();
+        if hit.cache != self.core.instance() {
+            return Err(value_error(
+                "hit was returned by another cache: feedback goes to the cache that answered",
+            ));
+        }
+        let Some(token) = hit.token else {
+            return Err(value_error(
+                "hit was fetched from the shared tier and names no local entry to learn from",
+            ));
+        };
+        if !hit.take_judgement() {
+            return Err(value_error(
+                "feedback was already given for this hit (each hit is judged once)",
+            ));
+        }
+        let now = self.now(py);
+        let recorded = py.detach(|| {
+            let recorded = self.core.observe(&token, correct, source);
+            if let (true, Some(s), Ok(now)) = (recorded, &self.shared, &now) {
+                if let Some(item) = self.core.entry_for_replica(&token, *now) {
+                    let items = [item];
+                    s.publish_set(s.prepare_set(&items));
+                }
+            }
+            recorded
+        });
+        if !recorded {
+            hit.release_judgement();
+        }
+        Ok(recorded)
     }
 
     /// An entry to insert, its vector still to come.
@@ -173,6 +241,7 @@ impl SemanticCache {
             tags,
             ttl,
             vector: Vec::new(),
+            learning: Default::default(),
         })
     }
 
@@ -261,7 +330,7 @@ impl SharedArgs<'_, '_> {
 #[pymethods]
 impl SemanticCache {
     #[new]
-    #[pyo3(signature = (*, embedder=None, dim=None, threshold=0.85, ttl=Some(3600.0), max_entries=10_000, max_memory_mb=100.0, guard=true, index="auto", clock=None, store=None, namespace=None, max_shared_entries=None, background_load=false, max_pending_writes=10_000, stream_max_len=10_000))]
+    #[pyo3(signature = (*, embedder=None, dim=None, threshold=0.85, ttl=Some(3600.0), max_entries=10_000, max_memory_mb=100.0, guard=true, index="auto", clock=None, store=None, namespace=None, max_shared_entries=None, background_load=false, max_pending_writes=10_000, stream_max_len=10_000, max_error_rate=None, answers_match=None, seed=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -280,7 +349,20 @@ impl SemanticCache {
         background_load: bool,
         max_pending_writes: usize,
         stream_max_len: usize,
+        max_error_rate: Option<f64>,
+        answers_match: Option<&Bound<'_, PyAny>>,
+        seed: Option<u64>,
     ) -> PyResult<Self> {
+        let answers_match = match answers_match.filter(|a| !a.is_none()) {
+            Some(a) if !a.is_callable() => {
+                return Err(type_error(format!(
+                    "answers_match must be a callable (cached_answer, fresh_answer) -> bool or \
+                     None, got {}",
+                    type_name(a)
+                )))
+            }
+            other => other.map(|a| a.clone().unbind()),
+        };
         let index = IndexKind::parse(index).ok_or_else(|| {
             value_error(format!(
                 "index must be one of {}, got {index:?}",
@@ -298,6 +380,8 @@ impl SemanticCache {
             guard,
             index,
             hnsw: HnswParams::default(),
+            max_error_rate,
+            seed,
         };
         let core = Arc::new(Cache::new(cfg, identity).map_err(cache_error)?);
         let last_now = Arc::new(AtomicU64::new(0));
@@ -316,7 +400,87 @@ impl SemanticCache {
             clock,
             shared,
             last_now,
+            answers_match,
         })
+    }
+
+    /// The bound on the rate of wrong semantic answers, or None.
+    #[getter]
+    fn max_error_rate(&self) -> Option<f64> {
+        self.core.config().max_error_rate
+    }
+
+    /// The `answers_match=` callable given, or None.
+    #[getter]
+    fn answers_match(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.answers_match.as_ref().map(|a| a.clone_ref(py))
+    }
+
+    /// Tells the cache whether the answer of `hit` (returned by this
+    /// cache's get/aget) was right: the entry and its partition learn from
+    /// it. Each hit is judged once.
+    fn feedback(
+        &self,
+        py: Python<'_>,
+        hit: &Bound<'_, PyAny>,
+        correct: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        if self.judge(py, hit, correct, Source::Feedback)? {
+            Ok(())
+        } else {
+            Err(value_error(
+                "the entry of this hit is no longer cached (evicted, expired, replaced or \
+                 invalidated): nothing to learn from",
+            ))
+        }
+    }
+
+    /// The Python layer's report of a verification: `hit` was a served hit
+    /// drawn for verification (`probe=False`) or a refused candidate
+    /// (`probe=True`), and `matched` says whether the fresh answer matched;
+    /// whether it was recorded (False: the entry is gone since).
+    #[pyo3(signature = (hit, matched, *, probe))]
+    fn _verified(
+        &self,
+        py: Python<'_>,
+        hit: &Bound<'_, PyAny>,
+        matched: &Bound<'_, PyAny>,
+        probe: bool,
+    ) -> PyResult<bool> {
+        let source = if probe {
+            Source::Probe
+        } else {
+            Source::Verified
+        };
+        self.judge(py, hit, matched, source)
+    }
+
+    /// One lookup for the verifying flows: `(hit, probe)`, where `probe` is
+    /// the candidate the error-bounded mode refused (a miss), as a hit to
+    /// report on with `_verified(probe, matched, probe=True)`, or None.
+    #[pyo3(signature = (prompt, *, partition=None, embedding=None))]
+    fn _lookup(
+        &self,
+        py: Python<'_>,
+        prompt: &str,
+        partition: Option<&Bound<'_, PyAny>>,
+        embedding: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<HitAndProbe> {
+        config::check_prompt(prompt).map_err(cache_error)?;
+        let q = Query {
+            prompt: prompt.to_owned(),
+            partition: partition_text(partition)?,
+            vector: self.query_vector(embedding)?,
+        };
+        match self.lookup_many(py, vec![q])?.pop() {
+            Some((hit, probe)) => {
+                let probe = probe
+                    .map(|f| CacheHit::from_found(py, f, self.core.instance()))
+                    .transpose()?;
+                Ok((hit?, probe))
+            }
+            None => Ok((None, None)),
+        }
     }
 
     #[getter]
@@ -368,7 +532,7 @@ impl SemanticCache {
             vector: self.query_vector(embedding)?,
         };
         match self.lookup_many(py, vec![q])?.pop() {
-            Some(r) => r,
+            Some((r, _)) => r,
             None => Ok(None),
         }
     }
@@ -412,7 +576,7 @@ impl SemanticCache {
             .map(|err| {
                 let r = match err {
                     Some(e) => Err(e),
-                    None => results.next().unwrap_or(Ok(None)),
+                    None => results.next().map_or(Ok(None), |(r, _)| r),
                 };
                 Ok(match r {
                     Ok(Some(hit)) => hit.into_any(),
@@ -623,6 +787,7 @@ impl SemanticCache {
         d.set_item("indexes", idx)?;
         d.set_item("index_builds", st.index_builds)?;
         d.set_item("lookup_p50_us", s.latency_quantile(0.5))?;
+        d.set_item("error_bound", error_bound_stats(py, &st)?)?;
         d.set_item("lookup_p99_us", s.latency_quantile(0.99))?;
         if let Some(shared) = &self.shared {
             let x = shared.stats();
@@ -675,9 +840,14 @@ impl SemanticCache {
             Some(s) => format!(", namespace={:?}", s.namespace()),
             None => String::new(),
         };
+        let bound = match c.max_error_rate {
+            Some(e) => format!(", max_error_rate={e}"),
+            None => String::new(),
+        };
         format!(
             "SemanticCache(embedder={:?}, dim={}, threshold={}, ttl={ttl}, max_entries={}, \
-             max_memory_mb={}, guard={}, index={:?}{shared}, entries={n}, memory_bytes={mem})",
+             max_memory_mb={}, guard={}, index={:?}{bound}{shared}, entries={n}, \
+             memory_bytes={mem})",
             self.core.identity(),
             c.dim,
             c.threshold,
@@ -687,6 +857,58 @@ impl SemanticCache {
             c.index.as_str(),
         )
     }
+}
+
+/// The `error_bound` part of `stats()`: None without a bound.
+fn error_bound_stats<'py>(
+    py: Python<'py>,
+    st: &crate::cache::stats::CacheStats,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
+    let Some(eps) = st.max_error_rate else {
+        return Ok(None);
+    };
+    let l = &st.counters.learn;
+    let d = PyDict::new(py);
+    d.set_item("max_error_rate", eps)?;
+    d.set_item("refused", l.refused)?;
+    d.set_item("verified", l.verified)?;
+    d.set_item("verified_wrong", l.verified_wrong)?;
+    let served = st.counters.semantic_hits;
+    d.set_item(
+        "verification_rate",
+        if served == 0 {
+            0.0
+        } else {
+            l.verified as f64 / served as f64
+        },
+    )?;
+    // verified hits are a random sample of the served ones: their error
+    // rate estimates the rate of wrong answers served
+    d.set_item(
+        "observed_error_rate",
+        (l.verified > 0).then(|| l.verified_wrong as f64 / l.verified as f64),
+    )?;
+    d.set_item("observed_error_ci", wilson(l.verified_wrong, l.verified))?;
+    d.set_item("probed", l.probed)?;
+    d.set_item("probed_wrong", l.probed_wrong)?;
+    d.set_item("feedback", l.feedback)?;
+    d.set_item("feedback_wrong", l.feedback_wrong)?;
+    d.set_item("observations", st.observations)?;
+    let mut learned: Vec<f32> = st.partition_thresholds.iter().flatten().copied().collect();
+    learned.sort_by(f32::total_cmp);
+    let t = PyDict::new(py);
+    t.set_item("partitions", st.partition_thresholds.len())?;
+    t.set_item("learned", learned.len())?;
+    let q = |p: f64| -> Option<f64> {
+        (!learned.is_empty())
+            .then(|| f64::from(learned[((learned.len() - 1) as f64 * p).round() as usize]))
+    };
+    t.set_item("min", q(0.0))?;
+    t.set_item("p50", q(0.5))?;
+    t.set_item("max", q(1.0))?;
+    t.set_item("entries_with_own", st.entry_thresholds)?;
+    d.set_item("thresholds", t)?;
+    Ok(Some(d))
 }
 
 /// `partition_key(model=None, **params)`: the canonical partition string

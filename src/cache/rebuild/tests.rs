@@ -46,6 +46,7 @@ fn item(i: usize) -> NewItem {
         tags: Vec::new(),
         ttl: f64::INFINITY,
         vector: vector(i),
+        learning: Default::default(),
     }
 }
 

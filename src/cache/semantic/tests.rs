@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::cache::index::IndexKind;
+use crate::cache::learn::Source;
 
 fn config(threshold: f64, guard: bool) -> CacheConfig {
     CacheConfig {
@@ -34,6 +35,7 @@ fn item(prompt: &str, partition: &str, v: [f32; 4], tags: &[&str]) -> NewItem {
         tags: tags.iter().map(|t| t.to_string()).collect(),
         ttl: 100.0,
         vector: unit(v),
+        learning: Default::default(),
     }
 }
 
@@ -386,4 +388,96 @@ fn an_invalid_config_is_refused() {
         Cache::new(cfg, "e"),
         Err(CacheError::Invalid(m)) if m.starts_with("max_entries")
     ));
+}
+
+/// A cache with a bound on the error rate; threshold 0.5 is the floor.
+fn bounded(eps: f64) -> Cache {
+    let cfg = CacheConfig {
+        max_error_rate: Some(eps),
+        seed: Some(3),
+        ..config(0.5, false)
+    };
+    Cache::new(cfg, "test-embedder").unwrap()
+}
+
+/// One semantic lookup of `v` in partition "": the hit and the refused
+/// candidate.
+fn probed(c: &Cache, v: [f32; 4]) -> (Option<Found>, Option<Found>) {
+    let phase = c.lookup_exact(vec![query("q", "", Some(v))], 0.0);
+    let (mut hits, mut probes) = c.lookup_semantic_probed(phase, Vec::new());
+    (hits.remove(0), probes.remove(0))
+}
+
+#[test]
+fn the_error_bounded_mode_refuses_until_it_has_evidence() {
+    let eps = 0.2;
+    let need = crate::cache::learn::least_evidence(eps);
+    let c = bounded(eps);
+    c.insert(vec![item("a", "", [1.0, 0.0, 0.0, 0.0], &[])], 0.0)
+        .unwrap();
+    let near = [1.0, 0.3, 0.0, 0.0];
+    let (hit, probe) = probed(&c, near);
+    assert!(hit.is_none(), "young: a miss");
+    let probe = probe.unwrap();
+    let token = probe.token.unwrap();
+    for k in 0..need {
+        assert!(c.observe(&token, true, Source::Probe));
+        assert_eq!(probed(&c, near).0.is_some(), k + 1 >= need, "{k}");
+    }
+    let st = c.stats();
+    assert_eq!(st.counters.learn.probed, need);
+    assert_eq!(st.partition_thresholds.len(), 1);
+    assert_eq!(st.entry_thresholds, 1, "enough of its own");
+    // less similar than anything observed: still refused
+    assert!(probed(&c, [1.0, 1.0, 0.0, 0.0]).0.is_none());
+    assert!(c.stats().counters.learn.refused > need);
+
+    // what it learned survives a snapshot
+    let dir = std::env::temp_dir().join(format!("llmedge-ebound-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("snap.bin");
+    assert_eq!(c.save(&path, 0.0), Ok(1));
+    let d = bounded(eps);
+    assert_eq!(d.load_snapshot(&path, 0.0), Ok(1));
+    assert!(probed(&d, near).0.is_some());
+    assert_eq!(d.stats().observations, need as usize);
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // a wrong answer vetoes its entry at that similarity and below
+    let e = bounded(eps);
+    e.insert(vec![item("a", "", [1.0, 0.0, 0.0, 0.0], &[])], 0.0)
+        .unwrap();
+    let closer = [1.0, 0.1, 0.0, 0.0];
+    let t = probed(&e, closer).1.unwrap().token.unwrap();
+    for _ in 0..need {
+        e.observe(&t, true, Source::Feedback);
+    }
+    let wrong = probed(&e, near).1.unwrap().token.unwrap();
+    assert!(e.observe(&wrong, false, Source::Feedback));
+    assert!(probed(&e, near).0.is_none());
+    assert!(probed(&e, closer).0.is_some());
+}
+
+#[test]
+fn observations_of_a_replaced_entry_are_refused_and_replicas_share_learning() {
+    let c = bounded(0.1);
+    c.insert(vec![item("a", "p", [1.0, 0.0, 0.0, 0.0], &[])], 0.0)
+        .unwrap();
+    let phase = c.lookup_exact(vec![query("a", "p", None)], 0.0);
+    let exact = phase.into_found().remove(0).unwrap();
+    let token = exact.token.unwrap();
+    assert!(c.observe(&token, true, Source::Feedback));
+    let item_out = c.entry_for_replica(&token, 0.0).unwrap();
+    assert_eq!(item_out.partition, "p");
+    assert_eq!(item_out.learning.total, 1);
+    // another process inserts it: its partition learns the observation once
+    let other = bounded(0.1);
+    other.insert(vec![item_out.clone()], 0.0).unwrap();
+    other.insert(vec![item_out], 0.0).unwrap();
+    assert_eq!(other.stats().observations, 1);
+    // replaced by a fresh answer: the old hit names nothing
+    c.insert(vec![item("a", "p", [1.0, 0.0, 0.0, 0.0], &[])], 0.0)
+        .unwrap();
+    assert!(!c.observe(&token, false, Source::Feedback));
+    assert_eq!(c.stats().counters.learn.feedback, 1);
 }

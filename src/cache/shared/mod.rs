@@ -351,6 +351,7 @@ impl Replica {
                     tags: i.tags.clone(),
                     ttl: i.ttl,
                     vector: i.vector.clone(),
+                    learning: i.learning.clone(),
                 };
                 Outgoing {
                     id: protocol::entry_id(&i.partition, &i.prompt),
@@ -437,6 +438,8 @@ impl Replica {
                 let (blob, pttl) = (protocol::bytes_of(parts.first()?)?, parts.get(1)?);
                 let item = inner.decode(blob, protocol::int_of(pttl).unwrap_or(-2), None)?;
                 let found = Found {
+                    token: None,
+                    verify: false,
                     response: Arc::from(item.response.as_slice()),
                     metadata: item.metadata.as_deref().map(Arc::from),
                     prompt: item.prompt.clone(),
@@ -650,6 +653,7 @@ impl Inner {
             tags: e.tags,
             ttl,
             vector,
+            learning: e.learning,
         })
     }
 

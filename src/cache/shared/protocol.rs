@@ -21,7 +21,9 @@ use std::sync::LazyLock;
 
 use redis::Value;
 
+use crate::cache::learn::EntryLearning;
 use crate::cache::partition::normalize_prompt;
+use crate::cache::snapshot::{parse_observations, put_learned};
 
 const COMMON: &str = include_str!("lua/common.lua");
 
@@ -37,8 +39,14 @@ pub static READ: LazyLock<String> = LazyLock::new(|| with_prelude(include_str!("
 pub static LOAD: LazyLock<String> = LazyLock::new(|| with_prelude(include_str!("lua/load.lua")));
 pub static FETCH: LazyLock<String> = LazyLock::new(|| with_prelude(include_str!("lua/fetch.lua")));
 
-/// The version of the entry encoding; entries of another version are skipped.
+/// The namespace's format (checked when a cache joins): the layout of keys,
+/// scripts and events.
 pub const FORMAT: u8 = 1;
+/// The newest entry encoding. Version 2 adds what the entry learned in the
+/// error-bounded mode; an entry that learned nothing is still written as
+/// version 1, which every reader understands. Versions 1 and 2 are read;
+/// others are skipped (counted as invalid).
+pub const ENTRY_VERSION: u8 = 2;
 const MAGIC: &[u8; 4] = b"LMCE";
 
 /// The keys of one namespace, in the order every script takes them, and
@@ -126,6 +134,8 @@ pub struct Entry {
     /// Seconds to live when written; `INFINITY` never expires.
     pub ttl: f64,
     pub vector: Vec<f32>,
+    /// What it learned (error-bounded mode; empty in version 1).
+    pub learning: EntryLearning,
 }
 
 /// Why an encoded entry was refused.
@@ -146,8 +156,14 @@ fn put(buf: &mut Vec<u8>, b: &[u8]) {
 
 impl Entry {
     /// `LMCE`, version, metadata flag, dimension, ttl, identity, partition,
-    /// prompt, response, [metadata], tags, vector (f32 LE), crc32 of the rest.
+    /// prompt, response, [metadata], tags, vector (f32 LE), [version 2: total
+    /// u64, count u32, count x (similarity f32, correct u8)], crc32 of the rest.
     pub fn encode(&self) -> Vec<u8> {
+        let version = if self.learning.total > 0 {
+            ENTRY_VERSION
+        } else {
+            1
+        };
         let mut buf = Vec::with_capacity(
             64 + self.identity.len()
                 + self.partition.len()
@@ -158,7 +174,7 @@ impl Entry {
                 + 4 * self.vector.len(),
         );
         buf.extend_from_slice(MAGIC);
-        buf.push(FORMAT);
+        buf.push(version);
         buf.push(u8::from(self.metadata.is_some()));
         buf.extend_from_slice(&(self.vector.len() as u32).to_le_bytes());
         buf.extend_from_slice(&self.ttl.to_le_bytes());
@@ -176,6 +192,13 @@ impl Entry {
         for x in &self.vector {
             buf.extend_from_slice(&x.to_le_bytes());
         }
+        if version >= 2 {
+            put_learned(
+                &mut buf,
+                self.learning.total,
+                self.learning.observations.iter(),
+            );
+        }
         let crc = crc32fast::hash(&buf);
         buf.extend_from_slice(&crc.to_le_bytes());
         buf
@@ -187,8 +210,9 @@ impl Entry {
         if data.len() < MAGIC.len() + 2 + 4 || &data[..4] != MAGIC {
             return Err(Invalid::Corrupt);
         }
-        if data[4] != FORMAT {
-            return Err(Invalid::Version(data[4]));
+        let version = data[4];
+        if !(1..=ENTRY_VERSION).contains(&version) {
+            return Err(Invalid::Version(version));
         }
         let (body, crc) = data.split_at(data.len() - 4);
         if crc32fast::hash(body).to_le_bytes() != crc {
@@ -230,6 +254,19 @@ impl Entry {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        let mut learning = EntryLearning::default();
+        if version >= 2 {
+            let total = u64::from_le_bytes(r.take(8)?.try_into().map_err(|_| Invalid::Corrupt)?);
+            let n = r.u32()? as usize;
+            let raw = r.take(n.checked_mul(5).ok_or(Invalid::Corrupt)?)?;
+            learning.observations = parse_observations(raw).ok_or(Invalid::Corrupt)?;
+            learning.total = total;
+            if learning.observations.len() as u64 > total
+                || learning.observations.len() > crate::cache::learn::ENTRY_OBSERVATIONS
+            {
+                return Err(Invalid::Corrupt);
+            }
+        }
         if r.at != body.len() {
             return Err(Invalid::Corrupt);
         }
@@ -242,6 +279,7 @@ impl Entry {
             tags,
             ttl,
             vector,
+            learning,
         })
     }
 }
@@ -403,6 +441,7 @@ mod tests {
             tags: vec!["docs".into(), "v1".into()],
             ttl: 60.0,
             vector: vec![0.6, 0.8, 0.0],
+            learning: EntryLearning::default(),
         }
     }
 
@@ -431,11 +470,29 @@ mod tests {
             Err(Invalid::Corrupt)
         );
         let mut newer = data.clone();
-        newer[4] = FORMAT + 1;
+        newer[4] = ENTRY_VERSION + 1;
         assert_eq!(
             Entry::decode(&newer, "hash-384", 3),
-            Err(Invalid::Version(FORMAT + 1))
+            Err(Invalid::Version(ENTRY_VERSION + 1))
         );
+        // nothing learned: version 1, as before the error-bounded mode
+        assert_eq!(data[4], 1);
+        let mut learned = e.clone();
+        for (similarity, correct) in [(0.91, true), (0.88, false)] {
+            learned.learning.record(crate::cache::learn::Observation {
+                similarity,
+                correct,
+            });
+        }
+        let v2 = learned.encode();
+        assert_eq!(v2[4], 2);
+        assert_eq!(Entry::decode(&v2, "hash-384", 3), Ok(learned));
+        let mut bad = v2.clone();
+        let at = v2.len() - 4 - 1; // the last observation's flag
+        bad[at] = 7;
+        let crc = crc32fast::hash(&bad[..v2.len() - 4]);
+        bad[v2.len() - 4..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(Entry::decode(&bad, "hash-384", 3), Err(Invalid::Corrupt));
         assert_eq!(
             Entry::decode(b"\x80\x04pickle", "hash-384", 3),
             Err(Invalid::Corrupt)

@@ -49,6 +49,7 @@ fn item(prompt: &str, v: [f32; 2]) -> NewItem {
         tags: vec!["t".into()],
         ttl: 60.0,
         vector: v.to_vec(),
+        learning: Default::default(),
     }
 }
 
