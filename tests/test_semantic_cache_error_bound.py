@@ -253,6 +253,32 @@ def test_async_and_decorated_calls_verify_too():
     assert len(made) < 30
 
 
+def test_async_verification_runs_a_users_answers_match_off_the_event_loop():
+    loop_thread = []
+    ran_in = []
+
+    def match(cached, fresh):  # an embedder call, say: blocking work
+        ran_in.append(threading.get_ident())
+        return cached == fresh
+
+    c = bounded(answers_match=match)
+    c.set("seed question", "A", embedding=ORIGIN)
+
+    async def main():
+        loop_thread.append(threading.get_ident())
+
+        async def answer():
+            return "A"
+
+        for i in range(20):
+            await c.aget_or_set(f"question {i}", answer, embedding=unit(1.0, 0.3 + i * 1e-3))
+
+    asyncio.run(main())
+    assert ran_in and loop_thread[0] not in ran_in
+    st = learned(c)
+    assert st["probed"] + st["verified"] == len(ran_in)
+
+
 def test_what_an_entry_learned_reaches_the_other_processes(redis_server):
     from llmedge import RedisStore
 

@@ -255,6 +255,14 @@ class SemanticCache(_core.SemanticCache):
         for verification, or refused: ``probe``) and records the outcome."""
         self._verified(hit, self._matches(hit.response, fresh), probe=probe)
 
+    async def _areport(self, hit: CacheHit, fresh: Any, *, probe: bool) -> None:
+        """``_report`` for asyncio: a user's ``answers_match`` (an embedder
+        call, say) runs in a worker thread, never on the event loop."""
+        if self.answers_match is None:
+            self._report(hit, fresh, probe=probe)
+        else:
+            await asyncio.to_thread(functools.partial(self._report, hit, fresh, probe=probe))
+
     def _verifying(self) -> bool:
         return self.max_error_rate is not None
 
@@ -339,7 +347,7 @@ class SemanticCache(_core.SemanticCache):
             if not hit.verify:
                 return hit.response
             fresh = await call()
-            self._report(hit, fresh, probe=False)
+            await self._areport(hit, fresh, probe=False)
             return fresh
         key = self.flight_key(prompt, partition=partition)
         flight, leader = self._join_flight(key)
@@ -370,7 +378,7 @@ class SemanticCache(_core.SemanticCache):
         finally:
             self._end_flight(key)
         if hit is None and probe is not None:
-            self._report(probe, value, probe=True)
+            await self._areport(probe, value, probe=True)
         return value
 
     async def _alookup(
