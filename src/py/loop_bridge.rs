@@ -123,8 +123,10 @@ impl LoopBridge {
     #[cfg(unix)]
     fn clear_wakeups(&self) {
         use std::io::Read;
+        // One byte per batch of completions: a read that does not fill the
+        // buffer has emptied the socket, so no second read to see EAGAIN.
         let mut buf = [0_u8; 256];
-        while matches!((&self.reader).read(&mut buf), Ok(n) if n > 0) {}
+        while matches!((&self.reader).read(&mut buf), Ok(n) if n == buf.len()) {}
     }
 
     #[cfg(not(unix))]
