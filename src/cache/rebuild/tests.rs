@@ -72,6 +72,23 @@ fn wait_for_builds(c: &Cache) {
     }
 }
 
+/// Once the builds are done: the partition is on one graph, which holds
+/// every entry of `0..n` but the `gone` ones, each found by its own vector.
+fn assert_on_a_graph_without(c: &Cache, n: usize, gone: impl Fn(usize) -> bool) {
+    wait_for_builds(c);
+    let st = c.stats();
+    assert_eq!((st.flat_indexes, st.hnsw_indexes), (0, 1));
+    assert_eq!(c.len(), (0..n).filter(|&i| !gone(i)).count());
+    for i in 0..n {
+        let got = found_id(&nearest(c, i));
+        if gone(i) {
+            assert_ne!(got, Some(i), "entry {i} was removed, yet returned");
+        } else {
+            assert_eq!(got, Some(i), "entry {i} lost");
+        }
+    }
+}
+
 #[test]
 fn an_auto_partition_switches_without_losing_concurrent_changes() {
     let c = Cache::new(config(IndexKind::Auto), "e").unwrap();
@@ -97,19 +114,7 @@ fn an_auto_partition_switches_without_losing_concurrent_changes() {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    wait_for_builds(&c);
-    let st = c.stats();
-    assert_eq!((st.flat_indexes, st.hnsw_indexes), (0, 1));
-    let removed = |i: usize| i.is_multiple_of(3) && i + 3 < n;
-    assert_eq!(c.len(), (0..n).filter(|&i| !removed(i)).count());
-    for i in 0..n {
-        let got = found_id(&nearest(&c, i));
-        if removed(i) {
-            assert_ne!(got, Some(i), "removed entry {i} returned");
-        } else {
-            assert_eq!(got, Some(i), "entry {i} lost");
-        }
-    }
+    assert_on_a_graph_without(&c, n, |i| i.is_multiple_of(3) && i + 3 < n);
 }
 
 #[test]
@@ -167,19 +172,7 @@ fn a_load_answers_exactly_while_its_graph_builds() {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    wait_for_builds(&c);
-    let st = c.stats();
-    assert_eq!((st.flat_indexes, st.hnsw_indexes), (0, 1));
-    let gone = |i: usize| i.is_multiple_of(7) || i == 10 || i == 20;
-    assert_eq!(c.len(), (0..n).filter(|&i| !gone(i)).count());
-    for i in 0..n {
-        let got = found_id(&nearest(&c, i));
-        if gone(i) {
-            assert_ne!(got, Some(i), "{i} is not in the cache");
-        } else {
-            assert_eq!(got, Some(i), "{i} lost");
-        }
-    }
+    assert_on_a_graph_without(&c, n, |i| i.is_multiple_of(7) || i == 10 || i == 20);
 }
 
 #[test]

@@ -15,10 +15,10 @@
 //! than that covers it (see `protocol`), or any invalidation when the epoch
 //! is not the namespace's any more (Redis restarted empty, or a failover
 //! lost the namespace), so a write delayed by a Redis outage never brings
-//! back an entry invalidated meanwhile. A follower that sees the numbers jump (the
-//! stream was trimmed past it) clears its copy and reloads the namespace; a
-//! new epoch (Redis restarted empty) makes it read the new stream from its
-//! start.
+//! back an entry invalidated meanwhile. A follower that sees the numbers
+//! jump (the stream was trimmed past it) or go back (a failover lost the
+//! last writes) clears its copy and reloads the namespace; a new epoch
+//! (Redis restarted empty) makes it read the new stream from its start.
 //!
 //! Redis loss: the sender keeps up to `max_pending` changes and counts what
 //! it drops beyond; every call is bounded by the store's timeout, and
@@ -496,12 +496,17 @@ impl Replica {
             loaded_entries: c.loaded_entries.load(Relaxed),
             remote_hits: c.remote_hits.load(Relaxed),
             errors: c.errors.load(Relaxed),
-            queue_depth: inner.queue.lock().iter().map(Op::entries).sum(),
+            queue_depth: queued(&inner.queue.lock()),
             lag_p50_ms: p50,
             lag_p99_ms: p99,
             last_error: inner.last_error.lock().clone(),
         }
     }
+}
+
+/// Entries waiting in the locked queue `q`.
+fn queued(q: &VecDeque<Op>) -> usize {
+    q.iter().map(Op::entries).sum()
 }
 
 impl Inner {
@@ -545,7 +550,7 @@ impl Inner {
     /// make room (a lost invalidation leaves stale answers elsewhere, a lost
     /// entry only a miss).
     fn make_room(&self, q: &mut VecDeque<Op>, room: usize) {
-        let mut depth: usize = q.iter().map(Op::entries).sum();
+        let mut depth = queued(q);
         while depth + room > self.cfg.max_pending && !q.is_empty() {
             let victim = q
                 .iter()
