@@ -215,9 +215,13 @@ fn a_mostly_dead_graph_is_compacted_and_keeps_its_entries() {
     assert_eq!(st.entries, n / 10);
     assert_eq!(st.hnsw_indexes, 1);
     // The slots of removed entries are given back, and memory_bytes, which
-    // counts them while they are held, falls with the entries.
+    // counts them while they are held, falls with the entries. A compaction
+    // may start while removals go on (the builder runs beside them), and a
+    // graph compacts only once its slots pass twice its entries, so up to
+    // as many dead slots as live ones may remain: 400, about a tenth of the
+    // full graph's bytes; without compaction, 3,600.
     assert!(
-        st.index_slack_bytes < full.memory_bytes / 20,
+        st.index_slack_bytes < full.memory_bytes / 8,
         "{} {} {}",
         st.index_slack_bytes,
         st.memory_bytes,
